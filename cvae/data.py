@@ -1,0 +1,328 @@
+"""Datasets -> in-memory float tensors in [0, 1] plus a `DatasetInfo`.
+
+Three sources, one result (`ImageData`):
+
+- MNIST from the IDX files shipped in data/MNIST/raw (gzipped or not); no
+  download is ever attempted.
+- CIFAR-10 from a local `cifar-10-batches-py` folder, downloaded there through
+  torchvision on first use when online.
+- A user's image folder: one sub-folder per class, optionally under train/ and
+  test/; otherwise a held-out split is drawn with a fixed seed.
+
+Everything is decoded once into tensors, so the training loop only indexes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvae.config import DataConfig
+from cvae.errors import DataError
+
+PROJECT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+MAX_FOLDER_IMAGES = 500_000
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the model needs to know about the data: shapes and class names."""
+
+    name: str
+    channels: int
+    height: int
+    width: int
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "class_names": list(self.class_names),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> DatasetInfo:
+        return cls(
+            name=str(raw["name"]),
+            channels=int(raw["channels"]),
+            height=int(raw["height"]),
+            width=int(raw["width"]),
+            class_names=tuple(str(c) for c in raw["class_names"]),
+        )
+
+
+@dataclass
+class ImageData:
+    """Train and test images, (N, C, H, W) float32 in [0, 1], and int64 labels."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    info: DatasetInfo
+
+
+def resolve_data_dir(data_dir: str) -> Path:
+    if data_dir:
+        return Path(data_dir).expanduser()
+    return Path(os.environ.get("CVAE_DATA_DIR", PROJECT_DATA_DIR))
+
+
+def load_data(config: DataConfig) -> ImageData:
+    """Load, subset and binarize the dataset a `DataConfig` names."""
+    config.validate()
+    root = resolve_data_dir(config.data_dir)
+    name = config.dataset.strip()
+    if name.upper() == "MNIST":
+        data = load_mnist(root)
+    elif name.upper().replace("-", "") == "CIFAR10":
+        data = load_cifar10(root)
+    elif Path(name).expanduser().is_dir():
+        data = load_image_folder(
+            Path(name).expanduser(),
+            image_size=config.image_size,
+            test_fraction=config.test_fraction,
+            split_seed=config.split_seed,
+            cache_dir=root / "cache",
+        )
+    else:
+        raise DataError(
+            f"unknown dataset {name!r}: use MNIST, CIFAR10 or the path of an existing image folder"
+        )
+    if config.train_subset:
+        data.train_x, data.train_y = data.train_x[: config.train_subset], data.train_y[: config.train_subset]
+    if config.test_subset:
+        data.test_x, data.test_y = data.test_x[: config.test_subset], data.test_y[: config.test_subset]
+    return binarize(data, config.binarize)
+
+
+def binarize(data: ImageData, mode: str, seed: int = 0) -> ImageData:
+    """Static: pixel >= 0.5 -> 1 (the reference), train and test alike.
+
+    Dynamic: the training images stay grey and the trainer draws x ~
+    Bernoulli(pixel) for every batch; the test set is drawn once, with a fixed
+    seed, so that test numbers are comparable across epochs and runs.
+    """
+    if mode == "static":
+        data.train_x = (data.train_x >= 0.5).float()
+        data.test_x = (data.test_x >= 0.5).float()
+    elif mode == "dynamic":
+        gen = torch.Generator().manual_seed(seed)
+        data.test_x = torch.bernoulli(data.test_x, generator=gen)
+    return data
+
+
+# --------------------------------------------------------------------- MNIST
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (gzipped or raw) into a uint8 array of its shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08 or not 1 <= ndim <= 3:
+            raise ValueError("not a uint8 IDX file")
+        shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+        body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        return body.reshape(shape)
+    except (OSError, EOFError, ValueError, struct.error) as err:
+        raise DataError(f"cannot read MNIST file {path}: {err}") from None
+
+
+def _find_mnist_file(raw_dir: Path, stem: str) -> Path:
+    for candidate in (raw_dir / f"{stem}.gz", raw_dir / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"MNIST file {stem}(.gz) not found in {raw_dir}; the project ships it in data/MNIST/raw "
+        "(restore it with git checkout, or pass --data-dir to a folder holding MNIST/raw)"
+    )
+
+
+def load_mnist(root: Path) -> ImageData:
+    raw_dir = root / "MNIST" / "raw"
+    arrays = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(_find_mnist_file(raw_dir, f"{prefix}-images-idx3-ubyte"))
+        labels = _read_idx(_find_mnist_file(raw_dir, f"{prefix}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"MNIST {split} files in {raw_dir} do not match each other")
+        if labels.max() > 9:
+            raise DataError(f"MNIST {split} labels in {raw_dir} are out of range")
+        arrays[split] = (_to_float(images[:, None]), torch.from_numpy(labels.astype(np.int64, copy=True)))
+    h, w = arrays["train"][0].shape[-2:]
+    info = DatasetInfo("MNIST", 1, h, w, MNIST_CLASSES)
+    return ImageData(*arrays["train"], *arrays["test"], info)
+
+
+def _to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 in [0, 1], once for the whole set."""
+    return torch.from_numpy(np.array(images, copy=True)).float().div_(255.0)
+
+
+# ------------------------------------------------------------------ CIFAR-10
+
+
+def load_cifar10(root: Path) -> ImageData:
+    import torchvision
+
+    folder = root / "cifar-10-batches-py"
+    if not folder.is_dir():
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            torchvision.datasets.CIFAR10(root=str(root), train=True, download=True)
+        except Exception as err:  # noqa: BLE001 - any failure means "not available"
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(
+                f"CIFAR-10 not found in {folder} and the download failed ({reason}); "
+                "get cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+                f"and unpack it into {root}, or pass -d PATH to an image folder"
+            ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
+    arrays = []
+    for train in (True, False):
+        try:
+            ds = torchvision.datasets.CIFAR10(root=str(root), train=train, download=False)
+        except Exception as err:  # noqa: BLE001 - corrupt or partial copies
+            raise DataError(f"cannot read CIFAR-10 in {folder}: {err}") from None
+        images = np.asarray(ds.data).transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+        arrays += [_to_float(images), torch.tensor(ds.targets, dtype=torch.int64)]
+    return ImageData(*arrays, DatasetInfo("CIFAR10", 3, 32, 32, CIFAR10_CLASSES))
+
+
+# -------------------------------------------------------------- image folder
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
+
+def _scan(root: Path, class_names: list[str]) -> list[tuple[Path, int]]:
+    items = []
+    for label, name in enumerate(class_names):
+        files = _image_files(root / name)
+        if not files:
+            raise DataError(f"class folder {root / name} has no images")
+        items += [(f, label) for f in files]
+    return items
+
+
+def load_image_folder(
+    root: Path,
+    *,
+    image_size: int | None = None,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    cache_dir: Path | None = None,
+) -> ImageData:
+    """Read ROOT/<class>/*.png (or ROOT/train/<class>, ROOT/test/<class>) into tensors.
+
+    Images are converted to greyscale if the first one is greyscale, else RGB,
+    and resized to `image_size` squared (default: the first image's size).
+    """
+    from PIL import Image
+
+    root = root.resolve()
+    split_dirs = (root / "train").is_dir() and (root / "test").is_dir()
+    base = root / "train" if split_dirs else root
+    class_names = [p.name for p in _class_dirs(base)]
+    if len(class_names) < 2:
+        raise DataError(f"image folder {base} needs at least two class sub-folders, found {len(class_names)}")
+    train_items = _scan(base, class_names)
+    if split_dirs:
+        missing = [c for c in class_names if not (root / "test" / c).is_dir()]
+        if missing:
+            raise DataError(f"{root / 'test'} lacks class folder(s): {', '.join(missing)}")
+        test_items = _scan(root / "test", class_names)
+    else:
+        order = torch.randperm(len(train_items), generator=torch.Generator().manual_seed(split_seed))
+        n_test = max(1, int(round(len(train_items) * test_fraction)))
+        test_items = [train_items[i] for i in order[:n_test].tolist()]
+        train_items = [train_items[i] for i in order[n_test:].tolist()]
+    if len(train_items) + len(test_items) > MAX_FOLDER_IMAGES:
+        raise DataError(f"image folder {root} has more than {MAX_FOLDER_IMAGES} images")
+
+    first = train_items[0][0]
+    try:
+        with Image.open(first) as im:
+            mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+            size = (image_size, image_size) if image_size else im.size  # (W, H)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read image {first}: {err}") from None
+    if size[0] > 512 or size[1] > 512:
+        raise DataError(f"images of {size[0]}x{size[1]} are too large; pass --image-size 64 or less")
+
+    key = hashlib.sha256(repr((str(root), mode, size, [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p, _ in train_items + test_items])).encode()).hexdigest()[:16]  # fmt: skip
+    cache = cache_dir / f"folder-{key}.pt" if cache_dir else None
+    if cache and cache.is_file():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            info = DatasetInfo.from_dict(saved["info"])
+            return ImageData(
+                _u8_to_float(saved["train_x"]), saved["train_y"],
+                _u8_to_float(saved["test_x"]), saved["test_y"], info,
+            )  # fmt: skip
+        except Exception:  # noqa: BLE001 - a bad cache is rebuilt, never trusted
+            pass
+
+    def read(items: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        arrays = np.empty((len(items), size[1], size[0], 1 if mode == "L" else 3), np.uint8)
+        for i, (path, _) in enumerate(items):
+            try:
+                with Image.open(path) as im:
+                    im = im.convert(mode)
+                    if im.size != size:
+                        im = im.resize(size, Image.Resampling.BILINEAR)
+                    arrays[i] = np.asarray(im).reshape(arrays.shape[1:])
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                raise DataError(f"cannot read image {path}: {err}") from None
+        images = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W) uint8
+        return images, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+    train_x, train_y = read(train_items)
+    test_x, test_y = read(test_items)
+    info = DatasetInfo(root.name, 1 if mode == "L" else 3, size[1], size[0], tuple(class_names))
+    if cache:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            torch.save(dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, info=info.to_dict()), tmp)  # fmt: skip
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only data folder just means no cache
+    return ImageData(_u8_to_float(train_x), train_y, _u8_to_float(test_x), test_y, info)
+
+
+def _u8_to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255.0)

@@ -1,0 +1,280 @@
+"""The run folder: the one interface between training and everything that reads it.
+
+    checkpoints/<run_id>/
+      config.json        RunConfig + DatasetInfo + when and how it was started
+      status.json        state, epoch, batch, pid, message (rewritten atomically)
+      metrics.jsonl      one JSON object per finished epoch (append-only)
+      batches.jsonl      one JSON object per logged batch (append-only)
+      train.log          the training process's output, when the app started it
+      artifacts/         truth.png, epoch_NNNN_recon_mean.png, epoch_NNNN_recon_sample.png,
+                         latent_index.npy, latent_labels.npy, epoch_NNNN_latent.npy
+      checkpoints/       latest.pt (every epoch), epoch_NNNN.pt (every N epochs and the last)
+
+Writers replace whole files atomically (temporary file, fsync, rename) or
+append whole lines; readers skip a torn last line. See docs/run-folder.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvae.errors import CheckpointError, CVAEError
+
+FORMAT_VERSION = 1
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+ACTIVE_STATES = ("queued", "starting", "running", "stopping")
+MAX_CHECKPOINT_BYTES = 2 << 30  # refuse anything larger than 2 GiB before reading it
+
+
+def default_runs_root() -> Path:
+    return Path(os.environ.get("CVAE_RUNS_DIR", "checkpoints"))
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is a plain folder name: letters, digits, '.', '_', '-'; no path."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
+        raise CVAEError(f"invalid run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    return run_id
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _clean(value: Any) -> Any:
+    """NaN and infinities are not JSON: store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(_clean(obj), indent=2, default=_json_default).encode())
+
+
+def read_json(path: Path) -> dict | None:
+    """The object in `path`, or None if it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete, valid line of an append-only JSON-lines file."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a torn last line from a killed writer
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not alive
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and readers for one run folder."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def batches_path(self) -> Path:
+        return self.path / "batches.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path / "artifacts"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.checkpoints / "latest.pt"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch_{epoch:04d}.pt"
+
+    def artifact(self, epoch: int, name: str) -> Path:
+        """Per-epoch artifact: recon_mean.png, recon_sample.png or latent.npy."""
+        return self.artifacts / f"epoch_{epoch:04d}_{name}"
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def read_config(self) -> dict | None:
+        return read_json(self.config_path)
+
+    def read_metrics(self) -> list[dict]:
+        return read_jsonl(self.metrics_path)
+
+    def read_batches(self) -> list[dict]:
+        return read_jsonl(self.batches_path)
+
+    def read_status(self) -> dict:
+        """The status file, with a dead process's 'running' turned into 'interrupted'."""
+        status = read_json(self.status_path) or {}
+        state = status.get("state")
+        if state not in ("queued", "starting", "running", "stopping", "finished", "failed", "stopped"):
+            status["state"] = "interrupted" if state else "unknown"
+        elif state in ("starting", "running", "stopping") and not pid_alive(status.get("pid")):
+            status["state"] = "interrupted"
+            status["message"] = "the training process is gone; resume from the last checkpoint"
+        return status
+
+    def write_status(self, **fields: Any) -> None:
+        """Merge `fields` into status.json, atomically."""
+        status = read_json(self.status_path) or {}
+        status.update(fields, updated=time.time())
+        write_json(self.status_path, status)
+
+    def epochs_with(self, name: str) -> list[int]:
+        """Epochs that have an artifact called `name` (e.g. 'recon_mean.png')."""
+        found = []
+        for p in self.artifacts.glob(f"epoch_*_{name}"):
+            try:
+                found.append(int(p.name[6:10]))
+            except ValueError:
+                continue
+        return sorted(found)
+
+
+def run_path(root: Path, run_id: str) -> RunDir:
+    """The folder of `run_id` under `root`, refusing ids that would leave it."""
+    check_run_id(run_id)
+    root = Path(root).resolve()
+    path = (root / run_id).resolve()
+    if path.parent != root:
+        raise CVAEError(f"invalid run id {run_id!r}")
+    return RunDir(path)
+
+
+def list_runs(root: Path) -> list[RunDir]:
+    """Run folders under `root`, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and RUN_ID_PATTERN.match(p.name)]
+    runs = [r for r in runs if r.exists()]
+    return sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
+
+
+def new_run_id(dataset: str, likelihood: str, latent_dim: int) -> str:
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(dataset).name or dataset).strip("-")[:30] or "data"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}-{likelihood}-z{latent_dim}"
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Save plain data and tensors only (loadable with weights_only=True), atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **payload}, buffer)
+    write_atomic(Path(path), buffer.getvalue())
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """Load a checkpoint safely: weights_only (no code runs), with one-line errors."""
+    path = Path(path)
+    if path.is_dir():
+        path = RunDir(path).latest_checkpoint
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"checkpoint {path} is larger than 2 GiB; refusing to load it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every failure is the file's fault
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "weights_only" in str(err) or "Unsupported global" in str(err) or "pickle" in str(err).lower():
+            raise CheckpointError(
+                f"refusing {path}: it is not a plain weights file (loading it would run code)"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise CheckpointError(f"{path} is not a cvae checkpoint (no model weights and config)")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version!r}; this cvae reads {FORMAT_VERSION}")
+    return payload
