@@ -1,18 +1,59 @@
-"""Test-set metrics in nats: the negative ELBO, split into reconstruction and KL.
+"""Test-set metrics in nats: the negative ELBO (reconstruction + KL), the
+importance-weighted bound, and bits per dimension.
 
-The training loop's per-epoch test numbers come from `evaluate_elbo`, so a
-run's metrics and `python -m cvae.evaluate` agree by construction.
+    python -m cvae.evaluate checkpoints/<run>                 # a table
+    python -m cvae.evaluate checkpoints/<run> --json -k 1000  # JSON, tighter bound
+
+The training loop's per-epoch test numbers come from `evaluate_elbo`, which
+is `elbo_per_image` averaged, so a run's metrics and this command agree by
+construction (same seed, same single z sample per image).
+
+Estimators (all per image, in nats, as float64):
+
+- negative ELBO = -log p(x | z, y) + KL(q(z | x, y) || p(z)), one z ~ q
+  (Kingma & Welling 2014); the KL is analytic.
+- IWAE (Burda, Grosse & Salakhutdinov 2016, eq. 8): with K samples
+  z_k ~ q(z | x, y) and log weights log w_k = log p(x | z_k, y) + log p(z_k)
+  - log q(z_k | x, y), the bound log p(x | y) >= E[logsumexp_k log w_k - log K].
+  It equals the ELBO at K = 1 and tightens monotonically (in expectation) to
+  log p(x | y) as K grows. We report its negative, an upper bound on the NLL.
+
+Bits per dimension, D = C * H * W values per image:
+
+- Gaussian decoders on 8-bit images: a density on [0, 1] is not a
+  probability of the stored pixels, so we discretize it. A pixel value
+  v in {0..255} is stored as x = v / 255; its bin is [x - 1/510, x + 1/510],
+  with the first bin extended to -inf and the last to +inf, so the 256 bin
+  probabilities sum to 1 exactly. P(v | z, y) = Phi((upper - mean) / std) -
+  Phi((lower - mean) / std), computed in float64 as a difference of log-CDFs
+  in the lower tail (`discretized_gaussian_log_prob`). The discretized NLL
+  (ELBO or IWAE, with the same KL / weights) gives bpd = NLL / (D ln 2).
+- Bernoulli decoders: the data are binary pixels, so NLL / (D ln 2) is bits
+  per *binary* dimension: not comparable with 8-bit figures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
+from cvae.errors import CVAEError
 from cvae.model import CVAE
 
 EVAL_SEED = 1234  # the noise of z ~ q is fixed, so the same weights give the same numbers
+DEFAULT_IW_SAMPLES = 100  # about 4 min on 2 CPU cores for MNIST conv at 10,000 test images
+MAX_ROWS = 1024  # decoder rows (images x samples) per forward pass: bounds memory
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+LEVELS = 256  # 8-bit pixels
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -20,6 +61,129 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ------------------------------------------------------- discretized Gaussian
+
+
+def _log_sub_exp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(exp(a) - exp(b)) for a >= b, stably (log1mexp, Maechler 2012)."""
+    d = (b - a).clamp(max=0.0)  # <= 0
+    small = d > -math.log(2)
+    return a + torch.where(small, torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+
+
+def discretized_gaussian_log_prob(*, mean: torch.Tensor, std: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """log P(pixel level of x | N(mean, std^2)) per value, float64, same shape as x.
+
+    x must hold 8-bit levels v / 255. Bin of level v: [(v - 0.5) / 255, (v + 0.5) / 255],
+    with level 0 extended to -inf and level 255 to +inf. The probability
+    Phi(b) - Phi(a) is evaluated where both ends are in the lower tail (the
+    bin is reflected about the mean when it lies above it), as
+    log_ndtr(b) + log(1 - exp(log_ndtr(a) - log_ndtr(b))), so neither a tiny
+    bin far in a tail nor a bin near the mode loses precision.
+    """
+    x64 = x.double()
+    mean64 = mean.double() if isinstance(mean, torch.Tensor) else torch.tensor(mean, dtype=torch.float64)
+    std64 = std.double() if isinstance(std, torch.Tensor) else torch.tensor(float(std), dtype=torch.float64)
+    v = torch.round(x64 * (LEVELS - 1))
+    half = 0.5 / (LEVELS - 1)
+    lo = torch.where(v <= 0, -math.inf, x64 - half)
+    hi = torch.where(v >= LEVELS - 1, math.inf, x64 + half)
+    a = (lo - mean64) / std64
+    b = (hi - mean64) / std64
+    # Reflect bins above the mean: Phi(b) - Phi(a) = Phi(-a) - Phi(-b).
+    flip = (a + b) > 0
+    a, b = torch.where(flip, -b, a), torch.where(flip, -a, b)
+    return _log_sub_exp(torch.special.log_ndtr(b), torch.special.log_ndtr(a))
+
+
+def discretized_gaussian_nll(*, mean: torch.Tensor, std: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """-log P(8-bit image | z, y) in nats, summed per image: (B, ...) -> (B,), float64."""
+    return -discretized_gaussian_log_prob(mean=mean, std=std, x=x).flatten(1).sum(1)
+
+
+def is_8bit(x: torch.Tensor) -> bool:
+    """True if every value is v / 255 for an integer v in 0..255 (to float32 rounding)."""
+    if x.numel() == 0:
+        return False
+    scaled = x.double() * (LEVELS - 1)
+    return bool((scaled - scaled.round()).abs().max() < 1e-3 and x.min() >= 0 and x.max() <= 1)
+
+
+def _discrete_nll(model: CVAE, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    lik = model.likelihood
+    out = out.float()
+    return discretized_gaussian_nll(mean=lik.mean(out), std=lik.std(out), x=x)
+
+
+# ------------------------------------------------------------------- ELBO
+
+
+class ElboPerImage(NamedTuple):
+    """Per-image terms in nats, float64, (N,). `recon_discrete` only when asked for."""
+
+    recon: torch.Tensor  # -log p(x | z, y), one z ~ q(z | x, y)
+    kl: torch.Tensor  # KL(q(z | x, y) || N(0, I)), analytic
+    recon_discrete: torch.Tensor | None = None  # -log P(8-bit x | z, y), same z
+
+    @property
+    def nelbo(self) -> torch.Tensor:
+        return self.recon + self.kl
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _forked_rng(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+@torch.no_grad()
+def elbo_per_image(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int = 1000,
+    amp_dtype: torch.dtype | None = None,
+    discretize: bool = False,
+    seed: int = EVAL_SEED,
+) -> ElboPerImage:
+    """The negative ELBO's terms for every image, one z sample each, in eval mode.
+
+    Runs under a forked RNG seeded with `seed`, so it neither depends on nor
+    disturbs the training noise; the noise is drawn exactly as `CVAE.forward`
+    draws it, so the numbers equal `model.elbo_terms` under that seed.
+    """
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    recon, kl, disc = [], [], []
+    try:
+        with _forked_rng(device):
+            torch.manual_seed(seed)
+            for start in range(0, len(x), batch_size):
+                xb = x[start : start + batch_size].to(device, non_blocking=True)
+                yb = y[start : start + batch_size].to(device, non_blocking=True)
+                with autocast(device, amp_dtype):
+                    out = model(xb, yb)
+                recon.append(model.likelihood.nll(out.out, xb).double().cpu())
+                kl.append(_kl(out.mu, out.std).cpu())
+                if discretize:
+                    disc.append(_discrete_nll(model, out.out, xb).cpu())
+    finally:
+        model.train(was_training)
+    empty = torch.zeros(0, dtype=torch.float64)
+    cat = lambda ts: torch.cat(ts) if ts else empty  # noqa: E731
+    return ElboPerImage(cat(recon), cat(kl), cat(disc) if discretize else None)
+
+
+def _kl(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, std^2) || N(0, I)) per code, float64: (B, Z) -> (B,)."""
+    mu, std = mu.double(), std.double()
+    return 0.5 * (mu.pow(2) + std.pow(2) - 2 * std.log() - 1).sum(1)
 
 
 @torch.no_grad()
@@ -36,18 +200,289 @@ def evaluate_elbo(
     Runs in eval mode (batch-norm running statistics) under a forked RNG with
     a fixed seed, so it neither depends on nor disturbs the training noise.
     """
-    device = next(model.parameters()).device
+    terms = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype)
+    n = max(len(x), 1)
+    recon, kl = float(terms.recon.sum()) / n, float(terms.kl.sum()) / n
+    return {"nelbo": recon + kl, "recon": recon, "kl": kl}
+
+
+# ------------------------------------------------------------------- IWAE
+
+
+class IwaePerImage(NamedTuple):
+    """Importance-weighted bounds on log p(x | y) per image, nats, float64, (N,)."""
+
+    log_px: torch.Tensor  # density bound: logsumexp_k log w_k - log K
+    log_px_discrete: torch.Tensor | None = None  # same z_k, with the discretized decoder likelihood
+
+
+@torch.no_grad()
+def iwae_per_image(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    k: int = DEFAULT_IW_SAMPLES,
+    max_rows: int = MAX_ROWS,
+    amp_dtype: torch.dtype | None = None,
+    discretize: bool = False,
+    seed: int = EVAL_SEED,
+) -> IwaePerImage:
+    """The K-sample importance-weighted lower bound on log p(x | y), per image.
+
+    Images go through in batches of `max_rows // k_chunk` and the K samples
+    in chunks of `k_chunk` = min(K, max_rows), so a decoder pass never sees
+    more than `max_rows` rows. Chunks are merged with a running logsumexp in
+    float64; log q and log p(z) are computed in float64 from the standard
+    normal noise, so the weights are exact up to the decoder's float32 NLL.
+    """
+    if k < 1:
+        raise CVAEError(f"the number of importance samples must be at least 1, got {k}")
+    device = _device(model)
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(EVAL_SEED)
-        for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size].to(device, non_blocking=True)
-            yb = y[start : start + batch_size].to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                terms = model.elbo_terms(xb, yb)
-            totals += torch.stack([terms.recon.sum(), terms.kl.sum()]).double().cpu()
-    model.train(was_training)
-    recon, kl = (totals / max(len(x), 1)).tolist()
-    return {"nelbo": recon + kl, "recon": recon, "kl": kl}
+    k_chunk = min(k, max_rows)
+    images = max(1, max_rows // k_chunk)
+    out_c, out_d = [], []
+    try:
+        with _forked_rng(device):
+            torch.manual_seed(seed)
+            for start in range(0, len(x), images):
+                xb = x[start : start + images].to(device, non_blocking=True)
+                yb = y[start : start + images].to(device, non_blocking=True)
+                b = len(xb)
+                with autocast(device, amp_dtype):
+                    post = model.encode(xb, yb)
+                mu, std = post.mu.float(), post.std.float()  # (B, Z)
+                acc_c = torch.full((b,), -math.inf, dtype=torch.float64)
+                acc_d = torch.full((b,), -math.inf, dtype=torch.float64)
+                for k0 in range(0, k, k_chunk):
+                    kc = min(k_chunk, k - k0)
+                    eps = torch.randn(kc, b, mu.shape[1], device=device)  # (kc, B, Z)
+                    z = mu + std * eps  # (kc, B, Z)
+                    eps64, z64 = eps.double(), z.double()
+                    log_q = (-0.5 * eps64.pow(2) - std.double().log() - HALF_LOG_2PI).sum(-1)  # (kc, B)
+                    log_pz = (-0.5 * z64.pow(2) - HALF_LOG_2PI).sum(-1)  # (kc, B)
+                    xr = xb.expand(kc, *xb.shape).reshape(kc * b, *xb.shape[1:])  # (kc*B, C, H, W)
+                    yr = yb.expand(kc, b).reshape(kc * b)
+                    with autocast(device, amp_dtype):
+                        out = model.decode(z.reshape(kc * b, -1), yr)
+                    log_px_z = -model.likelihood.nll(out, xr).double().view(kc, b)
+                    log_w = (log_px_z + log_pz - log_q).cpu()
+                    acc_c = torch.logaddexp(acc_c, torch.logsumexp(log_w, 0))
+                    if discretize:
+                        log_px_z_d = -_discrete_nll(model, out, xr).view(kc, b)
+                        log_w_d = (log_px_z_d + log_pz - log_q).cpu()
+                        acc_d = torch.logaddexp(acc_d, torch.logsumexp(log_w_d, 0))
+                out_c.append(acc_c - math.log(k))
+                if discretize:
+                    out_d.append(acc_d - math.log(k))
+    finally:
+        model.train(was_training)
+    empty = torch.zeros(0, dtype=torch.float64)
+    log_px = torch.cat(out_c) if out_c else empty
+    return IwaePerImage(log_px, (torch.cat(out_d) if out_d else empty) if discretize else None)
+
+
+# ------------------------------------------------------------- the report
+
+
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and its standard error (sample std / sqrt(N)); SE is NaN below 2 values."""
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    se = float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
+    return mean, se
+
+
+def evaluate_model(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    iw_samples: int = DEFAULT_IW_SAMPLES,
+    batch_size: int = 1000,
+    max_rows: int = MAX_ROWS,
+    amp_dtype: torch.dtype | None = None,
+    seed: int = EVAL_SEED,
+) -> dict[str, float | int | str | None]:
+    """Every test-set number of `python -m cvae.evaluate`, as a flat dict.
+
+    Nats per image throughout; `*_se` are standard errors over images. The
+    Gaussian decoder's `nelbo`/`iwae_nll` are densities on [0, 1]^D (they can
+    be negative); its `*_discrete` numbers and bits/dim are for the 8-bit
+    pixels (see the module docstring). `iw_samples = 0` skips the IWAE bound.
+    """
+    t0 = time.time()
+    dims = int(x[0].numel()) if len(x) else 0
+    gaussian = model.config.likelihood == "gaussian"
+    discretize = gaussian and is_8bit(x)
+    elbo = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype, discretize=discretize, seed=seed)
+    nelbo, nelbo_se = mean_se(elbo.nelbo)
+    report: dict[str, float | int | str | None] = {
+        "test_images": len(x),
+        "dims": dims,
+        "nelbo": nelbo,
+        "nelbo_se": nelbo_se,
+        "recon": float(elbo.recon.mean()) if len(x) else math.nan,
+        "kl": float(elbo.kl.mean()) if len(x) else math.nan,
+        "iw_samples": iw_samples,
+    }
+    iwae = None
+    if iw_samples > 0:
+        iwae = iwae_per_image(
+            model, x, y, k=iw_samples, max_rows=max_rows, amp_dtype=amp_dtype, discretize=discretize, seed=seed
+        )
+        report["iwae_nll"], report["iwae_nll_se"] = mean_se(-iwae.log_px)
+    bits = dims * math.log(2) if dims else math.nan
+    if gaussian and discretize:
+        assert elbo.recon_discrete is not None
+        report["nelbo_discrete"], report["nelbo_discrete_se"] = mean_se(elbo.recon_discrete + elbo.kl)
+        report["recon_discrete"] = float(elbo.recon_discrete.mean())
+        report["bpd_kind"] = "8-bit pixels, discretized Gaussian"
+        report["bpd_elbo"] = report["nelbo_discrete"] / bits
+        if iwae is not None and iwae.log_px_discrete is not None:
+            report["iwae_nll_discrete"], report["iwae_nll_discrete_se"] = mean_se(-iwae.log_px_discrete)
+            report["bpd_iwae"] = report["iwae_nll_discrete"] / bits
+    elif gaussian:
+        report["bpd_kind"] = "none: the test images are not 8-bit levels"
+    else:
+        report["bpd_kind"] = "binary pixels (not comparable with 8-bit bits/dim)"
+        report["bpd_elbo"] = nelbo / bits
+        if iwae is not None:
+            report["bpd_iwae"] = report["iwae_nll"] / bits
+    report["seconds"] = time.time() - t0
+    return report
+
+
+def evaluate_checkpoint(
+    path: Path | str,
+    *,
+    iw_samples: int = DEFAULT_IW_SAMPLES,
+    test_subset: int | None = None,
+    batch_size: int = 1000,
+    max_rows: int = MAX_ROWS,
+    seed: int = EVAL_SEED,
+    data_dir: str | None = None,
+    precision: str = "fp32",
+    device: str = "cpu",
+    data: object | None = None,
+) -> dict:
+    """Load a run folder or checkpoint and its test set; `evaluate_model` plus what was evaluated.
+
+    `data` (an `ImageData` already loaded with the run's DataConfig) skips
+    reloading, e.g. when evaluating many checkpoints of one run.
+    """
+    from cvae.data import ImageData, load_data
+    from cvae.generate import load_model
+    from cvae.train import select_amp_dtype, select_device
+
+    if iw_samples < 0:
+        raise CVAEError(f"--iw-samples must be 0 (skip) or more, got {iw_samples}")
+    if test_subset is not None and test_subset < 1:
+        raise CVAEError(f"--test-subset must be positive, got {test_subset}")
+    dev = select_device(device)
+    model, config, info, payload = load_model(path, dev)
+    if not isinstance(data, ImageData):
+        data_config = config.data if data_dir is None else replace(config.data, data_dir=data_dir)
+        data = load_data(data_config)
+        if data.info.to_dict() != info.to_dict():
+            raise CVAEError("the test data differ in shape or classes from the data the checkpoint was trained on")
+    x, y = data.test_x, data.test_y
+    if test_subset:
+        x, y = x[:test_subset], y[:test_subset]
+    if len(x) == 0:
+        raise CVAEError("the test set is empty")
+    amp_dtype = select_amp_dtype(precision, dev)
+    report = evaluate_model(
+        model, x, y, iw_samples=iw_samples, batch_size=batch_size, max_rows=max_rows, amp_dtype=amp_dtype, seed=seed
+    )
+    head = {
+        "checkpoint": str(path),
+        "epoch": payload.get("epoch"),
+        "dataset": info.name,
+        "likelihood": config.model.likelihood + (" (learned sigma)" if config.model.learn_sigma else ""),
+        "latent_dim": config.model.latent_dim,
+        "binarization": config.data.binarize,
+        "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
+        "seed": seed,
+    }
+    return {**head, **report}
+
+
+# ----------------------------------------------------------- command line
+
+
+def format_report(r: dict) -> str:
+    """A plain-text table of an `evaluate_checkpoint` report."""
+
+    def num(key: str) -> str:
+        value, se = r.get(key), r.get(f"{key}_se")
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return "-"
+        text = f"{value:.2f}"
+        if isinstance(se, float) and math.isfinite(se):
+            text += f" ± {se:.2f}"
+        return text
+
+    gaussian = str(r["likelihood"]).startswith("gaussian")
+    unit = "nats (density on [0,1]^D)" if gaussian else "nats"
+    rows = [
+        ("checkpoint", f"{r['checkpoint']} (epoch {r['epoch']})"),
+        ("data", f"{r['dataset']}, {r['test_images']} test images, D = {r['dims']}, binarization: {r['binarization']}"),
+        ("model", f"{r['likelihood']}, z = {r['latent_dim']}, {r['precision']}"),
+        (f"negative ELBO [{unit}]", f"{num('nelbo')}  (recon {r['recon']:.2f} + KL {r['kl']:.2f}; 1 sample)"),
+    ]
+    if r.get("iw_samples"):
+        rows.append((f"IWAE NLL, K = {r['iw_samples']} [{unit}]", num("iwae_nll")))
+    if "nelbo_discrete" in r:
+        rows.append(("negative ELBO [nats, 8-bit]", f"{num('nelbo_discrete')}  (recon {r['recon_discrete']:.2f})"))
+        if "iwae_nll_discrete" in r:
+            rows.append((f"IWAE NLL, K = {r['iw_samples']} [nats, 8-bit]", num("iwae_nll_discrete")))
+    if "bpd_elbo" in r:
+        bpd = f"{r['bpd_elbo']:.4f} (ELBO)"
+        if "bpd_iwae" in r:
+            bpd += f", {r['bpd_iwae']:.4f} (IWAE)"
+        rows.append(("bits/dim", f"{bpd}  [{r['bpd_kind']}]"))
+    elif "bpd_kind" in r:
+        rows.append(("bits/dim", r["bpd_kind"]))
+    rows.append(("time", f"{r['seconds']:.1f} s"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    from cvae.runs import _clean
+    from cvae.train import OneLineParser, _non_negative_int, _positive
+
+    p = OneLineParser(prog="python -m cvae.evaluate", description="Test-set likelihoods of a trained CVAE, in nats.")
+    p.add_argument("checkpoint", help="a run folder or a checkpoint file")
+    p.add_argument("--iw-samples", "-k", type=_non_negative_int, default=DEFAULT_IW_SAMPLES,
+                   help=f"importance samples K for the IWAE bound; 0 skips it [{DEFAULT_IW_SAMPLES}]")  # fmt: skip
+    p.add_argument("--test-subset", type=_positive(int), default=None, help="evaluate the first N test images only")
+    p.add_argument("--batch-size", type=_positive(int), default=1000, help="images per ELBO batch [1000]")
+    p.add_argument("--max-rows", type=_positive(int), default=MAX_ROWS,
+                   help=f"IWAE: images x samples per decoder pass, bounds memory [{MAX_ROWS}]")  # fmt: skip
+    p.add_argument("--seed", type=_non_negative_int, default=EVAL_SEED, help=f"seed of the z noise [{EVAL_SEED}]")
+    p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and cifar-10-batches-py [the run's]")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32", help="[fp32]")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto [cpu]")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = p.parse_args(argv)
+    try:
+        report = evaluate_checkpoint(
+            args.checkpoint, iw_samples=args.iw_samples, test_subset=args.test_subset, batch_size=args.batch_size,
+            max_rows=args.max_rows, seed=args.seed, data_dir=args.data_dir, precision=args.precision,
+            device=args.device,
+        )  # fmt: skip
+    except CVAEError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(_clean(report), indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
