@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,14 +265,16 @@ def load_checkpoint(path: Path | str) -> dict:
     if path.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"checkpoint {path} is larger than 2 GiB; refusing to load it")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every failure is the file's fault
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if "weights_only" in str(err) or "Unsupported global" in str(err) or "pickle" in str(err).lower():
+        text = str(err)
+        if "GLOBAL" in text or "Unsupported global" in text:
             raise CheckpointError(
-                f"refusing {path}: it is not a plain weights file (loading it would run code)"
+                f"refusing {path}: it holds Python objects, not plain weights (loading it would run code)"
             ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt, truncated or not a PyTorch weights file") from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise CheckpointError(f"{path} is not a cvae checkpoint (no model weights and config)")
     version = payload.get("format_version")
