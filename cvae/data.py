@@ -283,7 +283,8 @@ def load_image_folder(
     if size[0] > 512 or size[1] > 512:
         raise DataError(f"images of {size[0]}x{size[1]} are too large; pass --image-size 64 or less")
 
-    key = hashlib.sha256(repr((str(root), mode, size, [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p, _ in train_items + test_items])).encode()).hexdigest()[:16]  # fmt: skip
+    stats = [(str(p), st.st_mtime_ns, st.st_size) for p, _ in train_items + test_items for st in [p.stat()]]
+    key = hashlib.sha256(repr((str(root), mode, size, test_fraction, split_seed, stats)).encode()).hexdigest()[:16]
     cache = cache_dir / f"folder-{key}.pt" if cache_dir else None
     if cache and cache.is_file():
         try:
