@@ -86,10 +86,9 @@ def discretized_gaussian_log_prob(*, mean: torch.Tensor, std: torch.Tensor | flo
     x64 = x.double()
     mean64 = mean.double() if isinstance(mean, torch.Tensor) else torch.tensor(mean, dtype=torch.float64)
     std64 = std.double() if isinstance(std, torch.Tensor) else torch.tensor(float(std), dtype=torch.float64)
-    v = torch.round(x64 * (LEVELS - 1))
-    half = 0.5 / (LEVELS - 1)
-    lo = torch.where(v <= 0, -math.inf, x64 - half)
-    hi = torch.where(v >= LEVELS - 1, math.inf, x64 + half)
+    v = torch.round(x64 * (LEVELS - 1))  # the level; edges from it exactly, not from float32 x
+    lo = torch.where(v <= 0, -math.inf, (v - 0.5) / (LEVELS - 1))
+    hi = torch.where(v >= LEVELS - 1, math.inf, (v + 0.5) / (LEVELS - 1))
     a = (lo - mean64) / std64
     b = (hi - mean64) / std64
     # Reflect bins above the mean: Phi(b) - Phi(a) = Phi(-a) - Phi(-b).
