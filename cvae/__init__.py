@@ -1,8 +1,8 @@
 """cvae: conditional variational autoencoders (Sohn et al., NIPS 2015) for teaching.
 
-    from cvae import load_data, DataConfig, CVAE
-    from cvae.train import main
-    result = main(dataset="MNIST", decoder_type="Bernoulli", latent_dim=2, epochs=1)
+from cvae import load_data, DataConfig, CVAE
+from cvae.train import main
+result = main(dataset="MNIST", decoder_type="Bernoulli", latent_dim=2, epochs=1)
 """
 
 from cvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig

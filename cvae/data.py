@@ -107,9 +107,7 @@ def load_data(config: DataConfig) -> ImageData:
             cache_dir=root / "cache",
         )
     else:
-        raise DataError(
-            f"unknown dataset {name!r}: use MNIST, CIFAR10 or the path of an existing image folder"
-        )
+        raise DataError(f"unknown dataset {name!r}: use MNIST, CIFAR10 or the path of an existing image folder")
     if config.train_subset:
         data.train_x, data.train_y = data.train_x[: config.train_subset], data.train_y[: config.train_subset]
     if config.test_subset:
@@ -223,9 +221,7 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _scan(root: Path, class_names: list[str]) -> list[tuple[Path, int]]:

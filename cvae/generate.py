@@ -10,7 +10,6 @@ decoded under the chosen class into its mean image E[x | z, y].
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,9 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[CV
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{path}: weights do not fit the model in its config ({str(err).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit the model in its config ({str(err).splitlines()[0][:160]})"
+        ) from None
     return model.to(device).eval(), config, info, payload
 
 

@@ -274,7 +274,9 @@ def load_checkpoint(path: Path | str) -> dict:
             raise CheckpointError(
                 f"refusing {path}: it holds Python objects, not plain weights (loading it would run code)"
             ) from None
-        raise CheckpointError(f"cannot read checkpoint {path}: corrupt, truncated or not a PyTorch weights file") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: corrupt, truncated or not a PyTorch weights file"
+        ) from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise CheckpointError(f"{path} is not a cvae checkpoint (no model weights and config)")
     version = payload.get("format_version")

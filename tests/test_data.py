@@ -17,7 +17,7 @@ from cvae.errors import DataError
 def test_mnist_loads_offline_from_the_shipped_files() -> None:
     data = load_data(DataConfig(dataset="MNIST"))
     assert data.train_x.shape == (60000, 1, 28, 28) and data.test_x.shape == (10000, 1, 28, 28)
-    assert data.train_x.dtype == torch.float32 and 0 <= data.train_x.min() and data.train_x.max() <= 1
+    assert data.train_x.dtype == torch.float32 and data.train_x.min() >= 0 and data.train_x.max() <= 1
     counts = torch.bincount(data.train_y).tolist()
     assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # shared/data/README.md
     assert data.info.num_classes == 10 and data.info.channels == 1
@@ -95,3 +95,10 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
     (tmp_path / "d" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match="broken.png"):
         load_image_folder(tmp_path / "d")
+
+
+def test_corrupt_local_cifar_copy_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="cannot read CIFAR-10"):
+        load_data(DataConfig(dataset="CIFAR10", data_dir=str(tmp_path)))
