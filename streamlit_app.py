@@ -1,0 +1,29 @@
+"""The cvae app: train a conditional VAE live, then look inside it.
+
+    streamlit run streamlit_app.py
+
+Navigation and the shared sidebar (the run picker) only; each page is a file in pages/.
+"""
+
+import streamlit as st
+
+from ui.sidebar import run_picker
+
+
+def main() -> None:
+    st.set_page_config(page_title="CVAE lab", page_icon=":material/science:", layout="wide")
+    pages = [
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:", default=True),
+        st.Page("pages/reconstructions.py", title="Reconstructions", icon=":material/compare:"),
+        st.Page("pages/latent.py", title="Latent space", icon=":material/scatter_plot:"),
+        st.Page("pages/generate.py", title="Generate", icon=":material/palette:"),
+    ]
+    page = st.navigation(pages)
+    with st.sidebar:
+        st.markdown("### :material/science: CVAE lab\nConditional variational autoencoders, live.")
+    run_picker()
+    page.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Start, stop and resume training runs as separate processes.
+
+The app never trains inside the Streamlit process: it spawns
+`python -m cvae.train ... --run-dir <root>/<run>` in its own session, writes
+its output to the run's train.log, and from then on only reads the run folder.
+Stop is SIGTERM to the pid in status.json (the trainer keeps the last epoch's
+checkpoint and writes state "stopped"). No streamlit import here: this module is
+the one place that launches processes, so a queue can later wrap it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from cvae.config import DataConfig, TrainConfig
+from cvae.errors import ConfigError
+from cvae.runs import ACTIVE_STATES, RunDir, new_run_id, pid_alive, run_path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """Every option of `python -m cvae.train`, as the Train form fills it in."""
+
+    dataset: str = "MNIST"  # MNIST, CIFAR10 or an image folder path
+    decoder_type: str = "Bernoulli"
+    model_sigma: bool = False
+    latent_dim: int = 2
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    arch: str = "conv"
+    seed: int = 0
+    print_every: int = 1
+    binarize: str = "static"  # Bernoulli only
+    fixed_sigma: float = 1.0  # Gaussian with fixed sigma only
+    image_size: int = 0  # image folders; 0 = the first image's size
+    train_subset: int = 0  # 0 = all
+    test_subset: int = 0  # 0 = all
+    checkpoint_every: int = 20
+    latent_subset: int = 2000
+    precision: str = "auto"
+    device: str = "auto"
+    threads: int = 0  # 0 = all cores
+    data_dir: str = ""
+
+    @property
+    def gaussian(self) -> bool:
+        return self.decoder_type.lower() == "gaussian"
+
+
+QUICK_DEMO = TrainOptions(arch="mlp", latent_dim=2, epochs=5, batch_size=128, learning_rate=1e-3)
+
+
+def validate(opts: TrainOptions) -> list[str]:
+    """Problems with `opts`, one sentence each; empty when the run can start."""
+    problems: list[str] = []
+    name = opts.dataset.strip()
+    builtin = name.upper().replace("-", "") in ("MNIST", "CIFAR10")
+    if not name:
+        problems.append("Choose a dataset, or type the path of an image folder.")
+    elif not builtin:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            problems.append(f"The image folder {name!r} does not exist on the server.")
+        else:
+            base = folder / "train" if (folder / "train").is_dir() else folder
+            classes = [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            if len(classes) < 2:
+                problems.append(f"The image folder {name!r} needs one sub-folder per class (at least two).")
+    if not opts.gaussian and name.upper().replace("-", "") == "CIFAR10":
+        problems.append("CIFAR-10 is in colour: the Bernoulli decoder models black-and-white images. Pick Gaussian.")
+    if opts.model_sigma and not opts.gaussian:
+        problems.append("A learned sigma needs the Gaussian decoder.")
+    if not 1 <= opts.latent_dim <= 1024:
+        problems.append("The latent size must be between 1 and 1024.")
+    if opts.arch == "conv" and opts.image_size and opts.image_size % 4:
+        problems.append("The conv architecture needs an image size divisible by 4 (e.g. 28 or 32), or use mlp.")
+    try:
+        DataConfig(
+            dataset=name or "MNIST", image_size=opts.image_size or None,
+            train_subset=opts.train_subset or None, test_subset=opts.test_subset or None,
+        ).validate()  # fmt: skip
+        TrainConfig(
+            epochs=opts.epochs, batch_size=opts.batch_size, learning_rate=opts.learning_rate, seed=opts.seed,
+            device=opts.device, precision=opts.precision, print_every=opts.print_every,
+            checkpoint_every=opts.checkpoint_every, latent_subset=opts.latent_subset, threads=opts.threads,
+        ).validate()  # fmt: skip
+    except ConfigError as err:
+        problems.append(str(err)[:1].upper() + str(err)[1:] + ".")
+    return problems
+
+
+def build_argv(opts: TrainOptions) -> list[str]:
+    """The command-line flags for `opts` (defaults left out, so train.log reads short)."""
+    argv = [
+        "--dataset", opts.dataset.strip(), "--decoder_type", opts.decoder_type,
+        "--model_sigma", str(bool(opts.model_sigma and opts.gaussian)),
+        "--latent_dim", str(opts.latent_dim), "--epochs", str(opts.epochs), "--batch_size", str(opts.batch_size),
+        "--learning_rate", repr(float(opts.learning_rate)), "--arch", opts.arch, "--seed", str(opts.seed),
+        "--print_every", str(opts.print_every), "--checkpoint-every", str(opts.checkpoint_every),
+        "--latent-subset", str(opts.latent_subset), "--precision", opts.precision, "--device", opts.device,
+        "--threads", str(opts.threads),
+    ]  # fmt: skip
+    if opts.gaussian:
+        if not opts.model_sigma:
+            argv += ["--fixed-sigma", repr(float(opts.fixed_sigma))]
+    else:
+        argv += ["--binarize", opts.binarize]
+    for flag, value in (("--image-size", opts.image_size), ("--train-subset", opts.train_subset),
+                        ("--test-subset", opts.test_subset)):  # fmt: skip
+        if value:
+            argv += [flag, str(value)]
+    if opts.data_dir:
+        argv += ["--data-dir", opts.data_dir]
+    return argv
+
+
+def _spawn(run: RunDir, argv: list[str], epochs: int) -> int:
+    """Start the trainer in its own session, output to train.log; return its pid."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run.log_path, "ab") as log:
+        log.write(f"\n$ python -m cvae.train {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(  # noqa: S603 - a fixed module and validated flags, no shell
+            [sys.executable, "-m", "cvae.train", *argv],
+            cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )  # fmt: skip
+    # Reap the child when it exits (no zombie); this thread only waits, it never trains.
+    threading.Thread(target=proc.wait, daemon=True).start()
+    run.write_status(state="starting", pid=proc.pid, epochs=epochs, batch=0, message="", started=time.time())
+    return proc.pid
+
+
+def start(root: Path, opts: TrainOptions, run_id: str | None = None) -> RunDir:
+    """Validate `opts`, create the run folder under `root` and start training in it."""
+    problems = validate(opts)
+    if problems:
+        raise ConfigError(" ".join(problems))
+    likelihood = "gaussian" if opts.gaussian else "bernoulli"
+    run_id = run_id or new_run_id(opts.dataset.strip(), likelihood, opts.latent_dim)
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    run = run_path(root, run_id)
+    suffix = 2
+    while run.path.exists():  # two starts in the same second
+        run = run_path(root, f"{run_id}-{suffix}")
+        suffix += 1
+    run.path.mkdir(parents=True)
+    _spawn(run, [*build_argv(opts), "--run-dir", str(run.path)], opts.epochs)
+    return run
+
+
+def is_active(run: RunDir) -> bool:
+    return run.read_status().get("state") in ACTIVE_STATES
+
+
+def resume(run: RunDir, more_epochs: int) -> None:
+    """Train `more_epochs` more epochs from the run's last checkpoint, in the same folder."""
+    if is_active(run):
+        raise ConfigError("this run is still training")
+    if not run.latest_checkpoint.is_file():
+        raise ConfigError("this run has no checkpoint yet (it stopped before its first epoch ended)")
+    if not 1 <= more_epochs <= 100_000:
+        raise ConfigError("more epochs must be between 1 and 100000")
+    done = int(run.read_status().get("epoch") or 0)
+    _spawn(run, ["--resume_path", str(run.path), "--epochs", str(more_epochs)], done + more_epochs)
+
+
+def _is_trainer(pid: int) -> bool:
+    """Only ever signal a process that is really a cvae trainer (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return pid_alive(pid)  # no /proc (macOS): trust the status file
+    return b"cvae.train" in cmdline
+
+
+def stop(run: RunDir) -> bool:
+    """Ask the run's trainer to stop (SIGTERM). False when nothing was running."""
+    status = run.read_status()
+    pid = status.get("pid")
+    if status.get("state") not in ACTIVE_STATES or not isinstance(pid, int) or not _is_trainer(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+OPTION_NAMES = tuple(f.name for f in fields(TrainOptions))

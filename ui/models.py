@@ -1,0 +1,83 @@
+"""Cached models and test images, and turning image tensors into PNGs for the page."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from cvae.config import DataConfig
+from cvae.data import load_data
+from cvae.generate import load_model
+from cvae.model import CVAE
+from ui.runs import Run, stamp
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading the model…")
+def _model(checkpoint: str, version: tuple[int, int]) -> tuple[CVAE, int]:
+    torch.set_num_threads(1)  # the app shares the machine with training runs
+    model, _, _, payload = load_model(checkpoint)
+    return model, int(payload.get("epoch", 0))
+
+
+def model(run: Run) -> tuple[CVAE, int]:
+    """The run's latest checkpoint in eval mode, and its epoch; raises CVAEError."""
+    path = run.dir.latest_checkpoint
+    return _model(str(path), stamp(path))
+
+
+@st.cache_data(max_entries=4, show_spinner="Loading test images…")
+def _test_images(data_config: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    data = load_data(DataConfig(**json.loads(data_config)))
+    return data.test_x[:count].numpy(), data.test_y[:count].numpy()
+
+
+def test_images(run: Run, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` test images (N, C, H, W) as the model saw them, and labels; raises CVAEError."""
+    assert run.config is not None
+    cfg = run.config.data.__dict__
+    return _test_images(json.dumps(cfg, sort_keys=True), count)
+
+
+def upscale(images: torch.Tensor | np.ndarray, nrow: int = 8, scale: int = 3, padding: int = 2) -> bytes:
+    """A PNG of an image grid, (N, C, H, W) in [0, 1], enlarged with sharp pixels for a projector."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    images = torch.as_tensor(images).float().clamp(0, 1)
+    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
+    array = grid.mul(255).round().byte().permute(1, 2, 0).numpy()
+    picture = Image.fromarray(array)
+    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _png_file(path: str, version: tuple[int, int], scale: int) -> bytes | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            big = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    except (OSError, ValueError):
+        return None  # missing or half-written: the caller says so
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_file(path: Path, scale: int = 2) -> bytes | None:
+    """An artifact PNG enlarged with sharp pixels, or None if it cannot be read."""
+    return _png_file(str(path), stamp(path), scale)
+
+
+def scale_for(height: int) -> int:
+    """Enlargement that makes a grid of 8 images about 500 px wide."""
+    return max(1, min(6, round(480 / (8 * (height + 2)))))

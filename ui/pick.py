@@ -1,0 +1,49 @@
+"""Showing one test image and what the model makes of it (latent-plot clicks, Generate page)."""
+
+from __future__ import annotations
+
+import streamlit as st
+import torch
+
+from cvae.errors import CVAEError
+from ui.models import model, scale_for, test_images, upscale
+from ui.runs import Run
+
+
+def model_or_message(run: Run):
+    """(model, epoch) of the latest checkpoint, or None with a message on the page."""
+    if not run.dir.latest_checkpoint.is_file():
+        st.info("No checkpoint yet: the model is saved when the first epoch ends." if run.active
+                else "This run has no checkpoint (it ended before its first epoch finished).")  # fmt: skip
+        return None
+    try:
+        return model(run)
+    except CVAEError as err:
+        st.error(f"Cannot load the model: {err}")
+        return None
+
+
+@torch.no_grad()
+def show_reconstruction(run: Run, index: int) -> None:
+    """Test image `index` beside its mean reconstruction by the latest checkpoint."""
+    loaded = model_or_message(run)
+    if loaded is None:
+        return
+    net, epoch = loaded
+    try:
+        x, y = test_images(run, index + 1)
+    except CVAEError as err:
+        st.error(f"Cannot load the test images: {err}")
+        return
+    if index >= len(x):
+        st.warning(f"There is no test image #{index}.")
+        return
+    image, label = torch.from_numpy(x[index : index + 1]), torch.from_numpy(y[index : index + 1])
+    recon = net.generate(net.encode(image, label).mu, label)
+    scale = max(2, scale_for(image.shape[-2]) * 2)
+    names = run.class_names
+    a, b = st.columns(2)
+    a.image(
+        upscale(image, 1, scale), caption=f"test image #{index} · class {names[int(label)] if names else int(label)}"
+    )
+    b.image(upscale(recon, 1, scale), caption=f"its reconstruction (epoch {epoch})")

@@ -1,0 +1,175 @@
+"""Reading run folders for the pages: which runs exist, and cached readers.
+
+Every reader is keyed by the file's (mtime, size) stamp, so a page that polls
+a training run re-reads a file only when the trainer has changed it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from cvae.config import RunConfig
+from cvae.errors import CVAEError
+from cvae.runs import ACTIVE_STATES, RUN_ID_PATTERN, RunDir, default_runs_root, run_path
+
+STATE_COLORS = {
+    "queued": "gray", "starting": "blue", "running": "blue", "stopping": "orange", "finished": "green",
+    "failed": "red", "stopped": "orange", "interrupted": "red", "unknown": "gray",
+}  # fmt: skip
+
+
+def state_badge(state: str) -> str:
+    """Markdown for a coloured badge naming the run's state."""
+    return f":{STATE_COLORS.get(state, 'gray')}-badge[{state}]"
+
+
+def runs_root() -> Path:
+    return default_runs_root().resolve()
+
+
+def stamp(path: Path) -> tuple[int, int]:
+    """(mtime_ns, size) of a file, (0, -1) if it is missing: the cache key of its content."""
+    try:
+        s = path.stat()
+    except OSError:
+        return (0, -1)
+    return (s.st_mtime_ns, s.st_size)
+
+
+def run_ids(root: Path) -> list[str]:
+    """Run folders under `root`, newest first, including half-written ones (no config.json yet)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if (
+            p.is_dir()
+            and RUN_ID_PATTERN.match(p.name)
+            and ((p / "config.json").exists() or (p / "status.json").exists())
+        ):
+            found.append((max(stamp(p / "config.json")[0], stamp(p / "status.json")[0], stamp(p)[0]), p.name))
+    return [name for _, name in sorted(found, reverse=True)]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder as the pages see it: reader, parsed config (or why not) and status."""
+
+    dir: RunDir
+    raw_config: dict | None
+    config: RunConfig | None
+    problem: str | None  # why the config is unusable, if it is
+    status: dict
+
+    @property
+    def id(self) -> str:
+        return self.dir.id
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "unknown")
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def class_names(self) -> list[str]:
+        info = (self.raw_config or {}).get("dataset_info") or {}
+        return [str(c) for c in info.get("class_names", [])]
+
+    @property
+    def label(self) -> str:
+        """A short description for pickers: MNIST · bernoulli · z=2 · 3/5 epochs."""
+        if self.config is None:
+            return self.problem or "no config yet"
+        m = self.config.model
+        sigma = " (learned σ)" if m.learn_sigma else ""
+        info = (self.raw_config or {}).get("dataset_info") or {}
+        epochs = f"{self.status.get('epoch') or 0}/{self.status.get('epochs') or self.config.train.epochs} epochs"
+        return f"{info.get('name', self.config.data.dataset)} · {m.likelihood}{sigma} · {m.arch} · z={m.latent_dim} · {epochs}"
+
+
+def open_run(root: Path, run_id: str) -> Run:
+    """The run called `run_id` (validated: no path may leave `root`)."""
+    run = run_path(root, run_id)
+    raw = run.read_config()
+    config, problem = None, None
+    if raw is None:
+        problem = "config.json is corrupt" if run.config_path.exists() else "config.json is not written yet"
+    else:
+        try:
+            config = RunConfig.from_dict(raw)
+        except (CVAEError, TypeError, ValueError) as err:
+            problem = f"config.json is unusable: {err}"
+    status = run.read_status()
+    if status.get("state") == "unknown" and not run.path.is_dir():
+        problem = "this run folder no longer exists"
+    return Run(run, raw, config, problem, status)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _jsonl(path: str, version: tuple[int, int]) -> list[dict]:
+    from cvae.runs import read_jsonl
+
+    return read_jsonl(Path(path))
+
+
+def metrics(run: RunDir) -> list[dict]:
+    return _jsonl(str(run.metrics_path), stamp(run.metrics_path))
+
+
+def batches(run: RunDir) -> list[dict]:
+    return _jsonl(str(run.batches_path), stamp(run.batches_path))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _latents(folder: str, epochs: tuple[int, ...], version: tuple) -> tuple[np.ndarray, np.ndarray]:
+    run = RunDir(Path(folder))
+    labels = np.load(run.artifacts / "latent_labels.npy", allow_pickle=False)
+    arrays = [np.load(run.artifact(e, "latent.npy"), allow_pickle=False) for e in epochs]
+    n = min([len(labels), *(len(a) for a in arrays)])
+    return np.stack([a[:n] for a in arrays]).astype(np.float32), labels[:n]
+
+
+def latents(run: RunDir) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(epochs, (E, N, Z) posterior means of the latent subset, (N,) labels); raises OSError/ValueError."""
+    epochs = tuple(run.epochs_with("latent.npy"))
+    stamps = tuple(stamp(run.artifact(e, "latent.npy")) for e in epochs[-1:])
+    z, labels = _latents(str(run.path), epochs, stamps)
+    return list(epochs), z, labels
+
+
+def log_tail(run: RunDir, lines: int = 15) -> str:
+    try:
+        text = run.log_path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def eta_text(status: dict, epoch_seconds: list[float]) -> str:
+    """Time left, from the finished epochs' mean duration or the current epoch's batch rate."""
+    epoch, epochs = int(status.get("epoch") or 0), int(status.get("epochs") or 0)
+    batch, batches_per = int(status.get("batch") or 0), int(status.get("batches") or 0)
+    per_epoch = float(np.mean(epoch_seconds[-5:])) if epoch_seconds else None
+    if per_epoch is None and batch and batches_per and status.get("epoch_started"):
+        per_epoch = (time.time() - float(status["epoch_started"])) / batch * batches_per
+    if per_epoch is None or not epochs:
+        return "estimating time left…"
+    left = max(0.0, (epochs - epoch) * per_epoch - (batch / batches_per * per_epoch if batches_per else 0))
+    return f"about {format_seconds(left)} left"
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
