@@ -113,6 +113,23 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def process_identity(pid: int) -> str | None:
+    """'<boot id>:<start time>' of a live process, so a reused pid is not mistaken for it."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None  # no /proc (macOS): fall back to the pid alone
+    return f"{boot}:{start}"
+
+
+def process_is(pid: Any, identity: Any) -> bool:
+    """True if `pid` is alive and, where known, is the very process that wrote `identity`."""
+    if not pid_alive(pid):
+        return False
+    return not identity or process_identity(pid) in (None, identity)
+
+
 def pid_alive(pid: Any) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -196,7 +213,7 @@ class RunDir:
         state = status.get("state")
         if state not in ("queued", "starting", "running", "stopping", "finished", "failed", "stopped"):
             status["state"] = "interrupted" if state else "unknown"
-        elif state in ("starting", "running", "stopping") and not pid_alive(status.get("pid")):
+        elif state in ACTIVE_STATES and not process_is(status.get("pid"), status.get("process")):
             status["state"] = "interrupted"
             status["message"] = "the training process is gone; resume from the last checkpoint"
         return status

@@ -1,0 +1,69 @@
+"""Faults: kill -9 at random moments never corrupts a run; resume loses at most one epoch."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cvae.runs import RunDir, load_checkpoint, read_json
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["-z", "2", "--arch", "mlp", "--train-subset", "256", "--test-subset", "128", "--latent-subset", "64",
+        "-b", "64", "-lr", "1e-3", "-q", "--threads", "1"]  # fmt: skip
+
+
+def check_consistent(run: RunDir) -> int:
+    """Every file parses; metrics are whole epochs 1..k; the checkpoint is at least epoch k. Returns k."""
+    assert read_json(run.config_path) is not None, "config.json unreadable"
+    assert not run.status_path.exists() or read_json(run.status_path) is not None, "status.json unreadable"
+    lines = run.metrics_path.read_text().splitlines() if run.metrics_path.exists() else []
+    epochs = []
+    for i, line in enumerate(lines):
+        try:
+            epochs.append(json.loads(line)["epoch"])
+        except ValueError:
+            assert i == len(lines) - 1, "only the last metrics line may be torn"
+    assert epochs == list(range(1, len(epochs) + 1)), epochs
+    if run.latest_checkpoint.exists():
+        assert load_checkpoint(run.path)["epoch"] >= len(epochs)
+    else:
+        assert not epochs
+    return len(epochs)
+
+
+def test_kill_9_twenty_times_then_resume(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    run = RunDir(tmp_path / "r")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    kills = 0
+    best = 0
+    while kills < 20:
+        if run.latest_checkpoint.exists():
+            args = ["-rp", str(run.path), "-e", "500", "-q", "--threads", "1"]
+        else:
+            args = [*TINY, "-e", "500", "--run-dir", str(run.path)]
+        proc = subprocess.Popen([sys.executable, "-m", "cvae.train", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        time.sleep(rng.uniform(0.3, 6.0))
+        if proc.poll() is not None:  # it must not have failed on its own
+            raise AssertionError(f"trainer exited {proc.returncode}: {proc.stderr.read().decode()[-500:]}")
+        proc.kill()
+        proc.wait()
+        kills += 1
+        if not run.config_path.exists():
+            continue  # killed before it wrote anything
+        done = check_consistent(run)
+        assert done >= best, "a kill lost more than the epoch in progress"
+        best = done
+        assert run.read_status()["state"] in ("interrupted", "unknown")  # never "running" once dead
+    assert best > 0, "no epoch finished in 20 tries"
+    proc = subprocess.run([sys.executable, "-m", "cvae.train", "-rp", str(run.path), "-e", "1", "-q"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert check_consistent(run) == best + 1
+    assert run.read_status()["state"] == "finished"
