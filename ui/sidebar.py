@@ -8,6 +8,7 @@ from cvae.errors import CVAEError
 from ui.runs import Run, open_run, run_ids, runs_root
 
 PENDING = "_select_run"  # a page asks to show another run (e.g. one it just started)
+CURRENT = "current_run"  # the run the pages show (a plain key: it outlives the picker widget)
 
 
 def select(run_id: str) -> None:
@@ -15,23 +16,36 @@ def select(run_id: str) -> None:
     st.session_state[PENDING] = run_id
 
 
+def _to_url() -> None:
+    """The picker changed: put the new run in the address bar before the page reads it."""
+    st.session_state[CURRENT] = st.session_state.get("run")
+    if st.session_state.get("run"):
+        st.query_params["run"] = st.session_state["run"]
+    else:
+        st.query_params.pop("run", None)
+
+
 def run_picker() -> None:
     root = runs_root()
     ids = run_ids(root)
     wanted = st.query_params.get("run")
     if PENDING in st.session_state:
-        st.session_state["run"] = st.session_state.pop(PENDING)
-    if st.session_state.get("run") is not None and st.session_state["run"] not in ids:
-        st.session_state["run"] = None  # deleted meanwhile
-    if st.session_state.get("run") is None and ids and wanted not in ids:
-        st.session_state["run"] = ids[0]  # newest run by default
+        chosen = st.session_state.pop(PENDING)
+    elif wanted in ids:
+        chosen = wanted  # a reload or a shared link
+    elif st.session_state.get("run") in ids:
+        chosen = st.session_state["run"]  # page switches clear the address's query
+    else:
+        chosen = ids[0] if ids else None  # newest run by default
     if wanted and wanted not in ids:
-        st.sidebar.warning(f"No run called {wanted[:60]!r} here; pick one below.")
+        st.sidebar.warning(f"No run called {wanted[:60]!r} here; showing another.")
+    st.session_state["run"] = st.session_state[CURRENT] = chosen if chosen in ids else None
+    _to_url()
     states = {i: _state(root, i) for i in ids}
     st.sidebar.selectbox(
-        "Run", ids, index=None, key="run", bind="query-params", placeholder="no runs yet" if not ids else "pick a run",
+        "Run", ids, key="run", on_change=_to_url, placeholder="no runs yet",
         format_func=lambda i: f"{i}  ·  {states.get(i, 'unknown')}",
-        help="Every training run has a folder; its id is also in the page address, so you can share or reload it.",
+        help="Every training run has a folder; its id is also in the page address, so a reload finds it again.",
     )  # fmt: skip
     st.sidebar.caption(f"Runs folder: `{root}`")
 
@@ -45,7 +59,7 @@ def _state(root, run_id: str) -> str:
 
 def current_run() -> Run | None:
     """The picked run, or None (with a message on the page saying what to do)."""
-    run_id = st.session_state.get("run")
+    run_id = st.session_state.get(CURRENT)
     if not run_id:
         st.info("No run yet. Start one on the **Train** page: the quick demo shows pictures within about a minute.")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")

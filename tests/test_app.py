@@ -1,0 +1,218 @@
+"""AppTest for every page, over every kind of run folder the app may meet.
+
+Runs: finished (the shared tiny MNIST run), still training, failed, stopped,
+half-written (status but no config), corrupt config, a Gaussian learned-sigma
+run with z=3 (PCA on the latent page) and an RGB image-folder run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cvae.runs import RunDir, write_json
+from cvae.train import main as train
+from ui import launcher
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+PAGES = ["pages/train.py", "pages/reconstructions.py", "pages/latent.py", "pages/generate.py"]
+KINDS = ["finished", "running", "failed", "stopped", "half", "corrupt", "gauss", "rgb"]
+
+
+def _copy(src: Path, dst: Path, **status: object) -> None:
+    shutil.copytree(src, dst)
+    if status:
+        RunDir(dst).write_status(**status)
+
+
+def _image_folder(root: Path) -> Path:
+    """Two classes of 12x12 RGB squares: red-ish and blue-ish."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("red", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(24):
+            pixels = rng.integers(0, 80, (12, 12, 3), dtype=np.uint8)
+            pixels[..., 0 if k == 0 else 2] += 170
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A runs folder holding one run of each kind; $CVAE_RUNS_DIR points at it."""
+    root = tmp_path_factory.mktemp("app_runs")
+    _copy(tiny_run, root / "finished")
+    _copy(tiny_run, root / "running", state="running", pid=os.getpid(), epoch=1, epochs=5, batch=3, batches=8,
+          epoch_started=time.time() - 2)  # fmt: skip
+    _copy(tiny_run, root / "failed", state="failed", message="the loss became nan at epoch 2: lower the learning rate")
+    (root / "failed" / "train.log").write_text("Traceback ...\nerror: the loss became nan\n")
+    _copy(tiny_run, root / "stopped", state="stopped", epoch=1, message="stopped during epoch 2")
+    (root / "half").mkdir()
+    write_json(root / "half" / "status.json", {"state": "starting", "pid": 999_999_999})
+    _copy(tiny_run, root / "corrupt")
+    (root / "corrupt" / "config.json").write_text('{"data": {"dataset": "MNI')
+    common = dict(epochs=1, batch_size=32, learning_rate=1e-3, arch="mlp", mlp_hidden=(32,), quiet=True, threads=1)
+    train(dataset="MNIST", decoder_type="Gaussian", model_sigma=True, latent_dim=3, train_subset=128,
+          test_subset=64, latent_subset=64, run_dir=str(root / "gauss"), **common)  # fmt: skip
+    folder = _image_folder(tmp_path_factory.mktemp("images"))
+    train(dataset=str(folder), decoder_type="Gaussian", latent_dim=2, run_dir=str(root / "rgb"), **common)
+    old = os.environ.get("CVAE_RUNS_DIR")
+    os.environ["CVAE_RUNS_DIR"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("CVAE_RUNS_DIR", None)
+    else:
+        os.environ["CVAE_RUNS_DIR"] = old
+
+
+def open_page(page: str, run: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    if run:
+        at.query_params["run"] = run
+    at.run()
+    if page != "pages/train.py":
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def of_type(at: AppTest, name: str) -> list:
+    return [e for e in at.main if type(e).__name__ == name]
+
+
+def texts(at: AppTest) -> str:
+    parts = [
+        e.value for kind in ("error", "info", "warning", "success", "markdown", "caption") for e in getattr(at, kind)
+    ]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_every_run(runs: Path, page: str, kind: str) -> None:
+    at = open_page(page, kind)
+    assert at.session_state["current_run"] == kind
+    assert at.query_params["run"] == kind
+    if kind in ("half", "corrupt") and page != "pages/train.py":
+        assert at.error or at.info, "a half-written run needs a message"
+
+
+def test_train_page_widgets(runs: Path) -> None:
+    at = open_page("pages/train.py", "finished")
+    keys = {
+        w.key for kind in ("selectbox", "radio", "number_input", "checkbox", "text_input") for w in getattr(at, kind)
+    }
+    assert {
+        "f_dataset",
+        "f_folder",
+        "f_decoder",
+        "f_sigma",
+        "f_arch",
+        "f_z",
+        "f_epochs",
+        "f_lr",
+        "f_batch",
+        "f_seed",
+    } <= keys
+    assert {b.key for b in at.button} >= {"start", "resume"}
+    assert len(at.get("plotly_chart")) == 2  # batch loss and the per-epoch curves
+    assert "Finished" in texts(at)
+
+
+def test_train_page_running_and_failed(runs: Path) -> None:
+    at = open_page("pages/train.py", "running")
+    assert "stop" in {b.key for b in at.button}
+    assert "epoch 2 of 5" in texts(at) or at.get("progress")
+    at = open_page("pages/train.py", "failed")
+    assert "lower the learning rate" in texts(at)
+    at = open_page("pages/train.py", "half")
+    assert "interrupted" in texts(at) or at.error
+
+
+def test_latent_page(runs: Path) -> None:
+    at = open_page("pages/latent.py", "finished")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    spec = json.loads(charts[0].proto.spec)
+    assert len(spec["frames"]) == 2 and spec["layout"]["sliders"]
+    assert [t["name"] for t in spec["data"]] == [str(d) for d in range(10)]
+    at = open_page("pages/latent.py", "gauss")
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "PCA" in spec["layout"]["title"]["text"]
+
+
+def test_generate_page(runs: Path) -> None:
+    for kind in ("finished", "gauss", "rgb"):
+        at = open_page("pages/generate.py", kind)
+        assert len(at.tabs) == 4
+        assert len(of_type(at, "DownloadButton")) == 3  # uniform grid, random grid, checkpoint
+        assert len(at.slider) >= 2  # span + one per latent dimension
+        assert len(of_type(at, "Image")) >= 5
+
+
+def test_reconstructions_page(runs: Path) -> None:
+    at = open_page("pages/reconstructions.py", "finished")
+    assert at.select_slider(key="recon_epoch").value == 2
+    assert at.multiselect(key="recon_epochs").value
+    at.selectbox(key="recon_other").select("rgb").run()
+    assert not at.exception
+
+
+def test_no_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path / "none"))
+    for page in PAGES:
+        at = open_page(page)
+        assert "No run" in texts(at)
+    at = open_page("pages/train.py")
+    started = []
+    monkeypatch.setattr(launcher, "start", lambda root, opts: started.append(opts) or RunDir(root / "x"))
+    at.button(key="quick_demo").click().run()
+    assert started == [launcher.QUICK_DEMO]
+
+
+def test_bad_run_id_in_url(runs: Path) -> None:
+    at = open_page("pages/latent.py", "../../etc")
+    assert at.session_state["current_run"] != "../../etc"
+    assert any("No run called" in w.value for w in at.sidebar.warning) or at.session_state["current_run"]
+
+
+def test_form_validates_and_starts_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path))
+    at = open_page("pages/train.py")
+    at.selectbox(key="f_dataset").select("CIFAR10").run()
+    at.button(key="start").click().run()
+    assert any("Bernoulli" in e.value for e in at.error)  # CIFAR-10 is colour
+    assert not list(tmp_path.iterdir())
+    at.selectbox(key="f_dataset").select("MNIST")
+    at.number_input(key="f_epochs").set_value(1)
+    at.number_input(key="f_train_subset").set_value(128)
+    at.number_input(key="f_test_subset").set_value(64)
+    at.number_input(key="f_threads").set_value(1)
+    at.button(key="start").click().run()
+    assert not at.exception
+    folders = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(folders) == 1 and (folders[0] / "status.json").is_file()
+    run = RunDir(folders[0])
+    deadline = time.time() + 90
+    while launcher.is_active(run) and time.time() < deadline:
+        time.sleep(0.5)
+    launcher.stop(run)
+    assert run.read_status()["state"] == "finished", run.log_path.read_text()
+    assert run.config_path.is_file() and run.read_metrics()
+
+
+def test_launcher_validation() -> None:
+    assert launcher.validate(launcher.QUICK_DEMO) == []
+    bad = launcher.TrainOptions(dataset="/no/such/folder", decoder_type="Bernoulli", model_sigma=True, epochs=0)
+    problems = launcher.validate(bad)
+    assert any("does not exist" in p for p in problems) and any("sigma" in p for p in problems)
+    argv = launcher.build_argv(launcher.TrainOptions(decoder_type="Gaussian", model_sigma=True, train_subset=10))
+    assert argv[argv.index("--model_sigma") + 1] == "True" and "--train-subset" in argv and "--binarize" not in argv
