@@ -46,4 +46,4 @@ def show_reconstruction(run: Run, index: int) -> None:
     a.image(
         upscale(image, 1, scale), caption=f"test image #{index} · class {names[int(label)] if names else int(label)}"
     )
-    b.image(upscale(recon, 1, scale), caption=f"its reconstruction (epoch {epoch})")
+    b.image(upscale(recon, 1, scale), width=240, caption=f"its reconstruction (epoch {epoch})")

@@ -55,7 +55,9 @@ def epoch_curves(rows: list[dict]) -> go.Figure:
     fig.update_yaxes(type="log", exponentformat="power", row=1, col=4)
     fig.update_xaxes(title="epoch", dtick=max(1, len(rows) // 8) if rows else 1)
     fig.update_yaxes(title="nats per image", row=1, col=1)
-    return _layout(fig, 340, "Per epoch: train and test, in nats per image")
+    _layout(fig, 370, "Per epoch: train and test, in nats per image")
+    fig.update_layout(margin=dict(t=95), legend=dict(y=1.16, x=1, yanchor="bottom", xanchor="right"))
+    return fig
 
 
 def class_colors(n: int) -> list[str]:

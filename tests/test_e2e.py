@@ -1,0 +1,159 @@
+"""End to end in a real headless Chromium: start a short run from the form, watch it train,
+look at every page, and save a screenshot of each into docs/screenshots/ (the README's pictures).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path: Path):
+    """`streamlit run streamlit_app.py` on a free port, with its runs in tmp_path."""
+    port = _free_port()
+    env = {**os.environ, "CVAE_RUNS_DIR": str(tmp_path / "runs")}
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        pytest.fail("streamlit did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+    yield url, tmp_path / "runs"
+    # Stop any training run the test started, then the server.
+    for status in (tmp_path / "runs").glob("*/status.json"):
+        from cvae.runs import RunDir
+        from ui.launcher import stop
+
+        stop(RunDir(status.parent))
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+def _number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(400)
+
+
+def _points(page, index: int) -> int:
+    """Number of points in the first trace of the index-th plotly chart on the page."""
+    return page.evaluate(
+        "i => { const p = document.querySelectorAll('.js-plotly-plot')[i]; return p && p.data ? p.data[0].x.length : 0 }",
+        index,
+    )
+
+
+def _shot(page, name: str, height: int) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": height})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def test_app_in_a_browser(server) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}")
+    url, runs = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.get_by_text("No runs yet").wait_for(timeout=30_000)
+        _shot(page, "empty", 900)
+
+        # A short run from the form: 4 epochs of 4,000 MNIST images in batches of 16, one thread.
+        page.get_by_text("New run").click()
+        _number(page, "Epochs", 4)
+        page.get_by_text("More options").click()
+        _number(page, "Batch size", 16)
+        _number(page, "Train images (0 = all)", 4000)
+        _number(page, "Test images (0 = all)", 500)
+        _number(page, "CPU threads (0 = all)", 1)
+        page.get_by_role("button", name="Start training").click()
+        page.wait_for_url("**run=*", timeout=20_000)
+        run_id = page.url.split("run=")[1].split("&")[0]
+        assert (runs / run_id / "status.json").is_file()
+
+        # The live batch-loss chart appears and grows while the run trains.
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        first = _points(page, 0)
+        deadline = time.time() + 60
+        while _points(page, 0) <= first and time.time() < deadline:
+            page.wait_for_timeout(500)
+        assert _points(page, 0) > first, "the loss chart did not update"
+        page.screenshot(path=str(SHOTS / "train_live.png"))
+        page.get_by_text("Finished: 4 epochs").wait_for(timeout=90_000)
+        assert page.locator(".js-plotly-plot").count() == 2  # batch loss, per-epoch curves
+        _shot(page, "train", 1900)
+
+        # Latent space: the animated scatter draws, with a frame per epoch; clicking a dot shows it.
+        page.get_by_role("link", name="Latent space").click()
+        page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+        assert f"run={run_id}" in page.url  # the run stays in the address across pages
+        frames = page.evaluate("() => document.querySelector('.js-plotly-plot')._transitionData._frames.length")
+        assert frames == 4
+        page.set_viewport_size({"width": 1400, "height": 1500})
+        page.wait_for_timeout(1500)
+        xy = page.evaluate(
+            """() => { const p = document.querySelector('.js-plotly-plot'); const L = p._fullLayout;
+                       const r = p.getBoundingClientRect(); const d = p.calcdata[1][0];
+                       return [r.left + L.xaxis._offset + L.xaxis.c2p(d.x), r.top + L.yaxis._offset + L.yaxis.c2p(d.y)]; }"""
+        )
+        page.mouse.click(xy[0], xy[1])
+        page.get_by_text("its reconstruction").wait_for(timeout=30_000)
+        page.locator('[data-testid="stImage"]').nth(1).wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(SHOTS / "latent.png"))
+
+        page.get_by_role("link", name="Reconstructions").click()
+        page.get_by_text("Over the epochs").wait_for(timeout=30_000)
+        _shot(page, "reconstructions", 1700)
+
+        page.get_by_role("link", name="Generate").click()
+        page.get_by_text("400 random codes").wait_for(timeout=60_000)
+        _shot(page, "generate", 1250)
+
+        # A reload finds the run again from the address.
+        page.goto(f"{url}/?run={run_id}")
+        page.get_by_text("Finished: 4 epochs").wait_for(timeout=30_000)
+        browser.close()
