@@ -1,0 +1,462 @@
+"""How fast training is on this machine, measured honestly: `python -m cvae.bench`.
+
+    python -m cvae.bench                          # ceiling, baseline vs ours, quick demo
+    python -m cvae.bench --only ceiling,speed     # pick parts
+    python -m cvae.bench --epoch --json out.json  # add one full epoch each, with test -ELBO
+
+Parts (all at MNIST, Bernoulli decoder, static binarization, z = 2, batch 64,
+the reference's conv architecture, seed 0):
+
+- ceiling: fp32 and bf16 2048 x 2048 matmul throughput, GFLOP/s (best of a few).
+- speed: the naive baseline (the reference's way: a torch DataLoader over a
+  dataset that hands out PIL images, per-image ToTensor and thresholding,
+  fp32, Adam defaults) against our training loop (`cvae.train.fit` itself),
+  images per second. Each contender runs in a fresh process (so no allocator
+  or thread setting of one leaks into the other), alternating baseline, ours,
+  baseline, ours...; the speed-up is the median of the per-round ratios.
+- epoch (with --epoch): one full epoch each, then the test negative ELBO; about
+  5 minutes on 2 cores, most of it the baseline.
+- demo: the quick-demo preset (`cvae.train.QUICK_DEMO`) through `cvae.train.main`,
+  at z = 2 and z = 10: the test negative ELBO and the time it took.
+
+Peak resident memory (ru_maxrss) is reported for each process; our loop's
+includes the whole of MNIST. Timings on a shared machine are noisy: compare the
+ratios measured in one run, not absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PARTS = ("ceiling", "speed", "epoch", "demo")
+DEFAULT_PARTS = ("ceiling", "speed", "demo")
+BATCH = 64
+LATENT = 2
+LEARNING_RATE = 1e-4  # the reference's published runs
+SEED = 0
+DEMO_BUDGET_S = 60.0
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu_name(),
+        "cores": cores,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def reference_model_config(latent_dim: int = LATENT):
+    from cvae.config import ModelConfig, conv_preset
+
+    return ModelConfig(
+        channels=1, height=28, width=28, num_classes=10, latent_dim=latent_dim, arch="conv",
+        likelihood="bernoulli", **conv_preset(28, 28),
+    )  # fmt: skip
+
+
+def flops_per_image(batch: int = BATCH) -> float:
+    """Forward + backward FLOPs of one image at the reference architecture, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cvae.model import CVAE
+
+    torch.manual_seed(SEED)
+    model = CVAE(reference_model_config())
+    x = (torch.rand(batch, 1, 28, 28) >= 0.5).float()
+    y = torch.arange(batch) % 10
+    with FlopCounterMode(display=False) as counter:
+        model.elbo_terms(x, y).loss.backward()
+    return counter.get_total_flops() / batch
+
+
+# ----------------------------------------------------------------- ceiling
+
+
+def measure_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Best-of-`repeats` matmul throughput, GFLOP/s, fp32 and bf16 (what the cores can do at best)."""
+    import torch
+
+    from cvae.train import set_threads
+
+    set_threads(0)
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up: oneDNN / MKL pick their kernels
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for _ in range(3):
+                a @ b
+            best = min(best, (time.perf_counter() - t) / 3)
+        out[f"{name}_gflops"] = 2 * n**3 / best / 1e9
+    return out
+
+
+# ---------------------------------------------------------------- baseline
+
+
+class PILMNIST:
+    """torchvision.datasets.MNIST's behaviour, from the shipped IDX files: (PIL image, label) per item."""
+
+    def __init__(self, images, labels, transform) -> None:  # uint8 (N, 28, 28), int64 (N,)
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i], mode="L")
+        return self.transform(img), int(self.labels[i])
+
+
+def _threshold(x):
+    return (x >= 0.5).float()  # the reference binarizes each image in its transform
+
+
+def baseline_loader(train: bool = True):
+    """The reference's input pipeline: a DataLoader with per-image ToTensor + threshold."""
+    import torch
+    from torchvision import transforms
+
+    from cvae.data import load_mnist, resolve_data_dir
+
+    data = load_mnist(resolve_data_dir(""))
+    x, y = (data.train_x, data.train_y) if train else (data.test_x, data.test_y)
+    images = x[:, 0].mul(255).round().to(torch.uint8).numpy()  # back to the IDX bytes
+    dataset = PILMNIST(images, y.numpy(), transforms.Compose([transforms.ToTensor(), transforms.Lambda(_threshold)]))
+    gen = torch.Generator().manual_seed(SEED)
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=train, generator=gen)
+
+
+def run_baseline(batches: int, warmup: int, full_epoch: bool = False) -> dict[str, Any]:
+    """The naive loop: fp32, Adam defaults, zero_grad then backward then step, per batch."""
+    import torch
+
+    from cvae.config import DataConfig
+    from cvae.data import load_data
+    from cvae.evaluate import evaluate_elbo
+    from cvae.model import CVAE
+
+    torch.manual_seed(SEED)
+    model = CVAE(reference_model_config())
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    model.train()
+    loader = baseline_loader()
+    times = [time.perf_counter()]
+    for b, (x, y) in enumerate(loader):
+        if not full_epoch and b == warmup + batches:
+            break
+        optimizer.zero_grad()
+        loss = model.elbo_terms(x, y).loss
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter())
+    result: dict[str, Any] = {}
+    if full_epoch:
+        result["epoch_seconds"] = times[-1] - times[0]
+        result["images_per_s"] = len(loader.dataset) / result["epoch_seconds"]
+        test = load_data(DataConfig(dataset="MNIST", binarize="static"))  # the same test set as ours
+        result["test"] = evaluate_elbo(model, test.test_x, test.test_y)  # fp32
+    else:
+        result["images_per_s"] = batches * BATCH / (times[warmup + batches] - times[warmup])
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+# --------------------------------------------------------------------- ours
+
+
+class _BatchClock:
+    """A fit() callback that keeps each logged batch's time since the run started."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.epochs: list[dict] = []
+
+    def on_batch(self, record: dict[str, Any]) -> None:
+        self.times.append(record["time"])
+
+    def on_epoch(self, record: dict[str, Any]) -> None:
+        self.epochs.append(record)
+
+
+def run_ours(batches: int, warmup: int, full_epoch: bool = False) -> dict[str, Any]:
+    """`cvae.train.fit` itself, as the command line runs it, on the full MNIST in memory."""
+    import torch
+
+    from cvae.config import DataConfig, RunConfig, TrainConfig
+    from cvae.data import ImageData, load_data
+    from cvae.runs import RunDir
+    from cvae.train import fit, select_amp_dtype
+
+    data_config = DataConfig(dataset="MNIST", binarize="static")
+    data = load_data(data_config)
+    if not full_epoch:  # views into the full set: the whole of MNIST stays resident, as in a real run
+        n = (warmup + batches) * BATCH
+        data = ImageData(data.train_x[:n], data.train_y[:n], data.test_x[:1000], data.test_y[:1000], data.info)
+    train = TrainConfig(epochs=1, batch_size=BATCH, learning_rate=LEARNING_RATE, seed=SEED, device="cpu",
+                        latent_subset=0 if not full_epoch else 2000)  # fmt: skip
+    config = RunConfig(data=data_config, model=reference_model_config(), train=train).validate()
+    clock = _BatchClock()
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
+        fit(config, RunDir(Path(tmp) / "run"), data=data, callbacks=[clock], device=torch.device("cpu"))
+    times = clock.times
+    amp = select_amp_dtype(train.precision, torch.device("cpu"))
+    result: dict[str, Any] = {"precision": str(amp or torch.float32).replace("torch.", "")}
+    if full_epoch:
+        record = clock.epochs[-1]
+        result["epoch_seconds"] = times[-1]  # run start to the last batch: training only
+        result["epoch_seconds_with_eval"] = record["seconds"]
+        result["images_per_s"] = len(data.train_x) / times[-1]
+        result["test"] = {"nelbo": record["test_nelbo"], "recon": record["test_recon"], "kl": record["test_kl"]}
+    else:
+        result["images_per_s"] = batches * BATCH / (times[warmup + batches - 1] - times[warmup - 1])
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+# --------------------------------------------------------------------- demo
+
+
+def run_demo(latent_dim: int) -> dict[str, Any]:
+    """The quick-demo preset through `cvae.train.main`, as `--quick-demo -z N` runs it."""
+    from cvae.train import QUICK_DEMO, main
+
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
+        t = time.perf_counter()
+        result = main(**{**QUICK_DEMO, "latent_dim": latent_dim}, run_dir=str(Path(tmp) / "run"), quiet=True)
+        total = time.perf_counter() - t
+    metrics = result.metrics
+    within = [m for m in metrics if m["time"] <= DEMO_BUDGET_S]
+    last = metrics[-1]
+    return {
+        "latent_dim": latent_dim,
+        "epochs": len(metrics),
+        "train_seconds": last["time"],  # fit's clock: training and per-epoch evaluation, no data loading
+        "seconds_with_loading": total,
+        "test_nelbo": last["test_nelbo"],
+        "test_nelbo_within_budget": within[-1]["test_nelbo"] if within else None,
+        "curve": [(round(m["time"], 1), round(m["test_nelbo"], 2)) for m in metrics],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# ------------------------------------------------------------------ workers
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    kind = spec["kind"]
+    if kind == "baseline":
+        return run_baseline(spec["batches"], spec["warmup"], spec.get("full_epoch", False))
+    if kind == "ours":
+        return run_ours(spec["batches"], spec["warmup"], spec.get("full_epoch", False))
+    if kind == "demo":
+        return run_demo(spec["latent_dim"])
+    if kind == "ceiling":
+        return measure_ceiling()
+    raise ValueError(f"unknown worker kind {kind!r}")
+
+
+def spawn(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one part in a fresh Python process; its last stdout line is the JSON result."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvae.bench", "--worker", json.dumps(spec)],
+        capture_output=True, text=True, env=env, cwd=PROJECT_ROOT,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench worker {spec['kind']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"machine": machine_info(), "settings": {
+        "dataset": "MNIST", "likelihood": "bernoulli", "binarize": "static", "latent_dim": LATENT,
+        "batch_size": BATCH, "learning_rate": LEARNING_RATE, "seed": SEED, "arch": "conv (the reference's)",
+        "batches_timed": batches, "warmup_batches": warmup, "rounds": rounds,
+    }}  # fmt: skip
+    if "ceiling" in parts:
+        _log("ceiling: matmul GFLOP/s ...")
+        report["ceiling"] = spawn({"kind": "ceiling"})
+    if "speed" in parts or "epoch" in parts:
+        report["flops_per_image"] = flops_per_image()
+    if "speed" in parts:
+        base, ours = [], []
+        for r in range(rounds):
+            _log(f"speed round {r + 1}/{rounds}: baseline ...")
+            base.append(spawn({"kind": "baseline", "batches": batches, "warmup": warmup}))
+            _log(f"speed round {r + 1}/{rounds}: ours ...")
+            ours.append(spawn({"kind": "ours", "batches": batches, "warmup": warmup}))
+        ratios = [o["images_per_s"] / b["images_per_s"] for b, o in zip(base, ours, strict=True)]
+        ours_ips = statistics.median(o["images_per_s"] for o in ours)
+        report["speed"] = {
+            "baseline_images_per_s": statistics.median(b["images_per_s"] for b in base),
+            "ours_images_per_s": ours_ips,
+            "speedup": statistics.median(ratios),
+            "speedup_per_round": ratios,
+            "ours_seconds_per_epoch": 60_000 / ours_ips,
+            "baseline_peak_rss_mb": max(b["peak_rss_mb"] for b in base),
+            "ours_peak_rss_mb": max(o["peak_rss_mb"] for o in ours),
+            "rounds": {"baseline": base, "ours": ours},
+        }
+        _add_ceiling_fraction(report, report["speed"], "ours_images_per_s")
+    if "epoch" in parts:
+        _log("epoch: baseline, one full epoch (fp32; about 3 minutes on 2 cores) ...")
+        base = spawn({"kind": "baseline", "batches": 0, "warmup": 0, "full_epoch": True})
+        _log("epoch: ours, one full epoch ...")
+        ours = spawn({"kind": "ours", "batches": 0, "warmup": 0, "full_epoch": True})
+        report["epoch"] = {
+            "baseline": base, "ours": ours,
+            "speedup": ours["images_per_s"] / base["images_per_s"],
+            "nelbo_difference": ours["test"]["nelbo"] - base["test"]["nelbo"],
+        }  # fmt: skip
+        _add_ceiling_fraction(report, report["epoch"]["ours"], "images_per_s")
+    if "demo" in parts:
+        report["demo"] = {}
+        for z in (2, 10):
+            _log(f"demo: quick-demo preset, z={z} ...")
+            report["demo"][f"z{z}"] = spawn({"kind": "demo", "latent_dim": z})
+    return report
+
+
+def _add_ceiling_fraction(report: dict[str, Any], where: dict[str, Any], key: str) -> None:
+    ceiling = report.get("ceiling", {}).get("bf16_gflops")
+    flops = report.get("flops_per_image")
+    if ceiling and flops:
+        where["achieved_gflops"] = where[key] * flops / 1e9
+        where["fraction_of_bf16_ceiling"] = where["achieved_gflops"] / ceiling
+
+
+# -------------------------------------------------------------------- table
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = []
+    m = report["machine"]
+    rows.append(("machine", f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}"))
+    if "ceiling" in report:
+        c = report["ceiling"]
+        rows.append(("matmul ceiling fp32 / bf16", f"{c['fp32_gflops']:.0f} / {c['bf16_gflops']:.0f} GFLOP/s"))
+    if "flops_per_image" in report:
+        rows.append(("model FLOPs per image (fwd + bwd)", f"{report['flops_per_image'] / 1e6:.1f} MFLOP"))
+    if "speed" in report:
+        s = report["speed"]
+        rows += [
+            ("naive baseline (fp32, DataLoader)", f"{s['baseline_images_per_s']:.0f} images/s"),
+            ("ours (cvae.train.fit)", f"{s['ours_images_per_s']:.0f} images/s = {s['ours_seconds_per_epoch']:.0f} s/epoch"),
+            ("speed-up, same run", f"{s['speedup']:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in s['speedup_per_round'])})"),
+        ]  # fmt: skip
+        if "fraction_of_bf16_ceiling" in s:
+            rows.append(
+                (
+                    "ours, share of the bf16 ceiling",
+                    f"{100 * s['fraction_of_bf16_ceiling']:.0f}% ({s['achieved_gflops']:.0f} GFLOP/s)",
+                )
+            )
+        rows.append(("peak RSS baseline / ours", f"{s['baseline_peak_rss_mb']:.0f} / {s['ours_peak_rss_mb']:.0f} MB"))
+    if "epoch" in report:
+        e = report["epoch"]
+        b, o = e["baseline"], e["ours"]
+        rows += [
+            ("one epoch, baseline fp32", f"{b['epoch_seconds']:.0f} s, test -ELBO {b['test']['nelbo']:.2f} nats"),
+            ("one epoch, ours", f"{o['epoch_seconds']:.0f} s ({o['epoch_seconds_with_eval']:.0f} s with test eval), "
+                                f"test -ELBO {o['test']['nelbo']:.2f} nats"),
+            ("one epoch: speed-up, -ELBO ours - fp32", f"{e['speedup']:.2f}x, {e['nelbo_difference']:+.2f} nats"),
+            ("peak RSS, full-epoch run (ours)", f"{o['peak_rss_mb']:.0f} MB"),
+        ]  # fmt: skip
+    for key, d in report.get("demo", {}).items():
+        rows.append((f"quick demo {key.replace('z', 'z=')}", f"test -ELBO {d['test_nelbo']:.2f} nats after {d['epochs']} epochs, "
+                                                          f"{d['train_seconds']:.0f} s training"))  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+# ------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cvae.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--only", default=None, help=f"comma-separated parts: {','.join(PARTS)} [{','.join(DEFAULT_PARTS)}]")
+    p.add_argument("--epoch", action="store_true", help="also train one full epoch each (adds about 5 minutes)")
+    p.add_argument("--batches", type=int, default=60, help="timed batches per speed round [60]")
+    p.add_argument("--warmup", type=int, default=5, help="untimed batches first [5]")
+    p.add_argument("--rounds", type=int, default=3, help="baseline/ours alternations [3]")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the full report here")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    parts = tuple(DEFAULT_PARTS if args.only is None else (p.strip() for p in args.only.split(",") if p.strip()))
+    if args.epoch and "epoch" not in parts:
+        parts += ("epoch",)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        print(f"error: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    if min(args.batches, args.rounds) < 1 or args.warmup < 1:
+        print("error: --batches and --rounds must be positive, --warmup at least 1", file=sys.stderr)
+        return 2
+    report = bench(parts, batches=args.batches, warmup=args.warmup, rounds=args.rounds)
+    report["command"] = "python -m cvae.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(format_table(report))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

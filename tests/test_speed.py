@@ -1,0 +1,201 @@
+"""The fast training path gives the same numbers as the plain one; the bench runs.
+
+No timing is asserted here: speed is measured by `python -m cvae.bench`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvae.config import ModelConfig, RunConfig, conv_preset
+from cvae.model import CVAE
+from cvae.train import (
+    QUICK_DEMO,
+    build_config,
+    keep_freed_memory,
+    main,
+    make_optimizer,
+    match_optimizer_state,
+    prepare_model,
+)
+
+CPU = torch.device("cpu")
+
+
+def reference_config(latent_dim: int = 2) -> ModelConfig:
+    return ModelConfig(channels=1, height=28, width=28, num_classes=10, latent_dim=latent_dim, **conv_preset(28, 28))
+
+
+def batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, 28, 28, generator=gen) >= 0.5).float(), torch.randint(0, 10, (n,), generator=gen)
+
+
+def twin_models() -> tuple[CVAE, CVAE]:
+    """The same weights twice: plain contiguous, and as fit() prepares it (channels_last on CPU)."""
+    torch.manual_seed(0)
+    plain = CVAE(reference_config())
+    fast = CVAE(reference_config())
+    fast.load_state_dict(plain.state_dict())
+    return plain, prepare_model(fast, CPU)
+
+
+def test_prepare_model_keeps_layers_and_parameters() -> None:
+    plain, fast = twin_models()
+    assert fast.encoder.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert [type(m) for m in fast.modules()] == [type(m) for m in plain.modules()]
+    mlp = CVAE(ModelConfig(channels=1, height=28, width=28, num_classes=10, arch="mlp"))
+    assert prepare_model(mlp, CPU) is mlp
+
+
+def test_channels_last_gives_the_same_output() -> None:
+    plain, fast = twin_models()
+    x, y = batch()
+    plain.eval()
+    fast.eval()
+    with torch.no_grad():
+        zy = torch.cat([torch.randn(16, 2), plain.one_hot(y)], dim=1)
+        torch.testing.assert_close(
+            fast.encoder(x, plain.one_hot(y)), plain.encoder(x, plain.one_hot(y)), rtol=1e-4, atol=1e-4
+        )
+        torch.testing.assert_close(fast.decoder(zy), plain.decoder(zy), rtol=1e-4, atol=1e-4)
+
+
+def _train_steps(model: CVAE, optimizer: torch.optim.Optimizer, steps: int, amp: bool = False) -> list[float]:
+    losses = []
+    for s in range(steps):
+        x, y = batch(32, seed=s)
+        torch.manual_seed(100 + s)  # the same reparameterisation noise for both contenders
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = model.elbo_terms(x, y).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_channels_last_gives_the_same_gradients() -> None:
+    plain, fast = twin_models()
+    x, y = batch(32)
+    for model in (plain, fast):
+        torch.manual_seed(7)  # the same reparameterisation noise
+        model.elbo_terms(x, y).loss.backward()
+    largest = max(p.grad.abs().max().item() for p in plain.parameters())
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
+        scale = p.grad.abs().max().item()
+        if scale < 1e-6 * largest:
+            continue  # a bias right before batch norm: its true gradient is 0, what is left is rounding
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4 * scale + 1e-7, msg=name)
+
+
+def test_fused_adam_step_equals_the_default_kernel() -> None:
+    """Same parameters and gradients: fused Adam (our optimizer) updates as Adam's default does."""
+    plain, fast = twin_models()
+    x, y = batch(32)
+    torch.manual_seed(7)
+    plain.elbo_terms(x, y).loss.backward()
+    for p, q in zip(plain.parameters(), fast.parameters(), strict=True):
+        q.grad = torch.empty_like(q).copy_(p.grad)
+    plain_opt, fast_opt = torch.optim.Adam(plain.parameters(), lr=1e-3), make_optimizer(fast, 1e-3, CPU)
+    assert fast_opt.defaults["fused"] is True
+    for _ in range(2):
+        plain_opt.step()
+        fast_opt.step()
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fast_fp32_training_follows_plain_training() -> None:
+    plain, fast = twin_models()
+    plain_losses = _train_steps(plain, torch.optim.Adam(plain.parameters(), lr=1e-3), 3)
+    fast_losses = _train_steps(fast, make_optimizer(fast, 1e-3, CPU), 3)
+    torch.testing.assert_close(torch.tensor(fast_losses), torch.tensor(plain_losses), rtol=1e-4, atol=1e-3)
+
+
+def test_bf16_fast_step_approximates_fp32() -> None:
+    """The whole fast path (bf16 autocast too): losses within 1% of fp32 over a few steps."""
+    plain, fast = twin_models()
+    plain_losses = _train_steps(plain, torch.optim.Adam(plain.parameters(), lr=1e-4), 3)
+    fast_losses = _train_steps(fast, make_optimizer(fast, 1e-4, CPU), 3, amp=True)
+    torch.testing.assert_close(torch.tensor(fast_losses), torch.tensor(plain_losses), rtol=1e-2, atol=0.0)
+
+
+def test_loaded_optimizer_state_takes_the_parameters_layout() -> None:
+    """Adam moments saved contiguous (an older or unfused run) and loaded into channels_last parameters."""
+    plain, fast = twin_models()
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    _train_steps(plain, plain_opt, 2)
+    fast.load_state_dict(plain.state_dict())
+    fast_opt = make_optimizer(fast, 1e-3, CPU)
+    fast_opt.load_state_dict(copy.deepcopy(plain_opt.state_dict()))  # as from a file: no shared tensors
+    match_optimizer_state(fast_opt, True)
+    for p in fast.parameters():
+        for value in fast_opt.state[p].values():
+            if value.shape == p.shape:
+                assert value.stride() == p.stride()
+    assert fast_opt.param_groups[0]["fused"] is True
+    a = _train_steps(plain, plain_opt, 2)
+    b = _train_steps(fast, fast_opt, 2)
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=1e-3)
+
+
+def test_keep_freed_memory_is_harmless() -> None:
+    assert keep_freed_memory() in (True, False)
+    assert keep_freed_memory() == sys.platform.startswith("linux")
+
+
+def test_conv_resume_is_exact(tmp_path: Path) -> None:
+    """The fast path keeps exact resume: 2 epochs == 1 epoch + resume 1 epoch."""
+    common = dict(dataset="MNIST", decoder_type="Bernoulli", latent_dim=2, batch_size=32, learning_rate=1e-3,
+                  arch="conv", train_subset=96, test_subset=64, latent_subset=16, quiet=True)  # fmt: skip
+    straight = main(**common, epochs=2, run_dir=str(tmp_path / "straight"))
+    main(**common, epochs=1, run_dir=str(tmp_path / "split"))
+    resumed = main(**{**common, "epochs": 1}, resume_path=str(tmp_path / "split"))
+    a = torch.load(straight.run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(resumed.run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert straight.metrics[-1]["test_nelbo"] == resumed.metrics[-1]["test_nelbo"]
+
+
+def test_quick_demo_preset_validates_and_trains(tmp_path: Path) -> None:
+    from cvae.data import DatasetInfo
+
+    info = DatasetInfo("MNIST", 1, 28, 28, tuple(str(d) for d in range(10)))
+    from cvae.train import EXTRA_DEFAULTS, REFERENCE_DEFAULTS
+
+    for z in (2, 10):
+        options = {**REFERENCE_DEFAULTS, **EXTRA_DEFAULTS, **QUICK_DEMO, "latent_dim": z}
+        config = build_config(options, info)
+        assert config.model.arch == "mlp" and config.model.latent_dim == z
+        assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    result = main(**{**QUICK_DEMO, "epochs": 1}, train_subset=512, test_subset=128, latent_subset=32,
+                  run_dir=str(tmp_path / "demo"), quiet=True)  # fmt: skip
+    assert len(result.metrics) == 1 and torch.isfinite(torch.tensor(result.metrics[0]["test_nelbo"]))
+
+
+@pytest.mark.slow
+def test_bench_runs_quickly(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cvae.bench", "--only", "ceiling,speed", "--batches", "2", "--warmup", "1",
+         "--rounds", "1", "--json", str(out)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert "speed-up, same run" in proc.stdout
+    assert report["ceiling"]["bf16_gflops"] > 0 and report["ceiling"]["fp32_gflops"] > 0
+    assert report["speed"]["baseline_images_per_s"] > 0 and report["speed"]["ours_images_per_s"] > 0
+    assert 170e6 < report["flops_per_image"] < 190e6  # REFERENCE.md: 178.6 MFLOP per image
+    assert report["speed"]["ours_peak_rss_mb"] < 2048
