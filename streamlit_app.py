@@ -2,7 +2,9 @@
 
     streamlit run streamlit_app.py
 
-Navigation and the shared sidebar (the run picker) only; each page is a file in pages/.
+Navigation and the shared sidebar (the run picker) only; each page is a file in
+app_pages/. Not pages/: a folder of that name next to this file switches
+Streamlit to its old multipage mode, where a link straight to a page skips this file.
 """
 
 import streamlit as st
@@ -13,10 +15,10 @@ from ui.sidebar import run_picker
 def main() -> None:
     st.set_page_config(page_title="CVAE lab", page_icon=":material/science:", layout="wide")
     pages = [
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:", default=True),
-        st.Page("pages/reconstructions.py", title="Reconstructions", icon=":material/compare:"),
-        st.Page("pages/latent.py", title="Latent space", icon=":material/scatter_plot:"),
-        st.Page("pages/generate.py", title="Generate", icon=":material/palette:"),
+        st.Page("app_pages/train.py", title="Train", icon=":material/model_training:", default=True),
+        st.Page("app_pages/reconstructions.py", title="Reconstructions", icon=":material/compare:"),
+        st.Page("app_pages/latent.py", title="Latent space", icon=":material/scatter_plot:"),
+        st.Page("app_pages/generate.py", title="Generate", icon=":material/palette:"),
     ]
     page = st.navigation(pages)
     with st.sidebar:

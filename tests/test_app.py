@@ -23,7 +23,7 @@ from cvae.train import main as train
 from ui import launcher
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-PAGES = ["pages/train.py", "pages/reconstructions.py", "pages/latent.py", "pages/generate.py"]
+PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py"]
 KINDS = ["finished", "running", "failed", "stopped", "half", "corrupt", "gauss", "rgb"]
 
 
@@ -78,7 +78,7 @@ def open_page(page: str, run: str | None = None) -> AppTest:
     if run:
         at.query_params["run"] = run
     at.run()
-    if page != "pages/train.py":
+    if page != "app_pages/train.py":
         at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -101,12 +101,12 @@ def test_every_page_every_run(runs: Path, page: str, kind: str) -> None:
     at = open_page(page, kind)
     assert at.session_state["current_run"] == kind
     assert at.query_params["run"] == kind
-    if kind in ("half", "corrupt") and page != "pages/train.py":
+    if kind in ("half", "corrupt") and page != "app_pages/train.py":
         assert at.error or at.info, "a half-written run needs a message"
 
 
 def test_train_page_widgets(runs: Path) -> None:
-    at = open_page("pages/train.py", "finished")
+    at = open_page("app_pages/train.py", "finished")
     keys = {
         w.key for kind in ("selectbox", "radio", "number_input", "checkbox", "text_input") for w in getattr(at, kind)
     }
@@ -128,30 +128,30 @@ def test_train_page_widgets(runs: Path) -> None:
 
 
 def test_train_page_running_and_failed(runs: Path) -> None:
-    at = open_page("pages/train.py", "running")
+    at = open_page("app_pages/train.py", "running")
     assert "stop" in {b.key for b in at.button}
     assert "epoch 2 of 5" in texts(at) or at.get("progress")
-    at = open_page("pages/train.py", "failed")
+    at = open_page("app_pages/train.py", "failed")
     assert "lower the learning rate" in texts(at)
-    at = open_page("pages/train.py", "half")
+    at = open_page("app_pages/train.py", "half")
     assert "interrupted" in texts(at) or at.error
 
 
 def test_latent_page(runs: Path) -> None:
-    at = open_page("pages/latent.py", "finished")
+    at = open_page("app_pages/latent.py", "finished")
     charts = at.get("plotly_chart")
     assert len(charts) == 1
     spec = json.loads(charts[0].proto.spec)
     assert len(spec["frames"]) == 2 and spec["layout"]["sliders"]
     assert [t["name"] for t in spec["data"]] == [str(d) for d in range(10)]
-    at = open_page("pages/latent.py", "gauss")
+    at = open_page("app_pages/latent.py", "gauss")
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert "PCA" in spec["layout"]["title"]["text"]
 
 
 def test_generate_page(runs: Path) -> None:
     for kind in ("finished", "gauss", "rgb"):
-        at = open_page("pages/generate.py", kind)
+        at = open_page("app_pages/generate.py", kind)
         assert len(at.tabs) == 4
         assert len(of_type(at, "DownloadButton")) == 3  # uniform grid, random grid, checkpoint
         assert len(at.slider) >= 2  # span + one per latent dimension
@@ -159,7 +159,7 @@ def test_generate_page(runs: Path) -> None:
 
 
 def test_reconstructions_page(runs: Path) -> None:
-    at = open_page("pages/reconstructions.py", "finished")
+    at = open_page("app_pages/reconstructions.py", "finished")
     assert at.select_slider(key="recon_epoch").value == 2
     assert at.multiselect(key="recon_epochs").value
     at.selectbox(key="recon_other").select("rgb").run()
@@ -171,7 +171,7 @@ def test_no_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for page in PAGES:
         at = open_page(page)
         assert "No run" in texts(at)
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     started = []
     monkeypatch.setattr(launcher, "start", lambda root, opts: started.append(opts) or RunDir(root / "x"))
     at.button(key="quick_demo").click().run()
@@ -179,14 +179,14 @@ def test_no_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bad_run_id_in_url(runs: Path) -> None:
-    at = open_page("pages/latent.py", "../../etc")
+    at = open_page("app_pages/latent.py", "../../etc")
     assert at.session_state["current_run"] != "../../etc"
     assert any("No run called" in w.value for w in at.sidebar.warning) or at.session_state["current_run"]
 
 
 def test_form_validates_and_starts_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path))
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.selectbox(key="f_dataset").select("CIFAR10").run()
     at.button(key="start").click().run()
     assert any("Bernoulli" in e.value for e in at.error)  # CIFAR-10 is colour

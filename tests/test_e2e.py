@@ -123,15 +123,16 @@ def test_app_in_a_browser(server) -> None:
         assert _points(page, 0) > first, "the loss chart did not update"
         page.screenshot(path=str(SHOTS / "train_live.png"))
         page.get_by_text("Finished: 4 epochs").wait_for(timeout=90_000)
-        assert page.locator(".js-plotly-plot").count() == 2  # batch loss, per-epoch curves
+        # Batch loss and per-epoch curves (stale copies from the last live refresh may linger a moment).
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=20_000)
         _shot(page, "train", 1900)
 
         # Latent space: the animated scatter draws, with a frame per epoch; clicking a dot shows it.
         page.get_by_role("link", name="Latent space").click()
         page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
         assert f"run={run_id}" in page.url  # the run stays in the address across pages
-        frames = page.evaluate("() => document.querySelector('.js-plotly-plot')._transitionData._frames.length")
-        assert frames == 4
+        frames = "() => { const p = document.querySelector('.js-plotly-plot'); return p && p._transitionData ? p._transitionData._frames.length : 0 }"
+        page.wait_for_function(f"({frames})() === 4", timeout=30_000)  # one frame per epoch
         page.set_viewport_size({"width": 1400, "height": 1500})
         page.wait_for_timeout(1500)
         xy = page.evaluate(
@@ -153,7 +154,10 @@ def test_app_in_a_browser(server) -> None:
         page.get_by_text("400 random codes").wait_for(timeout=60_000)
         _shot(page, "generate", 1250)
 
-        # A reload finds the run again from the address.
+        # A reload, or a link straight to a page, finds the run again from the address.
         page.goto(f"{url}/?run={run_id}")
         page.get_by_text("Finished: 4 epochs").wait_for(timeout=30_000)
+        page.goto(f"{url}/generate?run={run_id}")
+        page.get_by_text("400 random codes").wait_for(timeout=30_000)
+        assert page.get_by_text("CVAE lab").count() == 1  # the entry point ran: shared sidebar
         browser.close()

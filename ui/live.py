@@ -22,8 +22,8 @@ def live_panel(run: Run) -> None:
     @st.fragment(run_every=every)
     def panel() -> None:
         fresh = open_run(runs_root(), run.id)
-        if fresh.active != run.active:
-            st.rerun()  # started or ended: redraw the whole page (buttons, timer)
+        if (fresh.state, fresh.config is None) != (run.state, run.config is None):
+            st.rerun()  # started, configured or ended: redraw the whole page (header, buttons, timer)
         _status(fresh)
         _curves(fresh)
         _pictures(fresh)

@@ -43,7 +43,6 @@ def show_reconstruction(run: Run, index: int) -> None:
     scale = max(2, scale_for(image.shape[-2]) * 2)
     names = run.class_names
     a, b = st.columns(2)
-    a.image(
-        upscale(image, 1, scale), caption=f"test image #{index} · class {names[int(label)] if names else int(label)}"
-    )
+    name = names[int(label)] if names else int(label)
+    a.image(upscale(image, 1, scale), width=240, caption=f"test image #{index} · class {name}")
     b.image(upscale(recon, 1, scale), width=240, caption=f"its reconstruction (epoch {epoch})")

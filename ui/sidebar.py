@@ -62,7 +62,7 @@ def current_run() -> Run | None:
     run_id = st.session_state.get(CURRENT)
     if not run_id:
         st.info("No run yet. Start one on the **Train** page: the quick demo shows pictures within about a minute.")
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.page_link("app_pages/train.py", label="Go to Train", icon=":material/model_training:")
         return None
     try:
         return open_run(runs_root(), run_id)
