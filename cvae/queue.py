@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from cvae.runs import RunDir, list_runs, process_identity, process_is
+from cvae.runs import RUN_ID_PATTERN, RunDir, process_identity, process_is
 
 POLL_S = 1.0
 
@@ -35,7 +35,8 @@ def default_max_active() -> int:
 def waiting_runs(root: Path) -> list[RunDir]:
     """Runs waiting for a slot, in queue order (live processes only)."""
     waiting = []
-    for run in list_runs(root):
+    runs = [RunDir(p) for p in Path(root).iterdir() if RUN_ID_PATTERN.match(p.name) and (p / "status.json").is_file()]
+    for run in runs:  # queued runs have no config.json yet, so not list_runs
         status = run.read_status()
         if status.get("state") == "queued" and process_is(status.get("pid"), status.get("process")):
             waiting.append((float(status.get("queued_at") or 0), run.id, run))
@@ -77,3 +78,43 @@ def wait_for_slot(
             run.write_status(state="queued", position=position, message=f"waiting in the queue: {ahead}")
         time.sleep(POLL_S)
     return None
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """python -m cvae.queue [--max-active N] --run-dir RUN [train options]: wait for a slot, then train."""
+    import signal
+
+    from cvae.train import OneLineParser
+    from cvae.train import cli as train_cli
+
+    parser = OneLineParser(prog="python -m cvae.queue", description="Queue a training run, then train it.")
+    parser.add_argument(
+        "--max-active", type=int, default=None, help="runs training at once [$CVAE_MAX_RUNS or cores/2]"
+    )
+    parser.add_argument("--run-dir", required=True, help="the run folder (its parent is the queue)")
+    args, train_args = parser.parse_known_args(argv)
+    max_active = args.max_active or default_max_active()
+    if max_active < 1:
+        parser.error("--max-active must be at least 1")
+    run = RunDir(Path(args.run_dir).resolve())
+    run.path.mkdir(parents=True, exist_ok=True)
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["requested"] = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    handle = wait_for_slot(run, run.path.parent, max_active, should_stop=lambda: stop["requested"])
+    signal.signal(signal.SIGTERM, previous)
+    if handle is None:
+        run.write_status(state="stopped", message="taken out of the queue before it started")
+        return 0
+    run.write_status(state="starting", position=None, message="")
+    with handle:  # the slot is held until training ends, and freed by the kernel if we die
+        return train_cli([*train_args, "--run-dir", str(run.path)])
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(cli())
