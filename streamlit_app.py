@@ -9,6 +9,7 @@ Streamlit to its old multipage mode, where a link straight to a page skips this 
 
 import streamlit as st
 
+from ui.auth import gate
 from ui.sidebar import run_picker
 
 
@@ -20,9 +21,10 @@ def main() -> None:
         st.Page("app_pages/latent.py", title="Latent space", icon=":material/scatter_plot:"),
         st.Page("app_pages/generate.py", title="Generate", icon=":material/palette:"),
     ]
-    page = st.navigation(pages)
     with st.sidebar:
         st.markdown("### :material/science: CVAE lab\nConditional variational autoencoders, live.")
+    gate()  # sign-in, when the server's secrets turn it on; nothing below shows before it
+    page = st.navigation(pages)
     run_picker()
     page.run()
 

@@ -2,10 +2,11 @@
 
 import streamlit as st
 
+from ui.controls import run_controls
 from ui.live import live_panel
 from ui.runs import run_ids, runs_root, state_badge
 from ui.sidebar import current_run
-from ui.train_form import empty_state, new_run_form, run_controls, runs_table
+from ui.train_form import empty_state, new_run_form, runs_table
 
 st.title(":material/model_training: Train a conditional VAE")
 have_runs = bool(run_ids(runs_root()))
@@ -16,7 +17,7 @@ with st.expander("New run", expanded=False, icon=":material/add_circle:"):
 
 run = current_run() if have_runs else None
 if run is not None:
-    st.subheader(f"{run.id} {state_badge(run.state)}")
+    st.subheader(f"{run.id} {state_badge(run.state, run.state_text)}")
     st.caption(run.label)
     run_controls(run)
     live_panel(run)

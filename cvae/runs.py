@@ -146,6 +146,22 @@ def pid_alive(pid: Any) -> bool:
         return True
 
 
+def live_status(status: dict) -> dict:
+    """A copy of a status.json object as it stands now: a dead process's active state reads 'interrupted'.
+
+    Kept apart from reading the file so that a reader may cache the file's content
+    (keyed by its mtime) and still see a process that died without a word.
+    """
+    status = dict(status)
+    state = status.get("state")
+    if state not in ("queued", "starting", "running", "stopping", "finished", "failed", "stopped"):
+        status["state"] = "interrupted" if state else "unknown"
+    elif state in ACTIVE_STATES and not process_is(status.get("pid"), status.get("process")):
+        status["state"] = "interrupted"
+        status["message"] = "the training process is gone; resume from the last checkpoint"
+    return status
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths and readers for one run folder."""
@@ -209,14 +225,7 @@ class RunDir:
 
     def read_status(self) -> dict:
         """The status file, with a dead process's 'running' turned into 'interrupted'."""
-        status = read_json(self.status_path) or {}
-        state = status.get("state")
-        if state not in ("queued", "starting", "running", "stopping", "finished", "failed", "stopped"):
-            status["state"] = "interrupted" if state else "unknown"
-        elif state in ACTIVE_STATES and not process_is(status.get("pid"), status.get("process")):
-            status["state"] = "interrupted"
-            status["message"] = "the training process is gone; resume from the last checkpoint"
-        return status
+        return live_status(read_json(self.status_path) or {})
 
     def write_status(self, **fields: Any) -> None:
         """Merge `fields` into status.json, atomically."""

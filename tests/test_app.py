@@ -173,7 +173,7 @@ def test_no_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert "No run" in texts(at)
     at = open_page("app_pages/train.py")
     started = []
-    monkeypatch.setattr(launcher, "start", lambda root, opts: started.append(opts) or RunDir(root / "x"))
+    monkeypatch.setattr(launcher, "start", lambda root, opts, **kw: started.append(opts) or RunDir(root / "x"))
     at.button(key="quick_demo").click().run()
     assert started == [launcher.QUICK_DEMO]
 

@@ -1,16 +1,20 @@
 """Start, stop and resume training runs as separate processes.
 
 The app never trains inside the Streamlit process: it spawns
-`python -m cvae.train ... --run-dir <root>/<run>` in its own session, writes
-its output to the run's train.log, and from then on only reads the run folder.
-Stop is SIGTERM to the pid in status.json (the trainer keeps the last epoch's
-checkpoint and writes state "stopped"). No streamlit import here: this module is
-the one place that launches processes, so a queue can later wrap it.
+`python -m cvae.queue --max-active N ... --run-dir <root>/<run>` in its own
+session, which waits for one of N training slots and then trains in the same
+process; its output goes to the run's train.log, and from then on the app only
+reads the run folder. Stop is SIGTERM to the pid in status.json (a queued run
+leaves the queue; a training one keeps the last epoch's checkpoint and writes
+state "stopped"). No streamlit import here: this module is the one place that
+launches processes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +25,11 @@ from pathlib import Path
 
 from cvae.config import DataConfig, TrainConfig
 from cvae.errors import ConfigError
-from cvae.runs import ACTIVE_STATES, RunDir, new_run_id, pid_alive, run_path
+from cvae.queue import default_max_active
+from cvae.runs import ACTIVE_STATES, RunDir, new_run_id, pid_alive, process_identity, read_json, run_path, write_json
+
+LAUNCH_FILE = "launch.json"  # the flags the app started a run with, to start it again from scratch
+OWNER_FILE = "owner.json"  # who started the run, when sign-in is on
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,26 +132,55 @@ def build_argv(opts: TrainOptions) -> list[str]:
     return argv
 
 
+def max_active() -> int:
+    """How many runs may train at once: $CVAE_MAX_RUNS, else half the cores (at least one)."""
+    return default_max_active()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _queue_argv(argv: list[str], run: RunDir) -> list[str]:
+    """`python -m cvae.queue` flags: N slots, and with N > 1 an equal share of the cores per run."""
+    n = max_active()
+    extra = ["--max-active", str(n), "--run-dir", str(run.path)]
+    if n > 1 and "--threads" in argv and argv[argv.index("--threads") + 1] == "0":
+        argv = [*argv]
+        argv[argv.index("--threads") + 1] = str(max(1, _cores() // n))
+    elif n > 1 and "--threads" not in argv:
+        argv = [*argv, "--threads", str(max(1, _cores() // n))]
+    return [*extra, *argv]
+
+
 def _spawn(run: RunDir, argv: list[str], epochs: int) -> int:
-    """Start the trainer in its own session, output to train.log; return its pid."""
+    """Queue the run: `python -m cvae.queue` in its own session, output to train.log; return its pid.
+
+    The queue process waits (sleeping) for a training slot, then trains in the
+    same process. status.json says "queued" from before the process exists, with
+    a fresh queued_at, so a resumed run joins the end of the queue.
+    """
     run.path.mkdir(parents=True, exist_ok=True)
+    run.write_status(state="queued", pid=None, process=None, position=None, epochs=epochs, batch=0,
+                     message="joining the queue", queued_at=time.time())  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "cvae.queue", *_queue_argv(argv, run)]
     with open(run.log_path, "ab") as log:
-        log.write(f"\n$ python -m cvae.train {' '.join(argv)}\n".encode())
+        log.write(f"\n$ python -m cvae.queue {' '.join(command[3:])}\n".encode())
         log.flush()
         proc = subprocess.Popen(  # noqa: S603 - a fixed module and validated flags, no shell
-            [sys.executable, "-m", "cvae.train", *argv],
-            cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env,
         )  # fmt: skip
     # Reap the child when it exits (no zombie); this thread only waits, it never trains.
     threading.Thread(target=proc.wait, daemon=True).start()
-    run.write_status(state="starting", pid=proc.pid, epochs=epochs, batch=0, message="", started=time.time())
+    # The same pid and identity the queue process writes itself: whichever write lands last, they agree.
+    run.write_status(pid=proc.pid, process=process_identity(proc.pid), started=time.time())
     return proc.pid
 
 
-def start(root: Path, opts: TrainOptions, run_id: str | None = None) -> RunDir:
-    """Validate `opts`, create the run folder under `root` and start training in it."""
+def start(root: Path, opts: TrainOptions, run_id: str | None = None, owner: str | None = None) -> RunDir:
+    """Validate `opts`, create the run folder under `root` and queue it for training."""
     problems = validate(opts)
     if problems:
         raise ConfigError(" ".join(problems))
@@ -157,7 +194,15 @@ def start(root: Path, opts: TrainOptions, run_id: str | None = None) -> RunDir:
         run = run_path(root, f"{run_id}-{suffix}")
         suffix += 1
     run.path.mkdir(parents=True)
-    _spawn(run, [*build_argv(opts), "--run-dir", str(run.path)], opts.epochs)
+    argv = build_argv(opts)
+    try:
+        write_json(run.path / LAUNCH_FILE, {"argv": argv, "epochs": opts.epochs})
+        if owner:
+            write_json(run.path / OWNER_FILE, {"owner": owner, "created": time.time()})
+        _spawn(run, argv, opts.epochs)
+    except OSError:
+        shutil.rmtree(run.path, ignore_errors=True)  # no half-made run left behind (disk full, read-only)
+        raise
     return run
 
 
@@ -177,17 +222,50 @@ def resume(run: RunDir, more_epochs: int) -> None:
     _spawn(run, ["--resume_path", str(run.path), "--epochs", str(more_epochs)], done + more_epochs)
 
 
+def can_start_again(run: RunDir) -> bool:
+    """A run with no checkpoint that the app started: its flags are in launch.json."""
+    launch = read_json(run.path / LAUNCH_FILE) or {}
+    return isinstance(launch.get("argv"), list) and all(isinstance(a, str) for a in launch["argv"])
+
+
+def start_again(run: RunDir) -> None:
+    """Start a run that ended before its first checkpoint from scratch, with the same flags, in its folder."""
+    if is_active(run):
+        raise ConfigError("this run is still training")
+    launch = read_json(run.path / LAUNCH_FILE) or {}
+    if not can_start_again(run):
+        raise ConfigError("this run was not started from the app: start a new run instead")
+    _spawn(run, [str(a) for a in launch["argv"]], int(launch.get("epochs") or 0))
+
+
+def delete(run: RunDir) -> None:
+    """Remove a run folder that is not training (finished, failed, stopped or interrupted)."""
+    if is_active(run):
+        raise ConfigError("stop this run before deleting it")
+    shutil.rmtree(run.path)
+
+
+def explain(err: OSError) -> str:
+    """One sentence for a file-system error when writing a run folder."""
+    if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
+        return "the disk that holds the runs folder is full. Delete old runs or ask the server's admin for space."
+    if isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the runs folder is read-only for the app. Ask the server's admin to check CVAE_RUNS_DIR."
+    return f"{err.strerror or err} ({type(err).__name__})"
+
+
 def _is_trainer(pid: int) -> bool:
-    """Only ever signal a process that is really a cvae trainer (pids get reused)."""
+    """Only ever signal a process that is really a cvae trainer or queued run (pids get reused)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return pid_alive(pid)  # no /proc (macOS): trust the status file
-    return b"cvae.train" in cmdline
+    return b"cvae.train" in cmdline or b"cvae.queue" in cmdline
 
 
 def stop(run: RunDir) -> bool:
-    """Ask the run's trainer to stop (SIGTERM). False when nothing was running."""
+    """Ask the run's process to stop (SIGTERM): a queued run leaves the queue, a training one
+    keeps its last checkpoint. False when nothing was running."""
     status = run.read_status()
     pid = status.get("pid")
     if status.get("state") not in ACTIVE_STATES or not isinstance(pid, int) or not _is_trainer(pid):

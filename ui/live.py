@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import plots
+from ui.launcher import max_active
 from ui.models import png_file
 from ui.runs import Run, batches, eta_text, log_tail, metrics, open_run, runs_root
 
@@ -37,7 +38,10 @@ def _status(run: Run) -> None:
     batch, per = int(s.get("batch") or 0), int(s.get("batches") or 0)
     done = (epoch + (batch / per if per else 0)) / epochs if epochs else 0.0
     rows = metrics(run.dir)
-    if run.active:
+    if run.state == "queued":
+        st.info(f":material/hourglass_top: **{run.state_text.capitalize()}**: at most {max_active()} run(s) train at "
+                f"once on this server; this one starts by itself when its turn comes. {s.get('message') or ''}")  # fmt: skip
+    elif run.active:
         where = f"epoch {min(epoch + 1, epochs)} of {epochs}" + (f" · batch {batch} of {per}" if per else "")
         if run.state == "starting" and not per:
             where = "starting: loading the data and building the model"
@@ -47,14 +51,17 @@ def _status(run: Run) -> None:
         st.success(f"Finished: {epochs} epochs.")
     elif run.state == "stopped":
         st.warning(f"Stopped after epoch {epoch}. {s.get('message', '')}  Resume it to train more.")
-    elif run.state in ("failed", "interrupted", "unknown"):
+    elif run.state == "interrupted":
+        saved = "Resume it from its last checkpoint with one click above." if run.dir.latest_checkpoint.is_file() else (
+            "It had no checkpoint yet: start it again.")  # fmt: skip
+        st.error(f":material/power_off: **Interrupted** after epoch {epoch}: its process is gone (killed, out of "
+                 f"memory or a server restart). {saved}")  # fmt: skip
+        _log(run)
+    elif run.state in ("failed", "unknown"):
         st.error(
             f"This run {run.state if run.state != 'unknown' else 'has no status'}: {s.get('message') or 'see the log below'}"
         )
-        tail = log_tail(run.dir)
-        if tail:
-            with st.expander("Last lines of train.log", expanded=True):
-                st.code(tail, language=None)
+        _log(run)
     if rows:
         last = rows[-1]
         cols = st.columns(4)
@@ -66,6 +73,13 @@ def _status(run: Run) -> None:
         cols[1].metric("reconstruction", _nats(last.get("test_recon")))
         cols[2].metric("KL", _nats(last.get("test_kl")))
         cols[3].metric("speed", f"{last.get('images_per_s') or 0:,.0f} img/s")
+
+
+def _log(run: Run) -> None:
+    tail = log_tail(run.dir)
+    if tail:
+        with st.expander("Last lines of train.log", expanded=run.state != "interrupted"):
+            st.code(tail, language=None)
 
 
 def _nats(value: float | None) -> str:

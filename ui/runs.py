@@ -15,7 +15,9 @@ import streamlit as st
 
 from cvae.config import RunConfig
 from cvae.errors import CVAEError
-from cvae.runs import ACTIVE_STATES, RUN_ID_PATTERN, RunDir, default_runs_root, run_path
+from cvae.runs import ACTIVE_STATES, RUN_ID_PATTERN, RunDir, default_runs_root, live_status, read_json, run_path
+
+OWNER_FILE = "owner.json"  # {"owner": name}, written by ui.launcher when sign-in is on
 
 STATE_COLORS = {
     "queued": "gray", "starting": "blue", "running": "blue", "stopping": "orange", "finished": "green",
@@ -23,9 +25,9 @@ STATE_COLORS = {
 }  # fmt: skip
 
 
-def state_badge(state: str) -> str:
-    """Markdown for a coloured badge naming the run's state."""
-    return f":{STATE_COLORS.get(state, 'gray')}-badge[{state}]"
+def state_badge(state: str, text: str | None = None) -> str:
+    """Markdown for a coloured badge naming the run's state (or `text`, e.g. 'queued — position 2')."""
+    return f":{STATE_COLORS.get(state, 'gray')}-badge[{text or state}]"
 
 
 def runs_root() -> Path:
@@ -65,6 +67,7 @@ class Run:
     config: RunConfig | None
     problem: str | None  # why the config is unusable, if it is
     status: dict
+    owner: str | None = None  # who started it, when sign-in is on
 
     @property
     def id(self) -> str:
@@ -77,6 +80,14 @@ class Run:
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    @property
+    def state_text(self) -> str:
+        """The state for people: 'queued — position 2' while waiting for a training slot."""
+        position = self.status.get("position")
+        if self.state == "queued" and isinstance(position, int):
+            return f"queued — position {position}"
+        return self.state
 
     @property
     def class_names(self) -> list[str]:
@@ -95,22 +106,36 @@ class Run:
         return f"{info.get('name', self.config.data.dataset)} · {m.likelihood}{sigma} · {m.arch} · z={m.latent_dim} · {epochs}"
 
 
-def open_run(root: Path, run_id: str) -> Run:
-    """The run called `run_id` (validated: no path may leave `root`)."""
-    run = run_path(root, run_id)
-    raw = run.read_config()
-    config, problem = None, None
+@st.cache_data(max_entries=512, show_spinner=False)
+def _json(path: str, version: tuple[int, int]) -> dict | None:
+    """A JSON file's object, re-read only when its (mtime, size) stamp changes."""
+    return read_json(Path(path))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _config(path: str, version: tuple[int, int]) -> tuple[dict | None, RunConfig | None, str | None]:
+    raw = read_json(Path(path))
     if raw is None:
-        problem = "config.json is corrupt" if run.config_path.exists() else "config.json is not written yet"
-    else:
-        try:
-            config = RunConfig.from_dict(raw)
-        except (CVAEError, TypeError, ValueError) as err:
-            problem = f"config.json is unusable: {err}"
-    status = run.read_status()
+        return None, None, "config.json is corrupt" if version[1] >= 0 else "config.json is not written yet"
+    try:
+        return raw, RunConfig.from_dict(raw), None
+    except (CVAEError, TypeError, ValueError, AttributeError) as err:
+        return raw, None, f"config.json is unusable: {str(err)[:200]}"
+
+
+def open_run(root: Path, run_id: str) -> Run:
+    """The run called `run_id` (validated: no path may leave `root`).
+
+    Cheap enough to call on every poll: each file is parsed once per change
+    (cached by its stamp); only the liveness of the trainer's pid is checked anew.
+    """
+    run = run_path(root, run_id)
+    raw, config, problem = _config(str(run.config_path), stamp(run.config_path))
+    status = live_status(_json(str(run.status_path), stamp(run.status_path)) or {})
     if status.get("state") == "unknown" and not run.path.is_dir():
-        problem = "this run folder no longer exists"
-    return Run(run, raw, config, problem, status)
+        problem = "this run folder no longer exists (deleted?)"
+    owner = (_json(str(run.path / OWNER_FILE), stamp(run.path / OWNER_FILE)) or {}).get("owner")
+    return Run(run, raw, config, problem, status, str(owner) if owner else None)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

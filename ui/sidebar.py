@@ -38,7 +38,7 @@ def run_picker() -> None:
     else:
         chosen = ids[0] if ids else None  # newest run by default
     if wanted and wanted not in ids:
-        st.sidebar.warning(f"No run called {wanted[:60]!r} here; showing another.")
+        st.sidebar.warning(f"No run called {wanted[:60]!r} here (deleted, or a mistyped address); showing another.")
     st.session_state["run"] = st.session_state[CURRENT] = chosen if chosen in ids else None
     _to_url()
     states = {i: _state(root, i) for i in ids}
@@ -52,7 +52,7 @@ def run_picker() -> None:
 
 def _state(root, run_id: str) -> str:
     try:
-        return open_run(root, run_id).state
+        return open_run(root, run_id).state_text
     except CVAEError:
         return "unknown"
 

@@ -6,8 +6,9 @@ import streamlit as st
 
 from cvae.errors import CVAEError
 from ui import launcher
+from ui.auth import current_user, mode
 from ui.launcher import QUICK_DEMO, TrainOptions
-from ui.runs import Run, metrics, open_run, run_ids, runs_root
+from ui.runs import metrics, open_run, run_ids, runs_root
 from ui.sidebar import select
 
 DATASETS = {"MNIST": "MNIST (digits, 28×28, grey)", "CIFAR10": "CIFAR-10 (photos, 32×32, colour)",
@@ -16,9 +17,12 @@ DATASETS = {"MNIST": "MNIST (digits, 28×28, grey)", "CIFAR10": "CIFAR-10 (photo
 
 def _start(opts: TrainOptions) -> None:
     try:
-        run = launcher.start(runs_root(), opts)
-    except (CVAEError, OSError) as err:
+        run = launcher.start(runs_root(), opts, owner=current_user())
+    except CVAEError as err:
         st.error(f"Could not start the run: {err}")
+        return
+    except OSError as err:  # disk full, read-only runs folder: one sentence, no traceback
+        st.error(f"Could not start the run: {launcher.explain(err)}")
         return
     select(run.id)
     st.rerun()
@@ -87,35 +91,6 @@ def new_run_form() -> None:
             _start(opts)
 
 
-def run_controls(run: Run) -> None:
-    """Stop (keeps the last checkpoint) and Resume (more epochs from it)."""
-    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
-    if run.active:
-        if c1.button(
-            "Stop",
-            icon=":material/stop:",
-            key="stop",
-            help="Stops after the current batch; the last finished epoch's checkpoint is kept.",
-        ):
-            st.toast("Stopping…" if launcher.stop(run.dir) else "The run was not running any more.")
-        return
-    more = c2.number_input("More epochs", 1, 100_000, 5, key="more_epochs")
-    can = run.dir.latest_checkpoint.is_file()
-    if c1.button(
-        "Resume",
-        icon=":material/resume:",
-        key="resume",
-        disabled=not can,
-        help="Train more epochs from the last checkpoint.",
-    ):
-        try:
-            launcher.resume(run.dir, int(more))
-        except (CVAEError, OSError) as err:
-            st.error(f"Could not resume: {err}")
-        else:
-            st.rerun()
-
-
 def runs_table() -> None:
     root = runs_root()
     rows = []
@@ -125,8 +100,8 @@ def runs_table() -> None:
         except CVAEError:
             continue
         last = (metrics(run.dir) or [{}])[-1]
-        rows.append({"state": run.state, "run": run.id,
-                     "what": run.label, "test −ELBO (nats)": last.get("test_nelbo")})  # fmt: skip
+        rows.append({"state": run.state_text, "run": run.id, "what": run.label,
+                     "test −ELBO (nats)": last.get("test_nelbo")} | ({"owner": run.owner or "–"} if mode() else {}))  # fmt: skip
     if rows:
         st.dataframe(rows, hide_index=True, width="stretch",
                      column_config={"test −ELBO (nats)": st.column_config.NumberColumn(format="%.2f")})  # fmt: skip

@@ -1,0 +1,80 @@
+"""Run controls on the Train page: stop or cancel, resume, start again, delete (with a confirmation).
+
+With sign-in on, only a run's owner gets the buttons; everyone else sees who owns it.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cvae.errors import CVAEError
+from ui import launcher
+from ui.auth import can_manage, owner_note
+from ui.runs import Run
+
+CONFIRM = "_confirm_delete"  # session key: the run id whose deletion awaits a second click
+
+
+def run_controls(run: Run) -> None:
+    if not can_manage(run):
+        st.caption(f":material/lock: {owner_note(run)}")
+        return
+    if run.active:
+        _stop(run)
+        return
+    c1, c2, c3, c4 = st.columns([1.2, 1.2, 1, 2], vertical_alignment="bottom")
+    if run.dir.latest_checkpoint.is_file():
+        more = c2.number_input("More epochs", 1, 100_000, 5, key="more_epochs")
+        kind = "primary" if run.state in ("interrupted", "stopped") else "secondary"
+        epoch = int(run.status.get("epoch") or 0)
+        if c1.button(f"Resume from epoch {epoch}" if epoch else "Resume", icon=":material/resume:", key="resume",
+                     type=kind, help="Train more epochs from the last checkpoint."):  # fmt: skip
+            _do("resume", launcher.resume, run.dir, int(more))
+    elif launcher.can_start_again(run.dir):
+        c1.caption("No checkpoint yet (it ended before its first epoch).")
+        if c2.button("Start again", icon=":material/restart_alt:", key="start_again", type="primary"):
+            _do("start it again", launcher.start_again, run.dir)
+    else:
+        c1.caption("No checkpoint yet: start a new run.")
+    if c3.button("Delete…", icon=":material/delete:", key="delete", help="Remove this run's folder for good."):
+        st.session_state[CONFIRM] = run.id
+    if st.session_state.get(CONFIRM) == run.id:
+        _confirm_delete(run)
+
+
+def _stop(run: Run) -> None:
+    queued = run.state == "queued"
+    label, icon = ("Cancel (leave the queue)", ":material/cancel:") if queued else ("Stop", ":material/stop:")
+    tip = "Takes the run out of the queue." if queued else "Stops after the current batch; keeps the last checkpoint."
+    if st.button(label, icon=icon, key="stop", help=tip):
+        st.toast("Stopping…" if launcher.stop(run.dir) else "The run was not running any more.")
+
+
+def _confirm_delete(run: Run) -> None:
+    with st.container(border=True):
+        st.warning(f"Delete run **{run.id}** with its checkpoints and pictures? This cannot be undone.")
+        yes, no, _ = st.columns([1, 1, 4])
+        if yes.button("Yes, delete it", type="primary", key="delete_yes", icon=":material/delete_forever:"):
+            st.session_state.pop(CONFIRM, None)
+            if _do("delete it", launcher.delete, run.dir, rerun=False):
+                st.session_state.pop("current_run", None)
+                st.query_params.pop("run", None)
+                st.rerun()
+        if no.button("Cancel", key="delete_no"):
+            st.session_state.pop(CONFIRM, None)
+            st.rerun()
+
+
+def _do(what: str, action, *args, rerun: bool = True) -> bool:
+    """Run a launcher action; a problem is one line on the page, never a traceback."""
+    try:
+        action(*args)
+    except CVAEError as err:
+        st.error(f"Could not {what}: {err}")
+        return False
+    except OSError as err:
+        st.error(f"Could not {what}: {launcher.explain(err)}")
+        return False
+    if rerun:
+        st.rerun()
+    return True
