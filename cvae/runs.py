@@ -99,7 +99,7 @@ def read_json(path: Path) -> dict | None:
 def read_jsonl(path: Path) -> list[dict]:
     """Every complete, valid line of an append-only JSON-lines file."""
     try:
-        text = path.read_text()
+        text = path.read_text(errors="replace")  # a garbled byte spoils its line only
     except OSError:
         return []
     rows = []

@@ -131,26 +131,51 @@ def open_run(root: Path, run_id: str) -> Run:
     """
     run = run_path(root, run_id)
     raw, config, problem = _config(str(run.config_path), stamp(run.config_path))
-    status = live_status(_json(str(run.status_path), stamp(run.status_path)) or {})
+    status = _sane_status(live_status(_json(str(run.status_path), stamp(run.status_path)) or {}))
     if status.get("state") == "unknown" and not run.path.is_dir():
         problem = "this run folder no longer exists (deleted?)"
     owner = (_json(str(run.path / OWNER_FILE), stamp(run.path / OWNER_FILE)) or {}).get("owner")
     return Run(run, raw, config, problem, status, str(owner) if owner else None)
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _sane_status(status: dict) -> dict:
+    """Drop fields of the wrong type (a hand-edited or hostile status.json must not crash a page)."""
+    for key in ("epoch", "epochs", "batch", "batches", "position", "pid"):
+        if key in status and not (isinstance(status[key], int) and not isinstance(status[key], bool)
+                                  and 0 <= status[key] < 10**12):  # fmt: skip
+            status.pop(key)
+    for key in ("epoch_started", "started", "updated", "queued_at"):
+        if key in status and not _number(status[key]):
+            status.pop(key)
+    if not isinstance(status.get("message", ""), str):
+        status["message"] = ""
+    if not isinstance(status.get("last", {}), dict):
+        status.pop("last")
+    return status
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
-def _jsonl(path: str, version: tuple[int, int]) -> list[dict]:
+def _jsonl(path: str, version: tuple[int, int], key: str) -> list[dict]:
+    """Rows with a whole-number `key` (epoch or step), keeping numeric (or null) fields only."""
     from cvae.runs import read_jsonl
 
-    return read_jsonl(Path(path))
+    rows = []
+    for row in read_jsonl(Path(path)):
+        if isinstance(row.get(key), int) and not isinstance(row.get(key), bool):
+            rows.append({k: v for k, v in row.items() if v is None or _number(v)})
+    return rows
 
 
 def metrics(run: RunDir) -> list[dict]:
-    return _jsonl(str(run.metrics_path), stamp(run.metrics_path))
+    return _jsonl(str(run.metrics_path), stamp(run.metrics_path), "epoch")
 
 
 def batches(run: RunDir) -> list[dict]:
-    return _jsonl(str(run.batches_path), stamp(run.batches_path))
+    return _jsonl(str(run.batches_path), stamp(run.batches_path), "step")
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -115,7 +115,9 @@ def picture_for(channels: int, height: int, width: int, data: bytes, invert: boo
             if picture.width * picture.height > MAX_PICTURE_PIXELS:
                 raise ValueError(f"the picture has {picture.width}×{picture.height} pixels: too many")
             picture = picture.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.LANCZOS)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise ValueError("the picture claims too many pixels (a decompression bomb?)") from err
+    except UnidentifiedImageError as err:
         raise ValueError("this is not a picture Pillow can read (PNG, JPEG, …)") from err
     except OSError as err:
         raise ValueError(f"the picture is damaged ({str(err)[:100]})") from err

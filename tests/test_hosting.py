@@ -1,0 +1,230 @@
+"""The app on a shared server: the queue, interrupted runs, sign-in and owners, delete, uploads, faults.
+
+AppTest drives the pages; runs are copies of the shared tiny run. The one real
+process here is a queued run that waits behind a slot this test holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cvae.runs import RunDir, write_json
+from ui import launcher
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py"]
+
+
+@pytest.fixture()
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CVAE_UPLOADS_DIR", str(tmp_path / "uploads"))
+    (tmp_path / "runs").mkdir()
+    return tmp_path / "runs"
+
+
+def _copy(tiny_run: Path, root: Path, name: str, owner: str | None = None, **status: object) -> RunDir:
+    shutil.copytree(tiny_run, root / name)
+    run = RunDir(root / name)
+    if status:
+        run.write_status(**status)
+    if owner:
+        write_json(run.path / "owner.json", {"owner": owner})
+    return run
+
+
+def _app(run: str | None = None, page: str = "app_pages/train.py", password: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    if password:
+        at.secrets["cvae"] = {"password": password}
+    if run:
+        at.query_params["run"] = run
+    at.run()
+    if page != "app_pages/train.py":
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _text(at: AppTest) -> str:
+    kinds = ("error", "info", "warning", "success", "markdown", "caption", "subheader")
+    return "\n".join(str(e.value) for kind in kinds for e in getattr(at, kind))
+
+
+def _keys(at: AppTest) -> set[str]:
+    return {b.key for b in at.button}
+
+
+def test_queue_flags_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "_cores", lambda: 8)
+    run = RunDir(Path("/tmp/r"))
+    monkeypatch.setenv("CVAE_MAX_RUNS", "4")
+    argv = launcher._queue_argv(launcher.build_argv(launcher.QUICK_DEMO), run)
+    assert argv[:4] == ["--max-active", "4", "--run-dir", "/tmp/r"] and argv[argv.index("--threads") + 1] == "2"
+    monkeypatch.setenv("CVAE_MAX_RUNS", "1")
+    argv = launcher._queue_argv(launcher.build_argv(launcher.QUICK_DEMO), run)
+    assert argv[argv.index("--threads") + 1] == "0"  # one run at a time: all the cores
+
+
+def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVAE_MAX_RUNS", "1")
+    (root / ".slots").mkdir()
+    with open(root / ".slots" / "slot-0.lock", "a") as slot:  # the one training slot is busy
+        fcntl.flock(slot, fcntl.LOCK_EX)
+        run = launcher.start(root, launcher.TrainOptions(arch="mlp", epochs=1, train_subset=128, threads=1))
+        assert "cvae.queue" in run.log_path.read_text()
+        deadline = time.time() + 60
+        while run.read_status().get("position") != 1 and time.time() < deadline:
+            time.sleep(0.2)
+        at = _app(run.id)
+        assert "queued — position 1" in _text(at)
+        assert at.button(key="stop").label.startswith("Cancel")
+        at.button(key="stop").click().run()
+        while launcher.is_active(run) and time.time() < deadline:
+            time.sleep(0.2)
+    status = run.read_status()
+    assert status["state"] == "stopped" and "queue" in status["message"]
+    at = _app(run.id)
+    assert "start_again" in _keys(at) and "resume" not in _keys(at)  # no checkpoint: start it again
+
+
+def test_interrupted_run_resumes_in_one_click(root: Path, tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _copy(tiny_run, root, "dead", state="running", pid=999_999_999, epoch=2, epochs=5)
+    at = _app("dead")
+    assert "Interrupted" in _text(at)
+    assert at.button(key="resume").label == "Resume from epoch 2"
+    resumed = []
+    monkeypatch.setattr(launcher, "resume", lambda run, more: resumed.append((run.id, more)))
+    at.button(key="resume").click().run()
+    assert resumed == [("dead", 5)]
+
+
+def test_delete_asks_first_and_never_an_active_run(root: Path, tiny_run: Path) -> None:
+    _copy(tiny_run, root, "old")
+    _copy(tiny_run, root, "live", state="running", pid=os.getpid(), epoch=1, epochs=5)
+    at = _app("live")
+    assert "delete" not in _keys(at)
+    with pytest.raises(Exception, match="stop this run"):
+        launcher.delete(RunDir(root / "live"))
+    at = _app("old")
+    at.button(key="delete").click().run()
+    assert (root / "old").is_dir() and "cannot be undone" in _text(at)
+    at.button(key="delete_yes").click().run()
+    assert not at.exception and not (root / "old").exists()
+
+
+def test_password_sign_in_and_owners(root: Path, tiny_run: Path) -> None:
+    _copy(tiny_run, root, "alices", owner="alice")
+    at = _app("alices", password="s3cret")
+    assert not at.selectbox and not at.title[0].value.startswith(":material/model")  # nothing before sign-in
+    at.text_input(key="sign_in_name").input("bob")
+    at.text_input(key="sign_in_password").input("wrong")
+    at.button[0].click().run()
+    assert "Wrong password" in _text(at)
+    at.text_input(key="sign_in_password").input("s3cret")
+    at.button[0].click().run()
+    assert at.session_state["cvae_user"] == "bob"
+    assert not {"resume", "delete", "stop"} & _keys(at) and "Started by **alice**" in _text(at)
+    at.session_state["cvae_user"] = "alice"
+    at.run()
+    assert {"resume", "delete"} <= _keys(at)
+
+
+def test_a_new_run_records_its_owner(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "_spawn", lambda run, argv, epochs: 0)
+    run = launcher.start(root, launcher.QUICK_DEMO, owner="carol")
+    assert (run.path / "owner.json").is_file() and "carol" in (run.path / "owner.json").read_text()
+    assert (run.path / "launch.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "full"),
+        (PermissionError(errno.EACCES, "denied"), "read-only"),
+    ],
+)
+def test_disk_full_or_read_only_when_starting(root: Path, monkeypatch: pytest.MonkeyPatch, error, said) -> None:
+    def refuse(path, obj):
+        raise error
+
+    monkeypatch.setattr(launcher, "write_json", refuse)
+    at = _app()
+    at.button(key="quick_demo").click().run()
+    assert not at.exception
+    assert any(said in e.value and "Could not start" in e.value for e in at.error)
+    assert not [p for p in root.iterdir() if not p.name.startswith(".")]  # no half-made run left
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_run_folder_deleted_while_shown(root: Path, tiny_run: Path, page: str) -> None:
+    _copy(tiny_run, root, "gone")
+    at = _app("gone", page)
+    shutil.rmtree(root / "gone")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "No run" in _text(at) or any("No run called" in w.value for w in at.sidebar.warning)
+
+
+def _generate_upload(at: AppTest) -> AppTest:
+    at.segmented_control(key="gen_source").set_value("upload").run()
+    assert not at.exception
+    return at
+
+
+def test_upload_a_checkpoint_and_a_picture(root: Path, tiny_run: Path) -> None:
+    at = _generate_upload(_app(page="app_pages/generate.py"))
+    data = (tiny_run / "checkpoints" / "latest.pt").read_bytes()
+    at.file_uploader(key="upload_ckpt").upload("mine.pt", data).run()
+    assert not at.exception and not at.error
+    assert len([e for e in at.main if type(e).__name__ == "Image"]) >= 3  # grids and a slider decode
+    picture = io.BytesIO()
+    Image.new("RGBA", (300, 200), (255, 255, 255, 128)).save(picture, format="PNG")  # other size and mode
+    at.file_uploader(key="style_upload").upload("me.png", picture.getvalue(), "image/png").run()
+    assert not at.exception and not at.error
+    at.file_uploader(key="style_upload").clear().upload("notes.png", b"not an image at all", "image/png").run()
+    assert any("not a picture" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "truncated", "pickle", "foreign", "huge"])
+def test_hostile_checkpoint_upload(root: Path, tiny_run: Path, tmp_path: Path, kind: str) -> None:
+    data = (tiny_run / "checkpoints" / "latest.pt").read_bytes()
+    if kind == "corrupt":
+        data = b"garbage" * 100
+    elif kind == "truncated":
+        data = data[: len(data) // 2]
+    elif kind == "pickle":
+        import pickle
+
+        data = pickle.dumps(Boom())
+    elif kind == "foreign":
+        buffer = io.BytesIO()
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, buffer)
+        data = buffer.getvalue()
+    else:  # a valid file whose config claims a network of billions of parameters
+        payload = torch.load(tiny_run / "checkpoints" / "latest.pt", weights_only=True)
+        payload["config"]["model"]["mlp_hidden"] = [10**6, 10**6]
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        data = buffer.getvalue()
+    at = _generate_upload(_app(page="app_pages/generate.py"))
+    at.file_uploader(key="upload_ckpt").upload(f"{kind}.pt", data).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "\n" not in at.error[0].value and at.error[0].value.startswith("Cannot use")
+    assert not (tmp_path / "pwned").exists()
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path(os.environ['CVAE_RUNS_DIR']).parent / 'pwned'}",))
