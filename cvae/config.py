@@ -25,6 +25,8 @@ ARCHS = ("conv", "mlp")
 LIKELIHOODS = ("bernoulli", "gaussian")
 BINARIZE = ("static", "dynamic", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
+MLP_ACTIVATIONS = ("relu", "silu", "gelu", "elu", "tanh")
+MLP_NORMS = ("none", "batch", "layer")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -92,6 +94,8 @@ class ModelConfig:
     dec_channels: tuple[int, ...] = (64,)
     # mlp architecture
     mlp_hidden: tuple[int, ...] = (512, 512)
+    mlp_activation: str = "relu"  # relu, silu, gelu, elu or tanh, between the MLP's layers
+    mlp_norm: str = "none"  # none, batch or layer: normalisation after each hidden linear layer
 
     def validate(self) -> None:
         for name in ("channels", "height", "width", "num_classes", "latent_dim"):
@@ -117,6 +121,8 @@ class ModelConfig:
             for width in getattr(self, name):
                 _positive_int(name, width)
         _positive_int("dec_start_channels", self.dec_start_channels)
+        _choice("mlp_activation", self.mlp_activation, MLP_ACTIVATIONS)
+        _choice("mlp_norm", self.mlp_norm, MLP_NORMS)
         if self.arch == "conv":
             stages = len(self.enc_channels)
             if not stages or not self.dec_channels:
@@ -181,6 +187,7 @@ class TrainConfig:
     latent_subset: int = 2000  # test images whose latent means are saved each epoch
     grid_size: int = 64  # the fixed test batch shown as reconstructions
     threads: int = 0  # torch CPU threads; 0 = one per available core
+    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch (1 = constant)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "print_every", "checkpoint_every"):
@@ -190,6 +197,9 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
         _positive_float("learning_rate", self.learning_rate)
+        _positive_float("lr_decay", self.lr_decay)
+        if self.lr_decay > 1:
+            raise ConfigError(f"lr_decay must be at most 1, got {self.lr_decay}")
         if self.learning_rate > 1:
             raise ConfigError(f"learning_rate must be at most 1, got {self.learning_rate}")
         if self.epochs > 100_000:

@@ -107,13 +107,26 @@ class ConvDecoder(nn.Module):
         return self.net(zy)  # (B, C * k, H, W)
 
 
+MLP_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "elu": nn.ELU, "tanh": nn.Tanh,
+}  # fmt: skip
+
+
+def _mlp_block(config: ModelConfig, features: int, width: int) -> list[nn.Module]:
+    """Linear, then the configured normalisation (if any), then the activation."""
+    norm: list[nn.Module] = {"none": [], "batch": [nn.BatchNorm1d(width)], "layer": [nn.LayerNorm(width)]}[
+        config.mlp_norm
+    ]
+    return [nn.Linear(features, width), *norm, MLP_ACTIVATIONS[config.mlp_activation]()]
+
+
 class MLPEncoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         features = config.channels * config.height * config.width + config.num_classes
         layers: list[nn.Module] = []
         for width in config.mlp_hidden:
-            layers += [nn.Linear(features, width), nn.ReLU()]
+            layers += _mlp_block(config, features, width)
             features = width
         layers.append(nn.Linear(features, 2 * config.latent_dim))
         self.net = nn.Sequential(*layers)
@@ -128,7 +141,7 @@ class MLPDecoder(nn.Module):
         features = config.latent_dim + config.num_classes
         layers: list[nn.Module] = []
         for width in reversed(config.mlp_hidden):
-            layers += [nn.Linear(features, width), nn.ReLU()]
+            layers += _mlp_block(config, features, width)
             features = width
         shape = (config.out_channels, config.height, config.width)
         layers += [nn.Linear(features, shape[0] * shape[1] * shape[2]), nn.Unflatten(1, shape)]

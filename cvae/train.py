@@ -384,6 +384,8 @@ def fit(
 
                 train_nelbo, train_recon, train_kl = (sums / seen).tolist()
                 scheduler.step(train_nelbo)
+                for group in optimizer.param_groups:  # saved with the optimizer: resume stays exact
+                    group["lr"] *= cfg.lr_decay
                 test = evaluate_elbo(model, test_x, test_y, amp_dtype=amp_dtype)
                 write_epoch_artifacts(model, run, epoch, grid_x, grid_y, lat_x, lat_y, amp_dtype)
                 record = dict(
@@ -429,6 +431,7 @@ EXTRA_DEFAULTS: dict[str, Any] = dict(
     run_dir=None, runs_root=None, data_dir="", seed=0, device="auto", arch="conv", binarize=None,
     precision="auto", fixed_sigma=1.0, sigma_min=1e-3, image_size=None, train_subset=None,
     test_subset=None, checkpoint_every=20, latent_subset=2000, threads=0, mlp_hidden=None, quiet=False,
+    mlp_activation="relu", mlp_norm="none", lr_decay=1.0,
 )  # fmt: skip
 MODEL_KEYS = ("dataset", "decoder_type", "model_sigma", "latent_dim", "arch", "fixed_sigma", "binarize", "image_size")
 QUICK_DEMO = dict(arch="mlp", latent_dim=2, batch_size=128, learning_rate=1e-3, epochs=5)
@@ -450,6 +453,9 @@ def build_config(options: dict[str, Any], info: DatasetInfo) -> RunConfig:
         model_kwargs = conv_preset(info.height, info.width)
     if options.get("mlp_hidden"):
         model_kwargs["mlp_hidden"] = tuple(options["mlp_hidden"])
+    for key in ("mlp_activation", "mlp_norm"):
+        if options.get(key):
+            model_kwargs[key] = options[key]
     model = ModelConfig(
         channels=info.channels, height=info.height, width=info.width, num_classes=info.num_classes,
         latent_dim=options["latent_dim"], arch=arch, likelihood=likelihood, learn_sigma=options["model_sigma"],
@@ -472,7 +478,7 @@ def _train_config(options: dict[str, Any]) -> TrainConfig:
         epochs=options["epochs"], batch_size=options["batch_size"], learning_rate=options["learning_rate"],
         seed=options["seed"], device=options["device"], precision=options["precision"],
         print_every=options["print_every"], checkpoint_every=options["checkpoint_every"],
-        latent_subset=options["latent_subset"], threads=options["threads"],
+        latent_subset=options["latent_subset"], threads=options["threads"], lr_decay=options["lr_decay"],
     )  # fmt: skip
 
 

@@ -199,3 +199,22 @@ def test_bench_runs_quickly(tmp_path: Path) -> None:
     assert report["speed"]["baseline_images_per_s"] > 0 and report["speed"]["ours_images_per_s"] > 0
     assert 170e6 < report["flops_per_image"] < 190e6  # REFERENCE.md: 178.6 MFLOP per image
     assert report["speed"]["ours_peak_rss_mb"] < 2048
+
+
+def test_new_config_fields_are_validated_and_round_trip() -> None:
+    from cvae.config import DataConfig, TrainConfig
+    from cvae.errors import ConfigError
+
+    base = dict(channels=1, height=28, width=28, num_classes=10, arch="mlp")
+    model = ModelConfig(**base, mlp_activation="silu", mlp_norm="layer")
+    run = RunConfig(data=DataConfig(binarize="static"), model=model, train=TrainConfig(lr_decay=0.9)).validate()
+    assert RunConfig.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    net = CVAE(model)
+    assert any(isinstance(m, torch.nn.SiLU) for m in net.modules())
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in net.modules())
+    for bad in (dict(mlp_activation="swish"), dict(mlp_norm="group")):
+        with pytest.raises(ConfigError):
+            ModelConfig(**base, **bad).validate()
+    for decay in (0.0, 1.5, float("nan")):
+        with pytest.raises(ConfigError):
+            TrainConfig(lr_decay=decay).validate()
