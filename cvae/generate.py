@@ -22,15 +22,33 @@ from cvae.errors import CheckpointError, CVAEError
 from cvae.model import CVAE
 from cvae.runs import load_checkpoint
 
+MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights: far above any cvae model
+
+
+def checked_config(payload: dict, max_parameters: int = MAX_PARAMETERS) -> tuple[RunConfig, DatasetInfo]:
+    """The checkpoint's config, refused if unusable or if its network would be huge.
+
+    The network is built on PyTorch's "meta" device first (shapes only, no
+    memory), so a hostile config claiming 10^12 parameters cannot exhaust memory.
+    """
+    try:
+        config = RunConfig.from_dict(payload["config"])
+        info = DatasetInfo.from_dict(payload["dataset_info"])
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in CVAE(config.model).parameters())
+    except (CVAEError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"the checkpoint's config is unusable ({str(err).splitlines()[0][:160]})") from None
+    if parameters > max_parameters:
+        raise CheckpointError(
+            f"the checkpoint's network would have {parameters:,} parameters (at most {max_parameters:,})"
+        )
+    return config, info
+
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[CVAE, RunConfig, DatasetInfo, dict]:
     """A model in eval mode from a run folder or checkpoint, loaded weights-only."""
     payload = load_checkpoint(path)
-    try:
-        config = RunConfig.from_dict(payload["config"])
-        info = DatasetInfo.from_dict(payload["dataset_info"])
-    except (CVAEError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: the checkpoint's config is unusable ({err})") from None
+    config, info = checked_config(payload)
     model = CVAE(config.model)
     try:
         model.load_state_dict(payload["model"])

@@ -43,3 +43,15 @@ def test_cli_writes_one_grid_per_class(tiny_run: Path, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "cvae.generate", "random", str(tmp_path / "nope")],
                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_claiming_a_huge_network_is_refused_before_allocating(tiny_run: Path, tmp_path: Path) -> None:
+    from cvae.runs import load_checkpoint
+
+    payload = load_checkpoint(tiny_run)
+    payload["config"]["model"]["mlp_hidden"] = [1_000_000, 1_000_000]  # 10^12 weights if ever built
+    torch.save(payload, tmp_path / "huge.pt")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "cvae.generate", "uniform", str(tmp_path / "huge.pt")],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "parameters" in proc.stderr and "Traceback" not in proc.stderr

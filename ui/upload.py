@@ -4,7 +4,7 @@ Both are size-limited (the uploader's limit, and Streamlit's server.maxUploadSiz
 behind it) and checked before use. A checkpoint is written to a private temporary
 folder under its SHA-256 and loaded only through cvae.runs.load_checkpoint
 (weights-only: no code in it can run); its config is checked on PyTorch's "meta"
-device before any real memory is allocated, so a file claiming a gigantic
+device (cvae.generate.checked_config) before any real memory is allocated, so a file claiming a gigantic
 network is refused instead of exhausting the server.
 """
 
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
-import torch
 
-from cvae.config import RunConfig
 from cvae.errors import CVAEError
+from cvae.generate import checked_config
 from cvae.model import CVAE
 from cvae.runs import load_checkpoint, write_atomic
 from ui.models import _model
@@ -45,14 +44,10 @@ def check_checkpoint(path: Path) -> str | None:
     """Why the checkpoint at `path` must not be loaded, or None. Raises CVAEError for unreadable files."""
     payload = load_checkpoint(path)  # weights-only; one-line CheckpointError for corrupt or hostile files
     try:
-        config = RunConfig.from_dict(payload["config"])
-        with torch.device("meta"):  # shapes only: no memory is allocated
-            params = sum(p.numel() for p in CVAE(config.model).parameters())
-    except (CVAEError, KeyError, TypeError, ValueError, RuntimeError) as err:
-        return f"its config is unusable ({str(err).splitlines()[0][:160]})"
+        config, _ = checked_config(payload, MAX_PARAMETERS)  # sized on the meta device: no memory allocated
+    except CVAEError as err:
+        return str(err).removeprefix("the checkpoint's ")
     m = config.model
-    if params > MAX_PARAMETERS:
-        return f"its network would have {params:,} parameters; this server takes at most {MAX_PARAMETERS:,}"
     if m.channels * m.height * m.width > MAX_PIXELS:
         return f"its images are {m.channels}×{m.height}×{m.width}, larger than this server generates"
     return None
