@@ -434,7 +434,12 @@ EXTRA_DEFAULTS: dict[str, Any] = dict(
     mlp_activation="relu", mlp_norm="none", lr_decay=1.0,
 )  # fmt: skip
 MODEL_KEYS = ("dataset", "decoder_type", "model_sigma", "latent_dim", "arch", "fixed_sigma", "binarize", "image_size")
-QUICK_DEMO = dict(arch="mlp", latent_dim=2, batch_size=128, learning_rate=1e-3, epochs=5)
+# The quick demo: a small MLP that trains in about a minute on 2 CPU cores (docs/benchmark.md has
+# what it reaches). `--quick-demo -z 10` keeps the preset and changes the latent size only; options
+# given on the command line win over the preset's.
+QUICK_DEMO: dict[str, Any] = dict(
+    arch="mlp", latent_dim=2, mlp_hidden=(512, 512), batch_size=128, learning_rate=2e-3, lr_decay=0.85, epochs=14,
+)  # fmt: skip
 
 
 def _likelihood(decoder_type: Any) -> str:
@@ -669,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument("--seed", type=_non_negative_int, default=None, help="random seed [0]")
     more.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [auto]")
     more.add_argument("--arch", choices=("conv", "mlp"), default=None, help="the reference's conv layers, or a fast MLP [conv]")
-    more.add_argument("--quick-demo", action="store_true", help="fast MLP preset for class demos (MNIST, z=2, 5 epochs)")
+    more.add_argument("--quick-demo", action="store_true", help="fast MLP preset for class demos (MNIST, z=2, 14 epochs, under a minute on 2 cores)")
     more.add_argument("--binarize", choices=("static", "dynamic"), default=None,
                       help="Bernoulli decoder: pixel >= 0.5 (static, the reference) or resampled each batch [static]")  # fmt: skip
     more.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
