@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -18,22 +19,34 @@ TINY = ["-z", "2", "--arch", "mlp", "--train-subset", "512", "--test-subset", "1
 def test_one_slot_runs_in_order_and_shows_positions(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs = [RunDir(tmp_path / f"run{i}") for i in range(3)]
+    # The test holds the only slot until all three have queued, so the order is not left to timing.
+    (tmp_path / ".slots").mkdir()
+    slot = open(tmp_path / ".slots" / "slot-0.lock", "a")  # noqa: SIM115 - released below
+    fcntl.flock(slot, fcntl.LOCK_EX)
     procs = []
     for run in runs:
         procs.append(subprocess.Popen([sys.executable, "-m", "cvae.queue", "--max-active", "1", "--run-dir",
                                        str(run.path), *TINY], cwd=ROOT, env=env, stderr=subprocess.PIPE))  # fmt: skip
-        time.sleep(1.5)  # a clear arrival order
-    seen_positions = set()
+        deadline = time.time() + 60
+        while run.read_status().get("state") != "queued" and time.time() < deadline:
+            time.sleep(0.05)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        positions = [r.read_status().get("position") for r in runs]
+        if positions == [1, 2, 3]:
+            break
+        time.sleep(0.1)
+    assert positions == [1, 2, 3]
+    assert all(r.read_status()["state"] == "queued" for r in runs)
+    slot.close()  # frees the slot
     max_running = 0
     deadline = time.time() + 240
     while any(p.poll() is None for p in procs) and time.time() < deadline:
-        states = [r.read_status() for r in runs]
-        max_running = max(max_running, sum(s.get("state") in ("starting", "running") for s in states))
-        seen_positions |= {s.get("position") for s in states if s.get("state") == "queued"}
-        time.sleep(0.1)
+        states = [r.read_status().get("state") for r in runs]
+        max_running = max(max_running, sum(s in ("starting", "running") for s in states))
+        time.sleep(0.05)
     assert all(p.wait(timeout=10) == 0 for p in procs), [p.stderr.read().decode()[-300:] for p in procs]
     assert max_running == 1
-    assert {1, 2} <= seen_positions
     starts = [r.read_status()["started"] for r in runs]
     assert starts == sorted(starts)  # first come, first served
     assert all(r.read_status()["state"] == "finished" for r in runs)
