@@ -36,6 +36,7 @@ from cvae.runs import (
     default_runs_root,
     load_checkpoint,
     new_run_id,
+    process_identity,
     read_jsonl,
     run_path,
     save_checkpoint,
@@ -325,7 +326,8 @@ def fit(
     end_epoch = start_epoch + cfg.epochs
     result = TrainResult(run.path, [r for r in run.read_metrics() if r.get("epoch", 0) <= start_epoch])
     run.write_status(
-        state="running", pid=os.getpid(), epoch=start_epoch, epochs=end_epoch, batch=0,
+        state="running", pid=os.getpid(), process=process_identity(os.getpid()), epoch=start_epoch,
+        epochs=end_epoch, batch=0,
         batches=batches_per_epoch, message="", started=time.time(), device=str(device),
         precision=str(amp_dtype or torch.float32).replace("torch.", ""), parameters=count_parameters(model),
     )  # fmt: skip
@@ -413,7 +415,10 @@ def fit(
                 run.write_status(epoch=epoch, batch=0, last=record)
     except BaseException as err:
         message = str(err) if isinstance(err, CVAEError) else f"{type(err).__name__}: {err}"
-        run.write_status(state="failed", message=message.splitlines()[0][:500] if message else "failed")
+        try:
+            run.write_status(state="failed", message=message.splitlines()[0][:500] if message else "failed")
+        except OSError:
+            pass  # the disk is full or read-only: the original error says more
         raise
     finally:
         batch_log.close()
@@ -699,6 +704,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
         result = main(**kwargs)
     except CVAEError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, read-only or vanished run folder
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot write{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

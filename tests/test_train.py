@@ -183,3 +183,26 @@ def test_sigterm_stops_cleanly_and_keeps_the_checkpoint(tmp_path: Path) -> None:
     status = run.read_status()
     assert status["state"] == "stopped" and "checkpoint" in status["message"]
     assert load_checkpoint(run.path)["epoch"] >= 1
+
+
+def test_disk_full_is_one_line_and_marks_the_run_failed(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    import cvae.runs
+    import cvae.train
+
+    real = cvae.runs.write_atomic
+
+    def full_on_checkpoint(path: Path, data: bytes) -> None:
+        if path.suffix == ".pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(cvae.runs, "write_atomic", full_on_checkpoint)
+    args = ["-z", "2", "-e", "1", "--arch", "mlp", "--train-subset", "128", "--test-subset", "64", "-q",
+            "--run-dir", str(tmp_path / "r")]  # fmt: skip
+    assert cvae.train.cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0]
+    status = RunDir(tmp_path / "r").read_status()
+    assert status["state"] == "failed" and "No space" in status["message"]

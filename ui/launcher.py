@@ -27,6 +27,7 @@ from cvae.config import DataConfig, TrainConfig
 from cvae.errors import ConfigError
 from cvae.queue import default_max_active
 from cvae.runs import ACTIVE_STATES, RunDir, new_run_id, pid_alive, process_identity, read_json, run_path, write_json
+from cvae.train import QUICK_DEMO as PRESET
 
 LAUNCH_FILE = "launch.json"  # the flags the app started a run with, to start it again from scratch
 OWNER_FILE = "owner.json"  # who started the run, when sign-in is on
@@ -59,13 +60,17 @@ class TrainOptions:
     device: str = "auto"
     threads: int = 0  # 0 = all cores
     data_dir: str = ""
+    quick_demo: bool = False  # the library's --quick-demo preset (cvae.train.QUICK_DEMO)
 
     @property
     def gaussian(self) -> bool:
         return self.decoder_type.lower() == "gaussian"
 
 
-QUICK_DEMO = TrainOptions(arch="mlp", latent_dim=2, epochs=5, batch_size=128, learning_rate=1e-3)
+QUICK_DEMO = TrainOptions(
+    quick_demo=True, arch=PRESET["arch"], latent_dim=PRESET["latent_dim"], epochs=PRESET["epochs"],
+    batch_size=PRESET["batch_size"], learning_rate=PRESET["learning_rate"],
+)  # fmt: skip
 
 
 def validate(opts: TrainOptions) -> list[str]:
@@ -109,6 +114,9 @@ def validate(opts: TrainOptions) -> list[str]:
 
 def build_argv(opts: TrainOptions) -> list[str]:
     """The command-line flags for `opts` (defaults left out, so train.log reads short)."""
+    if opts.quick_demo:  # the preset lives in the library; only what the user may change is passed
+        return ["--quick-demo", "--latent_dim", str(opts.latent_dim), "--seed", str(opts.seed),
+                "--threads", str(opts.threads)]  # fmt: skip
     argv = [
         "--dataset", opts.dataset.strip(), "--decoder_type", opts.decoder_type,
         "--model_sigma", str(bool(opts.model_sigma and opts.gaussian)),
