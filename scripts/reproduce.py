@@ -335,7 +335,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"Made by `{results['command']}` on {m['cpu']} ({m['cores']} cores"
         + (f", {m['gpu']}" if m.get("gpu") else "")
         + f"), torch {m['torch']}, {time.strftime('%Y-%m-%d', time.localtime(results['started']))}; "
-        f"total wall time {results['seconds'] / 60:.1f} min."
+        f"wall time of the last invocation {results['seconds'] / 60:.1f} min (each experiment's own train time is in the table)."
         + (" **Smoke run: 128 training images, 2 epochs; not results.**" if results["smoke"] else ""),
         "",
         "Test set, nats per image (mean ± standard error over test images). -ELBO: one z per image, as the "
@@ -435,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"experiments": {}}
     if args.only and results_path.is_file():  # keep other experiments' earlier results
         results = json.loads(results_path.read_text())
-    results.update(command="python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    command = "python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if results.get("command"):  # earlier experiments kept from another invocation: name both
+        command = f"{results['command']}`, then `{command}"
+    results.update(command=command,
                    machine=machine(), started=started, smoke=args.smoke)  # fmt: skip
     for name in names:
         exp = all_exps[name]
