@@ -92,10 +92,17 @@ def cli(argv: list[str] | None = None) -> int:
         "--max-active", type=int, default=None, help="runs training at once [$CVAE_MAX_RUNS or cores/2]"
     )
     parser.add_argument("--run-dir", required=True, help="the run folder (its parent is the queue)")
+    parser.add_argument(
+        "--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so pages stay quick [0]"
+    )
     args, train_args = parser.parse_known_args(argv)
     max_active = args.max_active or default_max_active()
     if max_active < 1:
         parser.error("--max-active must be at least 1")
+    if not 0 <= args.nice <= 19:
+        parser.error("--nice must be between 0 and 19")
+    if args.nice:
+        os.nice(args.nice)  # before torch starts its threads: they inherit it
     run = RunDir(Path(args.run_dir).resolve())
     run.path.mkdir(parents=True, exist_ok=True)
     stop = {"requested": False}

@@ -223,7 +223,7 @@ def _save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     from torchvision.utils import make_grid
 
     grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    array = (grid.mul(255).round().byte().permute(1, 2, 0).numpy())  # (H, W, 3)
+    array = grid.mul(255).round().byte().permute(1, 2, 0).numpy()  # (H, W, 3)
     import io
 
     buffer = io.BytesIO()
@@ -362,8 +362,7 @@ def fit(
                         lv, rv, kv = (float(v) for v in values)
                         if not math.isfinite(lv):
                             raise CVAEError(
-                                f"the loss became {lv} at epoch {epoch}, batch {b + 1}: "
-                                "lower the learning rate (-lr)"
+                                f"the loss became {lv} at epoch {epoch}, batch {b + 1}: lower the learning rate (-lr)"
                             )
                         record = dict(epoch=epoch, batch=b + 1, step=(epoch - 1) * batches_per_epoch + b + 1,
                                       loss=lv, recon=rv, kl=kv, time=time.time() - t_run)  # fmt: skip
@@ -415,10 +414,8 @@ def fit(
                 run.write_status(epoch=epoch, batch=0, last=record)
     except BaseException as err:
         message = str(err) if isinstance(err, CVAEError) else f"{type(err).__name__}: {err}"
-        try:
+        with contextlib.suppress(OSError):  # the disk is full or read-only: the original error says more
             run.write_status(state="failed", message=message.splitlines()[0][:500] if message else "failed")
-        except OSError:
-            pass  # the disk is full or read-only: the original error says more
         raise
     finally:
         batch_log.close()
@@ -549,7 +546,10 @@ def main(**kwargs: Any) -> TrainResult:
     else:
         if options["resume_epoch"] not in (None, 0):
             raise ConfigError("--resume_epoch needs --resume_path")
-        if _likelihood(options["decoder_type"]) == "bernoulli" and str(options["dataset"]).upper().replace("-", "") == "CIFAR10":
+        if (
+            _likelihood(options["decoder_type"]) == "bernoulli"
+            and str(options["dataset"]).upper().replace("-", "") == "CIFAR10"
+        ):
             raise ConfigError("the Bernoulli decoder models binary images and CIFAR-10 is colour: use -t Gaussian")
         _data_config(options).validate()
         data = load_data(_data_config(options))
@@ -563,7 +563,9 @@ def main(**kwargs: Any) -> TrainResult:
     start_epoch = int(resume["epoch"]) if resume else 0
     _prepare_run_folder(run, config, data.info, resume, start_epoch)
     if not quiet:
-        model_desc = f"{config.model.arch} {config.model.likelihood}{' (learned sigma)' if config.model.learn_sigma else ''}"
+        model_desc = (
+            f"{config.model.arch} {config.model.likelihood}{' (learned sigma)' if config.model.learn_sigma else ''}"
+        )
         print(
             f"run {run.path}  |  {data.info.name} {data.info.channels}x{data.info.height}x{data.info.width}, "
             f"{len(data.train_x)} train / {len(data.test_x)} test  |  {model_desc}, z={config.model.latent_dim}"
@@ -662,10 +664,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Bernoulli or Gaussian [Bernoulli]")  # fmt: skip
     ref.add_argument("--model_sigma", "--model-sigma", "-s", type=_bool, default=None, metavar="BOOL",
                      help="Gaussian decoder: learn a per-pixel std too [False]")  # fmt: skip
-    ref.add_argument("--epochs", "-e", type=_positive(int), default=None, help="epochs to train (more, when resuming) [10]")
+    ref.add_argument(
+        "--epochs", "-e", type=_positive(int), default=None, help="epochs to train (more, when resuming) [10]"
+    )
     ref.add_argument("--batch_size", "--batch-size", "-b", type=_positive(int), default=None, help="batch size [64]")
-    ref.add_argument("--learning_rate", "--learning-rate", "-lr", type=_positive(float), default=None, help="learning rate [3e-4]")
-    ref.add_argument("--latent_dim", "--latent-dim", "-z", type=_positive(int), default=None, help="latent dimension [10]")
+    ref.add_argument(
+        "--learning_rate", "--learning-rate", "-lr", type=_positive(float), default=None, help="learning rate [3e-4]"
+    )
+    ref.add_argument(
+        "--latent_dim", "--latent-dim", "-z", type=_positive(int), default=None, help="latent dimension [10]"
+    )
     ref.add_argument("--print_every", "--print-every", "-p", type=_positive(int), default=None,
                      help="log the batch loss every N batches [1]")  # fmt: skip
     ref.add_argument("--resume_path", "--resume-path", "-rp", default=None, metavar="PATH",
@@ -673,23 +681,37 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--resume_epoch", "--resume-epoch", "-re", type=_non_negative_int, default=None,
                      help="epochs already trained (checked against the checkpoint)")  # fmt: skip
     more = p.add_argument_group("more options")
-    more.add_argument("--run-dir", default=None, help="run folder to write (default: checkpoints/<time>-<data>-<decoder>-z<z>)")
+    more.add_argument(
+        "--run-dir", default=None, help="run folder to write (default: checkpoints/<time>-<data>-<decoder>-z<z>)"
+    )
     more.add_argument("--runs-root", default=None, help="folder that holds run folders [checkpoints or $CVAE_RUNS_DIR]")
     more.add_argument("--data-dir", default=None, help="folder with MNIST/raw and cifar-10-batches-py [data/]")
     more.add_argument("--seed", type=_non_negative_int, default=None, help="random seed [0]")
     more.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps [auto]")
-    more.add_argument("--arch", choices=("conv", "mlp"), default=None, help="the reference's conv layers, or a fast MLP [conv]")
-    more.add_argument("--quick-demo", action="store_true", help="fast MLP preset for class demos (MNIST, z=2, 14 epochs, under a minute on 2 cores)")
+    more.add_argument(
+        "--arch", choices=("conv", "mlp"), default=None, help="the reference's conv layers, or a fast MLP [conv]"
+    )
+    more.add_argument(
+        "--quick-demo",
+        action="store_true",
+        help="fast MLP preset for class demos (MNIST, z=2, 14 epochs, under a minute on 2 cores)",
+    )
     more.add_argument("--binarize", choices=("static", "dynamic"), default=None,
                       help="Bernoulli decoder: pixel >= 0.5 (static, the reference) or resampled each batch [static]")  # fmt: skip
     more.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                       help="auto = bf16 autocast where the hardware has it [auto]")  # fmt: skip
     more.add_argument("--fixed-sigma", type=_positive(float), default=None, help="Gaussian decoder's fixed std [1.0]")
-    more.add_argument("--image-size", type=_positive(int), default=None, help="image folders: resize to this many pixels square")
+    more.add_argument(
+        "--image-size", type=_positive(int), default=None, help="image folders: resize to this many pixels square"
+    )
     more.add_argument("--train-subset", type=_positive(int), default=None, help="train on the first N images only")
     more.add_argument("--test-subset", type=_positive(int), default=None, help="test on the first N images only")
-    more.add_argument("--checkpoint-every", type=_positive(int), default=None, help="keep a checkpoint every N epochs [20]")
-    more.add_argument("--latent-subset", type=_non_negative_int, default=None, help="test images whose latents are saved [2000]")
+    more.add_argument(
+        "--checkpoint-every", type=_positive(int), default=None, help="keep a checkpoint every N epochs [20]"
+    )
+    more.add_argument(
+        "--latent-subset", type=_non_negative_int, default=None, help="test images whose latents are saved [2000]"
+    )
     more.add_argument("--threads", type=_non_negative_int, default=None, help="CPU threads, 0 = all cores [0]")
     more.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     return p
@@ -715,7 +737,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
         print(f"stopped; resume with: python -m cvae.train -rp {result.run_dir}", file=sys.stderr)
     elif not kwargs.get("quiet") and result.metrics:
         last = result.metrics[-1]
-        print(f"done: test negative ELBO {last['test_nelbo']:.2f} nats after epoch {last['epoch']}; run folder {result.run_dir}")
+        print(
+            f"done: test negative ELBO {last['test_nelbo']:.2f} nats after epoch {last['epoch']}; run folder {result.run_dir}"
+        )
     return 0
 
 

@@ -70,8 +70,12 @@ def test_queue_flags_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launcher, "_cores", lambda: 8)
     run = RunDir(Path("/tmp/r"))
     monkeypatch.setenv("CVAE_MAX_RUNS", "4")
+    monkeypatch.delenv("CVAE_TRAIN_NICE", raising=False)
     argv = launcher._queue_argv(launcher.build_argv(launcher.QUICK_DEMO), run)
-    assert argv[:4] == ["--max-active", "4", "--run-dir", "/tmp/r"] and argv[argv.index("--threads") + 1] == "2"
+    assert argv[:6] == ["--max-active", "4", "--nice", "10", "--run-dir", "/tmp/r"]
+    assert argv[argv.index("--threads") + 1] == "2"
+    monkeypatch.setenv("CVAE_TRAIN_NICE", "0")
+    assert launcher._queue_argv([], run)[2:4] == ["--nice", "0"]
     monkeypatch.setenv("CVAE_MAX_RUNS", "1")
     argv = launcher._queue_argv(launcher.build_argv(launcher.QUICK_DEMO), run)
     assert argv[argv.index("--threads") + 1] == "0"  # one run at a time: all the cores
@@ -79,6 +83,7 @@ def test_queue_flags_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CVAE_MAX_RUNS", "1")
+    monkeypatch.delenv("CVAE_TRAIN_NICE", raising=False)
     (root / ".slots").mkdir()
     with open(root / ".slots" / "slot-0.lock", "a") as slot:  # the one training slot is busy
         fcntl.flock(slot, fcntl.LOCK_EX)
@@ -87,6 +92,10 @@ def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkey
         deadline = time.time() + 60
         while run.read_status().get("position") != 1 and time.time() < deadline:
             time.sleep(0.2)
+        # The trainer runs at a lower CPU priority than the app, so pages stay quick while it trains.
+        assert os.getpriority(os.PRIO_PROCESS, run.read_status()["pid"]) == min(
+            19, os.getpriority(os.PRIO_PROCESS, 0) + 10
+        )
         at = _app(run.id)
         assert "queued — position 1" in _text(at)
         assert at.button(key="stop").label.startswith("Cancel")

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cvae.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,3 +71,11 @@ def test_sigterm_while_queued_leaves_the_queue(tmp_path: Path) -> None:
     assert run.read_status()["state"] == "stopped"
     blocker.kill()
     blocker.wait()
+
+
+@pytest.mark.parametrize("nice", ["25", "-1", "x"])
+def test_bad_nice_is_one_line_exit_2(tmp_path: Path, nice: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cvae.queue", "--nice", nice, "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--nice" in lines[0], proc.stderr

@@ -149,10 +149,20 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def train_nice() -> int:
+    """How much lower than the app's the trainers' CPU priority is: $CVAE_TRAIN_NICE (0-19), else 10.
+
+    Training takes every core it is given; at a lower priority it still does
+    when the server is idle, but a page that needs the CPU gets it first.
+    """
+    raw = os.environ.get("CVAE_TRAIN_NICE", "")
+    return min(int(raw), 19) if raw.isdigit() else 10
+
+
 def _queue_argv(argv: list[str], run: RunDir) -> list[str]:
-    """`python -m cvae.queue` flags: N slots, and with N > 1 an equal share of the cores per run."""
+    """`python -m cvae.queue` flags: N slots, a lower priority, and with N > 1 an equal share of the cores per run."""
     n = max_active()
-    extra = ["--max-active", str(n), "--run-dir", str(run.path)]
+    extra = ["--max-active", str(n), "--nice", str(train_nice()), "--run-dir", str(run.path)]
     if n > 1 and "--threads" in argv and argv[argv.index("--threads") + 1] == "0":
         argv = [*argv]
         argv[argv.index("--threads") + 1] = str(max(1, _cores() // n))

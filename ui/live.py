@@ -1,30 +1,89 @@
 """The live view of one run: progress, curves and the newest reconstructions.
 
-Drawn in a fragment that re-runs every POLL_S seconds while the run is active,
-reading only the run folder; when the run ends, one full rerun redraws the page
-without the timer, so a finished run costs nothing.
+Drawn in a fragment that re-runs on a timer while the run is active, reading
+only the run folder; when the run ends, one full rerun redraws the page without
+the timer, so a finished run costs nothing. The timer is shared out: with up to
+VIEWERS_AT_FULL_SPEED live tabs on the server each refreshes every POLL_S
+seconds; with more, each refreshes less often (at most every MAX_POLL_S), so a
+class of 30 watching runs costs the server about what 4 tabs do. A refresh
+reads only the bytes the trainer appended since the last one, and the charts
+are built once per change of the data and shared by every tab.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
+
+import plotly.graph_objects as go
 import streamlit as st
 
 from ui import plots
 from ui.launcher import max_active
 from ui.models import png_file
-from ui.runs import Run, batches, eta_text, log_tail, metrics, open_run, runs_root
+from ui.runs import Run, batches_versioned, eta_text, log_tail, metrics, open_run, runs_root, stamp
 
-POLL_S = 1.5
+POLL_S = 1.5  # seconds between refreshes of a live run's tab while few tabs watch one
+MAX_POLL_S = 10.0  # the slowest refresh, however many tabs watch
+VIEWERS_AT_FULL_SPEED = 4  # live tabs the server refreshes every POLL_S; with more, each one waits longer
+STALE_S = 3 * MAX_POLL_S  # a tab not heard from for this long is gone (closed, or on another page)
+
+
+class Viewers:
+    """The tabs watching a live run on this server (one per browser session), to share out the refreshes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}
+
+    def beat(self, viewer: str, now: float | None = None) -> int:
+        """Note that `viewer` is watching; return how many tabs are."""
+        now = time.time() if now is None else now
+        with self._lock:
+            self._seen[viewer] = now
+            for other, seen in list(self._seen.items()):
+                if now - seen > STALE_S:
+                    del self._seen[other]
+            return len(self._seen)
+
+    def leave(self, viewer: str) -> None:
+        with self._lock:
+            self._seen.pop(viewer, None)
+
+
+def poll_interval(viewers: int) -> float:
+    """Seconds between one tab's refreshes when `viewers` tabs watch live runs: the server does about
+    VIEWERS_AT_FULL_SPEED / POLL_S refreshes a second in all, each tab at least one per MAX_POLL_S."""
+    return min(MAX_POLL_S, POLL_S * max(1.0, viewers / VIEWERS_AT_FULL_SPEED))
+
+
+@st.cache_resource(show_spinner=False)
+def viewers() -> Viewers:
+    return Viewers()
+
+
+def _viewer_id() -> str:
+    if "live_viewer" not in st.session_state:
+        st.session_state["live_viewer"] = uuid.uuid4().hex
+    return st.session_state["live_viewer"]
 
 
 def live_panel(run: Run) -> None:
-    every = POLL_S if run.active else None
+    viewer = _viewer_id()
+    if run.active:
+        every = poll_interval(viewers().beat(viewer))
+    else:
+        every = None
+        viewers().leave(viewer)
 
     @st.fragment(run_every=every)
     def panel() -> None:
         fresh = open_run(runs_root(), run.id)
         if (fresh.state, fresh.config is None) != (run.state, run.config is None):
             st.rerun()  # started, configured or ended: redraw the whole page (header, buttons, timer)
+        if every is not None and not every / 1.5 <= poll_interval(viewers().beat(viewer)) <= every * 1.5:
+            st.rerun()  # many more (or fewer) tabs watch now: restart the timer at the new pace
         _status(fresh)
         _curves(fresh)
         _pictures(fresh)
@@ -86,15 +145,29 @@ def _nats(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _batch_figure(path: str, version: tuple[int, int], _rows: list[dict]) -> go.Figure:
+    """The batch-loss chart, built once per change of the batch log and shared by every tab (never mutated)."""
+    return plots.batch_loss(_rows)
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _epoch_figure(path: str, version: tuple[int, int], _rows: list[dict]) -> go.Figure:
+    return plots.epoch_curves(_rows)
+
+
 def _curves(run: Run) -> None:
-    rows, brows = metrics(run.dir), batches(run.dir)
+    brows, version = batches_versioned(run.dir)
     if not brows:
         if run.active:
             st.caption("Curves appear with the first batches.")
         return
-    st.plotly_chart(plots.batch_loss(brows), key="batch_chart", config={"displayModeBar": False})
+    chart = _batch_figure(str(run.dir.batches_path), version, brows)
+    st.plotly_chart(chart, key="batch_chart", config={"displayModeBar": False})
+    rows = metrics(run.dir)
     if rows:
-        st.plotly_chart(plots.epoch_curves(rows), key="epoch_chart", config={"displayModeBar": False})
+        chart = _epoch_figure(str(run.dir.metrics_path), stamp(run.dir.metrics_path), rows)
+        st.plotly_chart(chart, key="epoch_chart", config={"displayModeBar": False})
     else:
         st.caption("Per-epoch train and test curves appear when the first epoch ends.")
 

@@ -6,6 +6,8 @@ a training run re-reads a file only when the trainer has changed it.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,16 +160,71 @@ def _sane_status(status: dict) -> dict:
     return status
 
 
+def _row(row: object, key: str) -> dict | None:
+    """A row with a whole-number `key` (epoch or step), keeping numeric (or null) fields only; None if unusable."""
+    if not isinstance(row, dict) or not isinstance(row.get(key), int) or isinstance(row.get(key), bool):
+        return None
+    return {k: v for k, v in row.items() if v is None or _number(v)}
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def _jsonl(path: str, version: tuple[int, int], key: str) -> list[dict]:
-    """Rows with a whole-number `key` (epoch or step), keeping numeric (or null) fields only."""
     from cvae.runs import read_jsonl
 
-    rows = []
-    for row in read_jsonl(Path(path)):
-        if isinstance(row.get(key), int) and not isinstance(row.get(key), bool):
-            rows.append({k: v for k, v in row.items() if v is None or _number(v)})
-    return rows
+    return [r for r in (_row(row, key) for row in read_jsonl(Path(path))) if r is not None]
+
+
+class JsonlTail:
+    """An append-only JSON-lines file, read incrementally: each call parses only the bytes added since the last.
+
+    The trainer appends a line per logged batch while every open tab polls the
+    file, so re-reading it whole would cost each poll the whole run's history.
+    A rewritten file (a resume replaces it atomically: a new inode) or a shorter
+    one is read again from the start. A last line without its newline is left
+    for the next call (the writer is mid-line, or was killed there: then it is
+    never used, like `read_jsonl`'s torn line). Shared by every session of the
+    server, so it is guarded by a lock.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        self._lock = threading.Lock()
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file read so far
+        self._offset, self._rows, self._generation = 0, [], 0
+
+    def read(self) -> tuple[list[dict], tuple[int, int]]:
+        """(the rows so far, a version that changes whenever they do)."""
+        with self._lock:
+            try:
+                info = self.path.stat()
+            except OSError:
+                info = None
+            ident = (info.st_dev, info.st_ino) if info else None
+            if ident != self._file or (info and info.st_size < self._offset):
+                self._file, self._offset, self._rows = ident, 0, []
+                self._generation += 1
+            if info and info.st_size > self._offset:
+                try:
+                    with open(self.path, "rb") as f:
+                        f.seek(self._offset)
+                        chunk = f.read(info.st_size - self._offset)
+                except OSError:
+                    chunk = b""
+                end = chunk.rfind(b"\n") + 1
+                for line in chunk[:end].splitlines():
+                    try:
+                        row = _row(json.loads(line.decode("utf-8", errors="replace")), self.key)
+                    except ValueError:
+                        continue  # a garbled line spoils only itself
+                    if row is not None:
+                        self._rows.append(row)
+                self._offset += end
+            return list(self._rows), (self._generation, len(self._rows))
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _tail(path: str, key: str) -> JsonlTail:
+    return JsonlTail(Path(path), key)
 
 
 def metrics(run: RunDir) -> list[dict]:
@@ -175,7 +232,12 @@ def metrics(run: RunDir) -> list[dict]:
 
 
 def batches(run: RunDir) -> list[dict]:
-    return _jsonl(str(run.batches_path), stamp(run.batches_path), "step")
+    return batches_versioned(run)[0]
+
+
+def batches_versioned(run: RunDir) -> tuple[list[dict], tuple[int, int]]:
+    """The logged batches and their version (for caching what is drawn from them), read incrementally."""
+    return _tail(str(run.batches_path), "step").read()
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
