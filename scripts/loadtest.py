@@ -44,20 +44,69 @@ PAGES = {
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def rss_kb(pid: int) -> int:
-    """VmRSS of `pid` and all its descendants, in kB (0 for a process that is gone)."""
-    total, todo = 0, [pid]
+def tree(pid: int) -> list[int]:
+    """`pid` and all its live descendants."""
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
+        found.append(p)
+    return found
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of `pid` and all its descendants, in kB (0 for a process that is gone)."""
+    total = 0
+    for p in tree(pid):
+        try:
+            total += next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))  # fmt: skip
+        except (OSError, ValueError, StopIteration):
+            continue
     return total
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds `pid` has used, or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by groups of processes over a stretch of time, from samples every half second.
+
+    A process that exits between samples keeps its last sample, so short-lived
+    browser renderers are counted up to the last half second.
+    """
+
+    def __init__(self) -> None:
+        self.base: dict[int, float] = {}
+        self.last: dict[str, dict[int, float]] = {}
+        self.lock = threading.Lock()
+
+    def start(self, pids: list[int]) -> None:
+        with self.lock:
+            self.base = {p: t for p in pids if (t := cpu_s(p)) is not None}
+            self.last = {}
+
+    def sample(self, groups: dict[str, list[int]]) -> None:
+        with self.lock:
+            for name, pids in groups.items():
+                for p in pids:
+                    t = cpu_s(p)
+                    if t is not None:
+                        self.last.setdefault(name, {})[p] = t - self.base.get(p, 0.0)
+
+    def totals(self) -> dict[str, float]:
+        with self.lock:
+            return {name: round(sum(d.values()), 1) for name, d in self.last.items()}
 
 
 def free_port() -> int:
@@ -136,11 +185,22 @@ def main() -> int:
     runs, port = tmp / "runs", free_port()
     server = start_server(runs, port, tmp / "server.log")
     samples: list[int] = []
-    done = threading.Event()
+    done, browsing = threading.Event(), threading.Event()
+    meter = CpuMeter()
+    trainer_pids: list[int] = []
+
+    def groups() -> dict[str, list[int]]:
+        """The server's processes, the trainers', and the rest under this script (the browsers and their driver)."""
+        server_side = set(tree(server.pid))
+        trainers = {p for t in trainer_pids for p in tree(t)}
+        others = set(tree(os.getpid())) - server_side - trainers - {os.getpid()}
+        return {"server": sorted(server_side), "trainers": sorted(trainers), "browsers": sorted(others)}
 
     def sample() -> None:
         while not done.is_set():
             samples.append(rss_kb(server.pid))
+            if browsing.is_set():
+                meter.sample(groups())
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -155,9 +215,14 @@ def main() -> int:
             time.sleep(1)
         states = [RunDir(r.path).read_status().get("state") for r in started]
         idle_kb = rss_kb(server.pid)
+        trainer_pids[:] = [RunDir(r.path).read_status().get("pid") or 0 for r in started]
+        meter.start([p for group in groups().values() for p in group])
+        browsing.set()
         times, errors, wall = asyncio.run(
             drive(f"http://127.0.0.1:{port}", [r.id for r in started], args.sessions, args.rounds, args.chromium)
         )
+        browsing.clear()
+        cpu_used = meter.totals()
         trainer_kb = [rss_kb(RunDir(r.path).read_status().get("pid") or 0) for r in started]
         still = [RunDir(r.path).read_status().get("state") for r in started]
     finally:
@@ -182,6 +247,7 @@ def main() -> int:
         "server_rss_mb": {"idle_with_runs": round(idle_kb / 1024), "peak": round(max(samples) / 1024),
                           "end": round(samples[-1] / 1024)},
         "trainer_rss_mb": [round(kb / 1024) for kb in trainer_kb],
+        "cpu_s_while_browsing": cpu_used, "cpu_s_available": round(wall * (os.cpu_count() or 1), 1),
     }  # fmt: skip
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\n{args.sessions} sessions × {args.rounds} rounds × 4 pages, 2 runs training; {result['machine']}; "
@@ -196,6 +262,9 @@ def main() -> int:
     m = result["server_rss_mb"]
     print(f"\nstreamlit server RSS: {m['idle_with_runs']} MB before the sessions, peak {m['peak']} MB, "
           f"{m['end']} MB at the end; each training run {result['trainer_rss_mb']} MB")  # fmt: skip
+    shares = ", ".join(f"{name} {sec:.0f} s" for name, sec in cpu_used.items())
+    print(f"CPU while browsing ({result['wall_s']} s wall × {os.cpu_count()} cores = "
+          f"{result['cpu_s_available']:.0f} CPU-s): {shares}")  # fmt: skip
     print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors[:10]))
     shutil.rmtree(tmp, ignore_errors=True)
     return 1 if errors else 0

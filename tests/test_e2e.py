@@ -121,6 +121,7 @@ def test_app_in_a_browser(server) -> None:
         while _points(page, 0) <= first and time.time() < deadline:
             page.wait_for_timeout(500)
         assert _points(page, 0) > first, "the loss chart did not update"
+        page.get_by_text("test −ELBO").first.wait_for(timeout=60_000)  # the first epoch's numbers are drawn
         page.screenshot(path=str(SHOTS / "train_live.png"))
         page.get_by_text("Finished: 4 epochs").wait_for(timeout=90_000)
         # Batch loss and per-epoch curves (stale copies from the last live refresh may linger a moment).
