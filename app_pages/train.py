@@ -18,7 +18,7 @@ with st.expander("New run", expanded=False, icon=":material/add_circle:"):
 run = current_run() if have_runs else None
 if run is not None:
     st.subheader(f"{run.id} {state_badge(run.state, run.state_text)}")
-    st.caption(run.label)
+    st.caption(run.description if run.active else run.label)  # a live run's progress is drawn below, live
     run_controls(run)
     live_panel(run)
     with st.expander("All runs"):

@@ -97,15 +97,22 @@ class Run:
         return [str(c) for c in info.get("class_names", [])]
 
     @property
-    def label(self) -> str:
-        """A short description for pickers: MNIST · bernoulli · z=2 · 3/5 epochs."""
+    def description(self) -> str:
+        """What was trained: MNIST · bernoulli · mlp · z=2."""
         if self.config is None:
             return self.problem or "no config yet"
         m = self.config.model
         sigma = " (learned σ)" if m.learn_sigma else ""
         info = (self.raw_config or {}).get("dataset_info") or {}
+        return f"{info.get('name', self.config.data.dataset)} · {m.likelihood}{sigma} · {m.arch} · z={m.latent_dim}"
+
+    @property
+    def label(self) -> str:
+        """A short description for pickers: MNIST · bernoulli · mlp · z=2 · 3/5 epochs."""
+        if self.config is None:
+            return self.description
         epochs = f"{self.status.get('epoch') or 0}/{self.status.get('epochs') or self.config.train.epochs} epochs"
-        return f"{info.get('name', self.config.data.dataset)} · {m.likelihood}{sigma} · {m.arch} · z={m.latent_dim} · {epochs}"
+        return f"{self.description} · {epochs}"
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
