@@ -162,3 +162,42 @@ def test_app_in_a_browser(server) -> None:
         page.get_by_text("400 random codes").wait_for(timeout=30_000)
         assert page.get_by_text("CVAE lab").count() == 1  # the entry point ran: shared sidebar
         browser.close()
+
+
+def test_a_clicked_latent_dot_stays_shown_when_an_epoch_ends(server) -> None:
+    """While a run trains, each new epoch redraws the latent plot; the dot the user clicked stays shown."""
+    from playwright.sync_api import sync_playwright
+
+    from ui import launcher
+
+    url, runs = server
+    opts = launcher.TrainOptions(arch="mlp", latent_dim=2, epochs=40, batch_size=64, train_subset=2000,
+                                 test_subset=300, latent_subset=300, threads=1)  # fmt: skip
+    run = launcher.start(runs, opts, run_id="live-latent")
+    deadline = time.time() + 90
+    while len(run.epochs_with("latent.npy")) < 1 and time.time() < deadline:
+        time.sleep(0.5)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                                   "--disable-background-networking"])  # fmt: skip
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page.goto(f"{url}/latent?run={run.id}")
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)
+        xy = page.evaluate(
+            """() => { const p = document.querySelector('.js-plotly-plot'); const L = p._fullLayout;
+                       const r = p.getBoundingClientRect(); const d = p.calcdata[1][0];
+                       return [r.left + L.xaxis._offset + L.xaxis.c2p(d.x), r.top + L.yaxis._offset + L.yaxis.c2p(d.y)]; }"""
+        )
+        page.mouse.click(xy[0], xy[1])
+        shown = page.get_by_text("its reconstruction")
+        shown.wait_for(timeout=30_000)
+        caption = page.get_by_text("Training: showing epochs").inner_text()
+        page.wait_for_function(
+            "c => { const e = [...document.querySelectorAll('p')].find(p => p.innerText.startsWith('Training: showing'));"
+            " return e && e.innerText !== c; }",
+            arg=caption, timeout=60_000,
+        )  # fmt: skip
+        page.wait_for_timeout(1500)
+        assert shown.is_visible(), "the clicked image vanished when the plot was redrawn for a new epoch"
+        browser.close()
