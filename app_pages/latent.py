@@ -1,10 +1,12 @@
 """Latent space: where the encoder puts the test images, epoch by epoch."""
 
+import time
+
 import streamlit as st
 
 from ui import plots
 from ui.pick import show_reconstruction
-from ui.runs import latents, open_run, runs_root
+from ui.runs import latents, open_run, runs_root, stamp
 from ui.sidebar import current_run, require_config
 
 st.title(":material/scatter_plot: Latent space")
@@ -26,24 +28,39 @@ if not epochs or not len(labels):
     st.stop()
 
 
+REDRAW_S = 10  # while training, the plot is redrawn with the new epochs at most this often
+drawn_at = time.time()
+
+
 @st.fragment(run_every=3 if run.active else None)
 def watch_new_epochs() -> None:
-    """While training: redraw the page when a new epoch's codes arrive."""
+    """While training: redraw the page when new epochs' codes have arrived (at most every REDRAW_S seconds)."""
     fresh = open_run(runs_root(), run.id)
-    if fresh.dir.epochs_with("latent.npy")[-1:] != epochs[-1:] or not fresh.active:
+    if not fresh.active or (
+        fresh.dir.epochs_with("latent.npy")[-1:] != epochs[-1:] and time.time() - drawn_at >= REDRAW_S
+    ):
         st.rerun()
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def animation(folder: str, shown: tuple[int, ...], version: tuple[int, int], names: tuple[str, ...], _z, _labels):
+    """The animated scatter, built once per new epoch and shared by every tab looking at this run."""
+    return plots.latent_animation(list(shown), _z, _labels, list(names))
 
 
 if run.active:
     watch_new_epochs()
-    st.caption(f"Training: showing epochs 1–{epochs[-1]}; the plot updates after each epoch.")
+    st.caption(f"Training: showing epochs 1–{epochs[-1]}; the plot takes in new epochs as they end.")
 names = run.class_names or [str(i) for i in range(int(labels.max()) + 1)]
-fig, note = plots.latent_animation(epochs, z, labels, names)
+fig, note = animation(
+    str(run.dir.path), tuple(epochs), stamp(run.dir.artifact(epochs[-1], "latent.npy")), tuple(names), z, labels
+)
 event = st.plotly_chart(fig, key="latent_chart", on_select="rerun", selection_mode="points",
                         config={"displayModeBar": False, "scrollZoom": False})  # fmt: skip
-st.caption(
-    f"{len(labels):,} test images · {len(epochs)} epochs · latent size {z.shape[-1]}" + (f" · {note}" if note else "")
+frames = (
+    f"{len(fig.frames)} of {len(epochs)} epochs animated" if len(fig.frames) < len(epochs) else f"{len(epochs)} epochs"
 )
+st.caption(f"{len(labels):,} test images · {frames} · latent size {z.shape[-1]}" + (f" · {note}" if note else ""))
 
 points = event.selection.points if event and event.selection else []
 picked = [p for p in points if p.get("customdata") is not None]

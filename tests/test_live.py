@@ -77,3 +77,22 @@ def test_viewers_count_live_tabs_and_forget_closed_ones() -> None:
     assert v.beat("a", now=3.0) == 1
     v.beat("c", now=3.0)
     assert v.beat("a", now=3.0 + STALE_S + 1) == 1  # "c" was not heard from: its tab is gone
+
+
+def test_a_long_runs_latent_animation_stays_light() -> None:
+    import numpy as np
+
+    from ui.plots import MAX_FRAMES, frame_epochs, latent_animation
+
+    assert frame_epochs(3) == [0, 1, 2]
+    keep = frame_epochs(200)
+    assert len(keep) == MAX_FRAMES and keep[0] == 0 and keep[-1] == 199 and keep == sorted(set(keep))
+    rng = np.random.default_rng(0)
+    z, labels = rng.normal(size=(200, 300, 2)).astype(np.float32), rng.integers(0, 10, 300)
+    fig, _ = latent_animation(list(range(1, 201)), z, labels, [str(k) for k in range(10)])
+    assert len(fig.frames) == MAX_FRAMES and fig.frames[-1].name == "200"
+    assert fig.layout.sliders[0].steps[-1].label == "200" and len(fig.layout.sliders[0].steps) == MAX_FRAMES
+    # A frame moves the points; colours, names and hover text stay the traces'.
+    assert fig.frames[-1].data[3].marker.color is None and fig.frames[-1].data[3].customdata is None
+    assert np.allclose(fig.frames[-1].data[3].x, np.round(z[-1, labels == 3, 0], 3))
+    assert np.allclose(fig.data[3].x, fig.frames[-1].data[3].x) and fig.data[3].marker.color is not None

@@ -81,10 +81,27 @@ def project(z: np.ndarray) -> tuple[np.ndarray, str]:
     ].T, f"PCA of the {dim}-D latent means, fitted on the last epoch ({share:.0%} of its variance)"
 
 
+MAX_FRAMES = 50  # animation frames at most: a long run shows every k-th epoch (and its last)
+
+
+def frame_epochs(n: int, max_frames: int = MAX_FRAMES) -> list[int]:
+    """Indices of the epochs to animate: all of them, or `max_frames` spread evenly, first and last included."""
+    if n <= max_frames:
+        return list(range(n))
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, max_frames)})
+
+
 def latent_animation(
     epochs: list[int], z: np.ndarray, labels: np.ndarray, class_names: list[str]
 ) -> tuple[go.Figure, str]:
-    """Scatter of the latent means, one frame per epoch (play button and slider), fixed axes."""
+    """Scatter of the latent means, one frame per epoch (play button and slider), fixed axes.
+
+    At most MAX_FRAMES frames (evenly spaced epochs, the last included), and a
+    frame holds only the points' new positions (colours, names and hover text
+    stay those of the traces), so a long run's page stays light to send and draw.
+    """
+    keep = frame_epochs(len(epochs))
+    epochs, z = [epochs[i] for i in keep], z[keep]
     xy, note = project(z)  # (E, N, 2)
     if z.shape[-1] == 1:
         xy[..., 1] = labels[None, :] + np.random.default_rng(0).uniform(-0.3, 0.3, size=labels.shape)[None, :]
@@ -103,8 +120,11 @@ def latent_animation(
             ))  # fmt: skip
         return out
 
+    def positions(e: int) -> list[dict]:
+        return [dict(type="scatter", x=xy[e, labels == k, 0], y=xy[e, labels == k, 1]) for k in range(len(class_names))]
+
     last = len(epochs) - 1
-    frames = [go.Frame(data=traces(i), name=str(e)) for i, e in enumerate(epochs)]
+    frames = [go.Frame(data=positions(i), name=str(e)) for i, e in enumerate(epochs)]
     fig = go.Figure(data=traces(last), frames=frames)
     lo, hi = np.nanpercentile(xy, 0.2, axis=(0, 1)), np.nanpercentile(xy, 99.8, axis=(0, 1))
     pad = (hi - lo) * 0.05 + 1e-3
