@@ -6,10 +6,15 @@ Starts the app on a free port with its runs in a temporary folder, queues two
 small real training runs (MLP, a subset of MNIST) through the app's launcher
 with CVAE_MAX_RUNS=2, waits for their first epoch, then opens `--sessions`
 concurrent Playwright browser contexts in one headless Chromium. Each session
-opens the four pages in turn, `--rounds` times. Render time is from the
-navigation until the page's main element is visible. Server memory is the
+opens the app's address once, then moves through the four pages with the
+sidebar's links, as a student does, `--rounds` times. Render time is from the
+navigation (or click) until the page's main element is visible. Server memory is the
 resident set (VmRSS in /proc) of the streamlit process and its children,
-sampled every half second. Prints a Markdown table and writes JSON.
+sampled every half second; CPU seconds of the server, the trainers and the
+browsers are counted while the sessions browse. The trainers run at the app's
+lower priority (nice 10, as the app starts them) and the browsers at
+`--browser-nice` (5): on a real server the browsers are the students' own
+machines, here they share its cores. Prints a Markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # Page path -> a selector that is visible once the page has drawn its main content.
+# Page -> (its sidebar link, a selector that is visible once the page has drawn its main content).
 PAGES = {
-    "train": ("", "text=test −ELBO"),
-    "reconstructions": ("reconstructions", "text=Over the epochs"),
-    "latent": ("latent", ".js-plotly-plot"),
-    "generate": ("generate", "text=400 random codes"),
+    "train": ("Train", "text=test −ELBO"),
+    "reconstructions": ("Reconstructions", "text=Over the epochs"),
+    "latent": ("Latent space", "text=latent size"),
+    "generate": ("Generate", "text=400 random codes"),
 }
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -144,15 +150,23 @@ def start_runs(runs: Path, epochs: int, train_subset: int) -> list:
 async def session(browser, url: str, run_id: str, rounds: int, times: dict[str, list[float]], errors: list) -> None:
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
+    loaded = False
     for _ in range(rounds):
-        for name, (path, selector) in PAGES.items():
+        for name, (link, selector) in PAGES.items():
             t0 = time.perf_counter()
             try:
-                await page.goto(f"{url}/{path}?run={run_id}")
+                if not loaded:  # the first page: open the app's address
+                    await page.goto(f"{url}/?run={run_id}")
+                    loaded = True
+                else:  # then move between pages with the sidebar, as a student does (no reload)
+                    await page.get_by_role("link", name=link, exact=True).click(timeout=120_000)
                 await page.locator(selector).first.wait_for(state="visible", timeout=120_000)
                 times[name].append(time.perf_counter() - t0)
             except Exception as err:  # noqa: BLE001 - a timed-out page is a result, not a crash
                 errors.append(f"{name}: {str(err).splitlines()[0][:120]}")
+                if os.environ.get("LOADTEST_SHOTS"):  # what the page showed instead, to find out why
+                    shot = Path(os.environ["LOADTEST_SHOTS"]) / f"{name}-{len(errors)}.png"
+                    await page.screenshot(path=str(shot), full_page=True)
     await context.close()
 
 
@@ -178,6 +192,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=100, help="epochs of each training run (they are stopped at the end)")
     ap.add_argument("--train-subset", type=int, default=4000)
     ap.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+    ap.add_argument("--browser-nice", type=int, default=5,
+                    help="CPU priority of the browsers below the server's (0-19): on a real server the browsers run "
+                         "on the students' machines, here they share its cores [5]")  # fmt: skip
     ap.add_argument("--out", default="loadtest.json")
     args = ap.parse_args()
 
@@ -215,6 +232,7 @@ def main() -> int:
             time.sleep(1)
         states = [RunDir(r.path).read_status().get("state") for r in started]
         idle_kb = rss_kb(server.pid)
+        os.nice(args.browser_nice)  # this script, and so the browsers it starts; the server and trainers keep theirs
         trainer_pids[:] = [RunDir(r.path).read_status().get("pid") or 0 for r in started]
         meter.start([p for group in groups().values() for p in group])
         browsing.set()
@@ -238,7 +256,7 @@ def main() -> int:
                 .stdout.splitlines() if line.startswith("Model name")), platform.processor())  # fmt: skip
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {cpu}",
-        "sessions": args.sessions, "rounds": args.rounds, "page_loads": len(all_times), "errors": errors,
+        "sessions": args.sessions, "rounds": args.rounds, "browser_nice": args.browser_nice, "page_loads": len(all_times), "errors": errors,
         "wall_s": round(wall, 1), "runs_state_at_start": states, "runs_state_at_end": still,
         "render_s": {name: {"median": round(statistics.median(ts), 2), "worst": round(max(ts), 2), "n": len(ts)}
                      for name, ts in times.items() if ts},
