@@ -77,7 +77,6 @@ def live_panel(run: Run) -> None:
         every = None
         viewers().leave(viewer)
 
-    @st.fragment(run_every=every)
     def panel() -> None:
         fresh = open_run(runs_root(), run.id)
         if (fresh.state, fresh.config is None) != (run.state, run.config is None):
@@ -88,7 +87,10 @@ def live_panel(run: Run) -> None:
         _curves(fresh)
         _pictures(fresh)
 
-    panel()
+    # A fresh fragment id for each drawing of the page: a refresh timer left from an
+    # earlier visit to this page in the same session can then never update this one.
+    panel.__qualname__ = f"live_panel.panel_{uuid.uuid4().hex[:12]}"
+    st.fragment(run_every=every)(panel)()
 
 
 def _status(run: Run) -> None:
