@@ -329,10 +329,14 @@ def _fmt(value: Any, se: Any = None, digits: int = 2) -> str:
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     m = results["machine"]
+    order = list(experiments(""))
+    runs = sorted(results["experiments"].values(), key=lambda r: order.index(r["name"]) if r["name"] in order else 99)
     lines = [
         "# Results",
         "",
-        f"Made by `{results['command']}` on {m['cpu']} ({m['cores']} cores"
+        "Made by `"
+        + "`, then `".join(dict.fromkeys(r.get("command", results["command"]) for r in runs))
+        + f"` on {m['cpu']} ({m['cores']} cores"
         + (f", {m['gpu']}" if m.get("gpu") else "")
         + f"), torch {m['torch']}, {time.strftime('%Y-%m-%d', time.localtime(results['started']))}; "
         f"wall time of the last invocation {results['seconds'] / 60:.1f} min (each experiment's own train time is in the table)."
@@ -347,7 +351,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "| experiment | epochs | train time | s/epoch | -ELBO (recon + KL) | IWAE NLL | bits/dim ELBO / IWAE | device |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["experiments"].values():
+    for r in runs:
         f = r["final"]
         per_epoch = np.median(r["seconds_per_epoch"]) if r["seconds_per_epoch"] else math.nan
         iw = _fmt(f.get("iwae_nll"), f.get("iwae_nll_se")) + (f" (K={f['iw_samples']})" if f.get("iw_samples") else "")
@@ -358,7 +362,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"{iw} | {bpd} | {r['device']}, {r['precision']} |"
         )
     lines += ["", PUBLISHED, ""]
-    for r in results["experiments"].values():
+    for r in runs:
         lines.append(f"## {r['title']}")
         lines.append("")
         for key, fig in r["figures"].items():
@@ -436,15 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only and results_path.is_file():  # keep other experiments' earlier results
         results = json.loads(results_path.read_text())
     command = "python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if results.get("command"):  # earlier experiments kept from another invocation: name both
-        command = f"{results['command']}`, then `{command}"
-    results.update(command=command,
-                   machine=machine(), started=started, smoke=args.smoke)  # fmt: skip
+    results.update(command=command, machine=machine(), started=started, smoke=args.smoke)
     for name in names:
         exp = all_exps[name]
         epochs = 2 if args.smoke else overrides.get(name, max(1, round(exp.epochs * args.epochs_scale)))
         try:
-            results["experiments"][name] = run_experiment(exp, args, epochs, out)
+            results["experiments"][name] = {**run_experiment(exp, args, epochs, out), "command": command}
         except CVAEError as err:
             print(f"error: {name}: {err}", file=sys.stderr)
             return 2
