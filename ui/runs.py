@@ -238,10 +238,6 @@ def metrics(run: RunDir) -> list[dict]:
     return _jsonl(str(run.metrics_path), stamp(run.metrics_path), "epoch")
 
 
-def batches(run: RunDir) -> list[dict]:
-    return batches_versioned(run)[0]
-
-
 def batches_versioned(run: RunDir) -> tuple[list[dict], tuple[int, int]]:
     """The logged batches and their version (for caching what is drawn from them), read incrementally."""
     return _tail(str(run.batches_path), "step").read()
