@@ -25,6 +25,7 @@ ARCHS = ("conv", "mlp")
 LIKELIHOODS = ("bernoulli", "gaussian")
 BINARIZE = ("static", "dynamic", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("exponential", "cosine")
 MLP_ACTIVATIONS = ("relu", "silu", "gelu", "elu", "tanh")
 MLP_NORMS = ("none", "batch", "layer")
 
@@ -187,7 +188,11 @@ class TrainConfig:
     latent_subset: int = 2000  # test images whose latent means are saved each epoch
     grid_size: int = 64  # the fixed test batch shown as reconstructions
     threads: int = 0  # torch CPU threads; 0 = one per available core
-    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch (1 = constant)
+    lr_decay: float = 1.0  # exponential schedule: the learning rate is multiplied by this after every epoch
+    # exponential: lr_decay after every epoch, and a plateau cut; cosine: linear warm-up over
+    # warmup_epochs, then a half cosine down to 0 at the end of the run's epochs
+    lr_schedule: str = "exponential"
+    warmup_epochs: float = 0.0
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "print_every", "checkpoint_every"):
@@ -200,6 +205,14 @@ class TrainConfig:
         _positive_float("lr_decay", self.lr_decay)
         if self.lr_decay > 1:
             raise ConfigError(f"lr_decay must be at most 1, got {self.lr_decay}")
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        warmup = self.warmup_epochs
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup <= 1000:
+            raise ConfigError(f"warmup_epochs must be a number from 0 to 1000, got {warmup!r}")
+        if warmup and self.lr_schedule != "cosine":
+            raise ConfigError("warmup_epochs needs lr_schedule cosine")
+        if self.lr_schedule == "cosine" and self.lr_decay != 1:
+            raise ConfigError("lr_decay belongs to the exponential schedule; the cosine schedule sets the decay itself")
         if self.learning_rate > 1:
             raise ConfigError(f"learning_rate must be at most 1, got {self.learning_rate}")
         if self.epochs > 100_000:

@@ -121,6 +121,20 @@ def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.o
     return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
+def cosine_lr(base: float, position: float, warmup: float, end: int, batches_per_epoch: int) -> float:
+    """The cosine schedule's rate for the step that starts `position` epochs into the run.
+
+    A linear warm-up to `base` over the first `warmup` epochs, then half a
+    cosine from `base` down to 0 at epoch `end`. A function of the position
+    alone, so a resumed run continues on the same curve; resuming with more
+    epochs stretches the rest of the curve to the new end.
+    """
+    if position < warmup:
+        return base * min(1.0, (position + 1 / batches_per_epoch) / warmup)
+    t = min(1.0, (position - warmup) / max(end - warmup, 1e-9))
+    return base * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def prepare_model(model: CVAE, device: torch.device) -> CVAE:
     """The conv architecture in channels_last on CPU, which oneDNN's convolutions run without reorders."""
     if device.type == "cpu" and model.config.arch == "conv":
@@ -324,6 +338,7 @@ def fit(
     _save_npy(np.arange(len(lat_y), dtype=np.int64), run.artifacts / "latent_index.npy")
 
     end_epoch = start_epoch + cfg.epochs
+    cosine = cfg.lr_schedule == "cosine"
     result = TrainResult(run.path, [r for r in run.read_metrics() if r.get("epoch", 0) <= start_epoch])
     run.write_status(
         state="running", pid=os.getpid(), process=process_identity(os.getpid()), epoch=start_epoch,
@@ -344,6 +359,11 @@ def fit(
                 sums = torch.zeros(3, dtype=torch.float64, device=device)
                 seen = 0
                 for b in range(batches_per_epoch):
+                    if cosine:
+                        lr = cosine_lr(cfg.learning_rate, epoch - 1 + b / batches_per_epoch, cfg.warmup_epochs,
+                                       end_epoch, batches_per_epoch)  # fmt: skip
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr
                     idx = order[b * batch : (b + 1) * batch]
                     xb, yb = train_x[idx], train_y[idx]
                     if dynamic:
@@ -384,9 +404,10 @@ def fit(
                     return result
 
                 train_nelbo, train_recon, train_kl = (sums / seen).tolist()
-                scheduler.step(train_nelbo)
-                for group in optimizer.param_groups:  # saved with the optimizer: resume stays exact
-                    group["lr"] *= cfg.lr_decay
+                if not cosine:
+                    scheduler.step(train_nelbo)
+                    for group in optimizer.param_groups:  # saved with the optimizer: resume stays exact
+                        group["lr"] *= cfg.lr_decay
                 test = evaluate_elbo(model, test_x, test_y, amp_dtype=amp_dtype)
                 write_epoch_artifacts(model, run, epoch, grid_x, grid_y, lat_x, lat_y, amp_dtype)
                 record = dict(
@@ -433,14 +454,15 @@ EXTRA_DEFAULTS: dict[str, Any] = dict(
     run_dir=None, runs_root=None, data_dir="", seed=0, device="auto", arch="conv", binarize=None,
     precision="auto", fixed_sigma=1.0, sigma_min=1e-3, image_size=None, train_subset=None,
     test_subset=None, checkpoint_every=20, latent_subset=2000, threads=0, mlp_hidden=None, quiet=False,
-    mlp_activation="relu", mlp_norm="none", lr_decay=1.0,
+    mlp_activation="relu", mlp_norm="none", lr_decay=1.0, lr_schedule="exponential", warmup_epochs=0.0,
 )  # fmt: skip
 MODEL_KEYS = ("dataset", "decoder_type", "model_sigma", "latent_dim", "arch", "fixed_sigma", "binarize", "image_size")
 # The quick demo: a small MLP that trains in about a minute on 2 CPU cores (docs/benchmark.md has
 # what it reaches). `--quick-demo -z 10` keeps the preset and changes the latent size only; options
 # given on the command line win over the preset's.
 QUICK_DEMO: dict[str, Any] = dict(
-    arch="mlp", latent_dim=2, mlp_hidden=(512, 512), batch_size=128, learning_rate=2e-3, lr_decay=0.85, epochs=14,
+    arch="mlp", latent_dim=2, mlp_hidden=(512, 512), batch_size=128, learning_rate=5e-3, lr_schedule="cosine",
+    warmup_epochs=1.0, epochs=14,
 )  # fmt: skip
 
 
@@ -486,6 +508,7 @@ def _train_config(options: dict[str, Any]) -> TrainConfig:
         seed=options["seed"], device=options["device"], precision=options["precision"],
         print_every=options["print_every"], checkpoint_every=options["checkpoint_every"],
         latent_subset=options["latent_subset"], threads=options["threads"], lr_decay=options["lr_decay"],
+        lr_schedule=options["lr_schedule"], warmup_epochs=options["warmup_epochs"],
     )  # fmt: skip
 
 
@@ -637,6 +660,16 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text!r}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -696,6 +729,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fast MLP preset for class demos (MNIST, z=2, 14 epochs, under a minute on 2 cores)",
     )
+    more.add_argument("--lr-schedule", choices=("exponential", "cosine"), default=None,
+                      help="exponential: x --lr-decay after every epoch; cosine: warm-up, then down to 0 at the "
+                           "last epoch (kept on resume) [exponential]")  # fmt: skip
+    more.add_argument("--lr-decay", type=_positive(float), default=None,
+                      help="exponential schedule: multiply the learning rate by this after every epoch [1]")  # fmt: skip
+    more.add_argument("--warmup-epochs", type=_non_negative_float, default=None,
+                      help="cosine schedule: epochs of linear warm-up [0]")  # fmt: skip
     more.add_argument("--binarize", choices=("static", "dynamic"), default=None,
                       help="Bernoulli decoder: pixel >= 0.5 (static, the reference) or resampled each batch [static]")  # fmt: skip
     more.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
