@@ -3,6 +3,7 @@ importance-weighted bound, and bits per dimension.
 
     python -m cvae.evaluate checkpoints/<run>                 # a table
     python -m cvae.evaluate checkpoints/<run> --json -k 1000  # JSON, tighter bound
+    python -m cvae.evaluate checkpoints/<run> --gap-images 1000  # and how much the encoder loses
 
 The training loop's per-epoch test numbers come from `evaluate_elbo`, which
 is `elbo_per_image` averaged, so a run's metrics and this command agree by
@@ -47,10 +48,12 @@ from typing import NamedTuple
 import torch
 
 from cvae.errors import CVAEError
-from cvae.model import CVAE
+from cvae.model import CVAE, ENCODER_STD_FLOOR
 
 EVAL_SEED = 1234  # the noise of z ~ q is fixed, so the same weights give the same numbers
 DEFAULT_IW_SAMPLES = 100  # MNIST conv, fp32, 2 shared CPU cores: about 46 s per 1,000 test images
+DEFAULT_GAP_STEPS = 300  # Adam steps per image batch when fitting q for the inference gap
+GAP_CHUNK = 32  # z draws per decoder pass when estimating the two ELBOs of the inference gap
 MAX_ROWS = 1024  # decoder rows (images x samples) per forward pass: bounds memory
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 LEVELS = 256  # 8-bit pixels
@@ -286,6 +289,96 @@ def iwae_per_image(
 # ------------------------------------------------------------- the report
 
 
+# ---------------------------------------------------------- inference gap
+
+
+class InferenceGapPerImage(NamedTuple):
+    """Negative ELBOs per image, nats, float64, (N,), both with the same `samples` draws of z."""
+
+    amortized: torch.Tensor  # q from the encoder
+    optimized: torch.Tensor  # q = N(mu, std^2) fitted to this one image, starting from the encoder's
+
+
+def inference_gap_per_image(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int = DEFAULT_GAP_STEPS,
+    lr: float = 1e-2,
+    train_samples: int = 16,
+    samples: int = 256,
+    batch_size: int = 500,
+    seed: int = EVAL_SEED,
+) -> InferenceGapPerImage:
+    """How much better a per-image Gaussian posterior does than the encoder's (the amortization gap).
+
+    For each image the Gaussian q(z | x, y) = N(mu, std^2) starts at the
+    encoder's output and is fitted by `steps` Adam steps on that image's
+    negative ELBO (`train_samples` z draws per step), with the model's weights
+    fixed (Cremer, Li & Duvenaud 2018, "Inference suboptimality in VAEs").
+    Both ELBOs are then estimated with the same `samples` draws of the
+    standard-normal noise. `amortized - optimized` is the amortization gap: what
+    a better encoder could gain with the same decoder; the fitted ELBO is still
+    a lower bound on log p(x | y), so the IWAE bound is usually at or below it.
+    """
+    device = _device(model)
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def nelbo(
+        mu: torch.Tensor, std: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, eps: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over the draws eps (n, B, Z) of -log p(x | z, y), plus the analytic KL: (B,)."""
+        n = len(eps)
+        z = (mu + std * eps).flatten(0, 1)  # (n * B, Z), draw-major
+        out = model.decode(z, yb.repeat(n))
+        recon = model.likelihood.nll(out, xb.repeat(n, *([1] * (xb.dim() - 1)))).view(n, -1).mean(0)
+        return recon + 0.5 * (mu.pow(2) + std.pow(2) - 2 * std.log() - 1).sum(1)
+
+    amortized, optimized = [], []
+    try:
+        with _forked_rng(device):
+            torch.manual_seed(seed)
+            for start in range(0, len(x), batch_size):
+                xb = x[start : start + batch_size].to(device)
+                yb = y[start : start + batch_size].to(device)
+                with torch.no_grad():
+                    post = model.encode(xb, yb)
+                mu = post.mu.detach().clone().requires_grad_(True)
+                # std = softplus(raw) + floor, as the encoder's: start from the encoder's std
+                raw = (post.std - ENCODER_STD_FLOOR).clamp_min(1e-12)
+                raw = (raw + torch.log(-torch.expm1(-raw))).detach().requires_grad_(True)  # softplus^-1
+                opt = torch.optim.Adam([mu, raw], lr=lr)
+                for _ in range(steps):
+                    eps = torch.randn(train_samples, *mu.shape, device=device)
+                    loss = nelbo(mu, torch.nn.functional.softplus(raw) + ENCODER_STD_FLOOR, xb, yb, eps)
+                    opt.zero_grad(set_to_none=True)
+                    loss.sum().backward()  # the images are independent: each gets its own gradient
+                    opt.step()
+                with torch.no_grad():
+                    std = torch.nn.functional.softplus(raw) + ENCODER_STD_FLOOR
+                    a_sum = torch.zeros(len(xb), dtype=torch.float64, device=device)
+                    o_sum = torch.zeros_like(a_sum)
+                    for done in range(0, samples, GAP_CHUNK):
+                        eps = torch.randn(min(GAP_CHUNK, samples - done), *mu.shape, device=device)
+                        a_sum += nelbo(post.mu, post.std, xb, yb, eps).double() * len(eps)  # same draws for both
+                        o_sum += nelbo(mu, std, xb, yb, eps).double() * len(eps)
+                amortized.append((a_sum / samples).cpu())
+                optimized.append((o_sum / samples).cpu())
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    empty = torch.zeros(0, dtype=torch.float64)
+    return InferenceGapPerImage(
+        torch.cat(amortized) if amortized else empty, torch.cat(optimized) if optimized else empty
+    )
+
+
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
     """Mean and its standard error (sample std / sqrt(N)); SE is NaN below 2 values."""
     n = len(values)
@@ -304,6 +397,8 @@ def evaluate_model(
     max_rows: int = MAX_ROWS,
     amp_dtype: torch.dtype | None = None,
     seed: int = EVAL_SEED,
+    gap_images: int = 0,
+    gap_steps: int = DEFAULT_GAP_STEPS,
 ) -> dict[str, float | int | str | None]:
     """Every test-set number of `python -m cvae.evaluate`, as a flat dict.
 
@@ -333,6 +428,12 @@ def evaluate_model(
             model, x, y, k=iw_samples, max_rows=max_rows, amp_dtype=amp_dtype, discretize=discretize, seed=seed
         )
         report["iwae_nll"], report["iwae_nll_se"] = mean_se(-iwae.log_px)
+    if gap_images > 0:  # on the first gap_images images, in fp32: it fits q by gradient steps
+        gap = inference_gap_per_image(model, x[:gap_images], y[:gap_images], steps=gap_steps, seed=seed)
+        report["gap_images"], report["gap_steps"] = len(gap.amortized), gap_steps
+        report["gap_nelbo_amortized"], report["gap_nelbo_amortized_se"] = mean_se(gap.amortized)
+        report["gap_nelbo_optimized"], report["gap_nelbo_optimized_se"] = mean_se(gap.optimized)
+        report["amortization_gap"], report["amortization_gap_se"] = mean_se(gap.amortized - gap.optimized)
     bits = dims * math.log(2) if dims else math.nan
     if gaussian and discretize:
         assert elbo.recon_discrete is not None
@@ -366,6 +467,8 @@ def evaluate_checkpoint(
     precision: str = "fp32",
     device: str = "cpu",
     data: object | None = None,
+    gap_images: int = 0,
+    gap_steps: int = DEFAULT_GAP_STEPS,
 ) -> dict:
     """Load a run folder or checkpoint and its test set; `evaluate_model` plus what was evaluated.
 
@@ -378,6 +481,8 @@ def evaluate_checkpoint(
 
     if iw_samples < 0:
         raise CVAEError(f"--iw-samples must be 0 (skip) or more, got {iw_samples}")
+    if gap_images < 0 or gap_steps < 1:
+        raise CVAEError(f"--gap-images must be 0 or more and --gap-steps positive, got {gap_images} and {gap_steps}")
     if test_subset is not None and test_subset < 1:
         raise CVAEError(f"--test-subset must be positive, got {test_subset}")
     dev = select_device(device)
@@ -394,8 +499,9 @@ def evaluate_checkpoint(
         raise CVAEError("the test set is empty")
     amp_dtype = select_amp_dtype(precision, dev)
     report = evaluate_model(
-        model, x, y, iw_samples=iw_samples, batch_size=batch_size, max_rows=max_rows, amp_dtype=amp_dtype, seed=seed
-    )
+        model, x, y, iw_samples=iw_samples, batch_size=batch_size, max_rows=max_rows, amp_dtype=amp_dtype, seed=seed,
+        gap_images=gap_images, gap_steps=gap_steps,
+    )  # fmt: skip
     head = {
         "checkpoint": str(path),
         "epoch": payload.get("epoch"),
@@ -438,6 +544,12 @@ def format_report(r: dict) -> str:
         rows.append(("negative ELBO [nats, 8-bit]", f"{num('nelbo_discrete')}  (recon {r['recon_discrete']:.2f})"))
         if "iwae_nll_discrete" in r:
             rows.append((f"IWAE NLL, K = {r['iw_samples']} [nats, 8-bit]", num("iwae_nll_discrete")))
+    if r.get("gap_images"):
+        rows.append((
+            f"inference gap, first {r['gap_images']} images [{unit}]",
+            f"encoder's q {num('gap_nelbo_amortized')}, q fitted per image ({r['gap_steps']} steps) "
+            f"{num('gap_nelbo_optimized')}: amortization gap {num('amortization_gap')}",
+        ))  # fmt: skip
     if "bpd_elbo" in r:
         bpd = f"{r['bpd_elbo']:.4f} (ELBO)"
         if "bpd_iwae" in r:
@@ -466,13 +578,18 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and cifar-10-batches-py [the run's]")
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32", help="[fp32]")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto [cpu]")
+    p.add_argument("--gap-images", type=_non_negative_int, default=0,
+                   help="also fit a Gaussian q to each of the first N test images and report how much the "
+                        "encoder loses (the amortization gap); 0 skips it [0]")  # fmt: skip
+    p.add_argument("--gap-steps", type=_positive(int), default=DEFAULT_GAP_STEPS,
+                   help=f"Adam steps when fitting q for --gap-images [{DEFAULT_GAP_STEPS}]")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     try:
         report = evaluate_checkpoint(
             args.checkpoint, iw_samples=args.iw_samples, test_subset=args.test_subset, batch_size=args.batch_size,
             max_rows=args.max_rows, seed=args.seed, data_dir=args.data_dir, precision=args.precision,
-            device=args.device,
+            device=args.device, gap_images=args.gap_images, gap_steps=args.gap_steps,
         )  # fmt: skip
     except CVAEError as err:
         print(f"error: {err}", file=sys.stderr)

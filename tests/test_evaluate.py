@@ -28,6 +28,7 @@ from cvae.evaluate import (
     discretized_gaussian_nll,
     elbo_per_image,
     evaluate_elbo,
+    inference_gap_per_image,
     is_8bit,
     iwae_per_image,
 )
@@ -167,6 +168,25 @@ def test_iwae_tightens_with_k_and_approaches_the_likelihood(lg: LinearGaussian) 
     assert nll[2000] - exact_nll < 0.05 * (elbo_nll - exact_nll)
 
 
+def test_inference_gap_fits_the_exact_posterior(lg: LinearGaussian) -> None:
+    """A mis-set encoder: fitting q per image reaches log p(x | y) (the exact posterior is in the family)."""
+    x, y = lg.sample(200)
+    exact_nll = -lg.log_px(x, y)
+    model = lg.model(std_scale=1.8, mu_shift=0.4)
+    flags = [p.requires_grad for p in model.parameters()]
+    gap = inference_gap_per_image(model, x, y, steps=300, batch_size=64)
+    closed_nll = -lg.elbo(x, y, *lg.posterior(x, y, 1.8, 0.4))
+    assert float((closed_nll - exact_nll).mean()) > 0.5  # a real gap to close
+    assert abs(float((gap.amortized - closed_nll).mean())) < 0.05  # the encoder's ELBO, 256 draws
+    assert float((gap.optimized - exact_nll).mean()) < 0.02  # fitted q: the likelihood itself
+    assert float((gap.optimized - exact_nll).mean()) > -0.02  # a bound: never below (beyond the draws' noise)
+    assert [p.requires_grad for p in model.parameters()] == flags and not model.training  # weights untouched
+    again = inference_gap_per_image(model, x, y, steps=300, batch_size=64)
+    assert torch.equal(again.optimized, gap.optimized)  # seeded: the same numbers every time
+    exact_encoder = inference_gap_per_image(lg.model(), x[:50], y[:50], steps=50)
+    assert abs(float((exact_encoder.amortized - exact_encoder.optimized).mean())) < 0.01  # nothing to gain
+
+
 def test_evaluate_elbo_is_the_mean_of_elbo_per_image(lg: LinearGaussian) -> None:
     x, y = lg.sample(300)
     model = lg.model(std_scale=1.3)
@@ -264,6 +284,19 @@ def test_cli_json_on_a_run_folder(tiny_run: Path, capsys: pytest.CaptureFixture[
     assert report["iwae_nll_se"] > 0
     assert report["bpd_kind"].startswith("binary")
     assert report["bpd_iwae"] == pytest.approx(report["iwae_nll"] / (784 * math.log(2)))
+
+
+def test_cli_reports_the_inference_gap(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli([str(tiny_run), "-k", "0", "--gap-images", "32", "--gap-steps", "30", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gap_images"] == 32 and report["gap_steps"] == 30
+    assert report["gap_nelbo_optimized"] < report["gap_nelbo_amortized"]  # fitting q per image only helps
+    assert report["amortization_gap"] == pytest.approx(report["gap_nelbo_amortized"] - report["gap_nelbo_optimized"])
+    assert cli([str(tiny_run), "-k", "0", "--gap-images", "8", "--gap-steps", "5"]) == 0
+    assert "amortization gap" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli([str(tiny_run), "--gap-images", "-1"])
+    assert exit_info.value.code == 2 and "--gap-images" in capsys.readouterr().err
 
 
 def test_cli_reproduces_the_training_metrics(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
