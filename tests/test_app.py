@@ -196,6 +196,8 @@ def test_form_validates_and_starts_a_run(tmp_path: Path, monkeypatch: pytest.Mon
     at.number_input(key="f_train_subset").set_value(128)
     at.number_input(key="f_test_subset").set_value(64)
     at.number_input(key="f_threads").set_value(1)
+    at.selectbox(key="f_schedule").select("cosine").run()  # the warm-up box opens for cosine
+    at.number_input(key="f_warmup").set_value(0.5)
     at.button(key="start").click().run()
     assert not at.exception
     folders = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -207,6 +209,8 @@ def test_form_validates_and_starts_a_run(tmp_path: Path, monkeypatch: pytest.Mon
     launcher.stop(run)
     assert run.read_status()["state"] == "finished", run.log_path.read_text()
     assert run.config_path.is_file() and run.read_metrics()
+    train = run.read_config()["train"]
+    assert (train["lr_schedule"], train["warmup_epochs"]) == ("cosine", 0.5)
 
 
 def test_launcher_validation() -> None:
@@ -216,3 +220,7 @@ def test_launcher_validation() -> None:
     assert any("does not exist" in p for p in problems) and any("sigma" in p for p in problems)
     argv = launcher.build_argv(launcher.TrainOptions(decoder_type="Gaussian", model_sigma=True, train_subset=10))
     assert argv[argv.index("--model_sigma") + 1] == "True" and "--train-subset" in argv and "--binarize" not in argv
+    assert "--lr-schedule" not in argv  # the default: left out
+    argv = launcher.build_argv(launcher.TrainOptions(lr_schedule="cosine", warmup_epochs=1.5))
+    assert argv[argv.index("--lr-schedule") + 1] == "cosine" and argv[argv.index("--warmup-epochs") + 1] == "1.5"
+    assert launcher.validate(launcher.TrainOptions(warmup_epochs=1.0)) == ["Warmup_epochs needs lr_schedule cosine."]

@@ -46,6 +46,8 @@ class TrainOptions:
     epochs: int = 10
     batch_size: int = 64
     learning_rate: float = 3e-4
+    lr_schedule: str = "exponential"  # exponential (constant here: no per-epoch decay) or cosine
+    warmup_epochs: float = 0.0  # cosine only
     arch: str = "conv"
     seed: int = 0
     print_every: int = 1
@@ -106,6 +108,7 @@ def validate(opts: TrainOptions) -> list[str]:
             epochs=opts.epochs, batch_size=opts.batch_size, learning_rate=opts.learning_rate, seed=opts.seed,
             device=opts.device, precision=opts.precision, print_every=opts.print_every,
             checkpoint_every=opts.checkpoint_every, latent_subset=opts.latent_subset, threads=opts.threads,
+            lr_schedule=opts.lr_schedule, warmup_epochs=opts.warmup_epochs,
         ).validate()  # fmt: skip
     except ConfigError as err:
         problems.append(str(err)[:1].upper() + str(err)[1:] + ".")
@@ -126,6 +129,8 @@ def build_argv(opts: TrainOptions) -> list[str]:
         "--latent-subset", str(opts.latent_subset), "--precision", opts.precision, "--device", opts.device,
         "--threads", str(opts.threads),
     ]  # fmt: skip
+    if opts.lr_schedule != "exponential":
+        argv += ["--lr-schedule", opts.lr_schedule, "--warmup-epochs", repr(float(opts.warmup_epochs))]
     if opts.gaussian:
         if not opts.model_sigma:
             argv += ["--fixed-sigma", repr(float(opts.fixed_sigma))]

@@ -76,12 +76,22 @@ def new_run_form() -> None:
         device = m1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="f_device")
         precision = m2.selectbox("Precision", ["auto", "fp32", "bf16"], key="f_precision")
         data_dir = m3.text_input("Data folder (empty = the project's data/)", key="f_data_dir")
+        schedule = m4.selectbox(
+            "Learning-rate schedule", ["exponential", "cosine"], key="f_schedule",
+            format_func={"exponential": "constant (cut on plateaus)", "cosine": "cosine, after a warm-up"}.get,
+            help="cosine: the rate climbs linearly over the warm-up epochs, then falls along half a cosine to 0 "
+                 "at the last epoch. The quick demo uses it.",
+        )  # fmt: skip
+        warmup = m4.number_input(
+            "Warm-up epochs", 0.0, 1000.0, 1.0, step=0.5, key="f_warmup", disabled=schedule != "cosine"
+        )
     opts = TrainOptions(
         dataset=folder if kind == "folder" else kind, decoder_type=decoder, model_sigma=sigma, latent_dim=int(z),
         epochs=int(epochs), batch_size=int(batch), learning_rate=float(lr), arch=arch, seed=int(seed),
         print_every=int(every), binarize=binarize, fixed_sigma=float(fixed), image_size=int(image_size),
         train_subset=int(train_subset), test_subset=int(test_subset), checkpoint_every=int(ckpt),
         latent_subset=int(latent_subset), precision=precision, device=device, threads=int(threads), data_dir=data_dir,
+        lr_schedule=schedule, warmup_epochs=float(warmup) if schedule == "cosine" else 0.0,
     )  # fmt: skip
     if st.button("Start training", icon=":material/play_arrow:", type="primary", key="start"):
         problems = launcher.validate(opts)
