@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cvae.runs import RunDir
+
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -166,14 +168,23 @@ def test_app_in_a_browser(server) -> None:
 
 def test_a_clicked_latent_dot_stays_shown_when_an_epoch_ends(server) -> None:
     """While a run trains, each new epoch redraws the latent plot; the dot the user clicked stays shown."""
-    from playwright.sync_api import sync_playwright
-
     from ui import launcher
 
     url, runs = server
-    opts = launcher.TrainOptions(arch="mlp", latent_dim=2, epochs=40, batch_size=64, train_subset=2000,
+    # Many epochs, so the run is still training when the page has drawn (on a quiet machine 40 epochs
+    # were over before the next redraw); the test stops it when done.
+    opts = launcher.TrainOptions(arch="mlp", latent_dim=2, epochs=5000, batch_size=64, train_subset=2000,
                                  test_subset=300, latent_subset=300, threads=1)  # fmt: skip
     run = launcher.start(runs, opts, run_id="live-latent")
+    try:
+        _click_a_dot_and_watch_an_epoch_end(url, run)
+    finally:
+        launcher.stop(run)
+
+
+def _click_a_dot_and_watch_an_epoch_end(url: str, run: RunDir) -> None:
+    from playwright.sync_api import sync_playwright
+
     deadline = time.time() + 90
     while len(run.epochs_with("latent.npy")) < 1 and time.time() < deadline:
         time.sleep(0.5)
