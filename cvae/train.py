@@ -116,6 +116,19 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
         return False
 
 
+def flush_denormals() -> bool:
+    """Treat float32 values below 1.2e-38 as 0 on the CPU (flush-to-zero), for this process.
+
+    A Bernoulli decoder drives the logits of pixels that are always 0 (the
+    image borders) far negative, so their gradients and Adam's squared-gradient
+    averages fall into the denormal range, where CPU arithmetic is slow; the
+    quick demo's epochs got slower as it trained. Values that small change
+    nothing measurable: the quick demo's test -ELBO is the same to 3 decimals
+    (docs/benchmark.md). Returns False where the CPU has no such mode.
+    """
+    return bool(torch.set_flush_denormal(True))
+
+
 def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
     """Adam; the fused kernel on CPU and CUDA (one pass over the 15 M parameters, not a dozen)."""
     return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
@@ -297,6 +310,7 @@ def fit(
 
     if device.type == "cpu":
         keep_freed_memory()
+        flush_denormals()
     model = prepare_model(CVAE(config.model).to(device), device)
     optimizer = make_optimizer(model, cfg.learning_rate, device)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=cfg.plateau_patience)
