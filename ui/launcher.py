@@ -71,7 +71,8 @@ class TrainOptions:
 
 QUICK_DEMO = TrainOptions(
     quick_demo=True, arch=PRESET["arch"], latent_dim=PRESET["latent_dim"], epochs=PRESET["epochs"],
-    batch_size=PRESET["batch_size"], learning_rate=PRESET["learning_rate"],
+    batch_size=PRESET["batch_size"], learning_rate=PRESET["learning_rate"], lr_schedule=PRESET["lr_schedule"],
+    warmup_epochs=PRESET["warmup_epochs"],
 )  # fmt: skip
 
 
