@@ -286,9 +286,6 @@ def iwae_per_image(
     return IwaePerImage(log_px, (torch.cat(out_d) if out_d else empty) if discretize else None)
 
 
-# ------------------------------------------------------------- the report
-
-
 # ---------------------------------------------------------- inference gap
 
 
@@ -377,6 +374,9 @@ def inference_gap_per_image(
     return InferenceGapPerImage(
         torch.cat(amortized) if amortized else empty, torch.cat(optimized) if optimized else empty
     )
+
+
+# ------------------------------------------------------------- the report
 
 
 def mean_se(values: torch.Tensor) -> tuple[float, float]:

@@ -117,7 +117,7 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
 
 
 def flush_denormals() -> bool:
-    """Treat float32 values below 1.2e-38 as 0 on the CPU (flush-to-zero), for this process.
+    """Treat float32 values below 1.2e-38 as 0 on the CPU (flush-to-zero), in the calling thread.
 
     A Bernoulli decoder drives the logits of pixels that are always 0 (the
     image borders) far negative, so their gradients and Adam's squared-gradient
