@@ -17,7 +17,9 @@ the reference's conv architecture, seed 0):
 - epoch (with --epoch): one full epoch each, then the test negative ELBO; about
   5 minutes on 2 cores, most of it the baseline.
 - demo: the quick-demo preset (`cvae.train.QUICK_DEMO`) through `cvae.train.main`,
-  at z = 2 and z = 10: the test negative ELBO and the time it took.
+  at z = 2 and z = 10: the test negative ELBO and the time it took; also the
+  final model's test ELBO with q refined per image (`--refine-steps`), which
+  the preset measures after its last epoch, on the same clock.
 
 Peak resident memory (ru_maxrss) is reported for each process; our loop's
 includes the whole of MNIST. Timings on a shared machine are noisy: compare the
@@ -230,8 +232,9 @@ def run_ours(batches: int, warmup: int, full_epoch: bool = False) -> dict[str, A
     from cvae.config import DataConfig, RunConfig, TrainConfig
     from cvae.data import ImageData, load_data
     from cvae.runs import RunDir
-    from cvae.train import fit, select_amp_dtype
+    from cvae.train import fit, flush_denormals, select_amp_dtype
 
+    flush_denormals()  # as main() does: before the data's parallel ops start torch's worker threads
     data_config = DataConfig(dataset="MNIST", binarize="static")
     data = load_data(data_config)
     if not full_epoch:  # views into the full set: the whole of MNIST stays resident, as in a real run
@@ -279,6 +282,10 @@ def run_demo(latent_dim: int) -> dict[str, Any]:
         "seconds_with_loading": total,
         "test_nelbo": last["test_nelbo"],
         "test_nelbo_within_budget": within[-1]["test_nelbo"] if within else None,
+        # the final model's test ELBO with q refined per image (QUICK_DEMO's refine_steps), on fit's clock too
+        "refine_steps": last.get("refine_steps", 0),
+        "test_nelbo_refined": last.get("test_nelbo_refined"),
+        "refined_within_budget": last["time"] <= DEMO_BUDGET_S,
         "curve": [(round(m["time"], 1), round(m["test_nelbo"], 2)) for m in metrics],
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -412,8 +419,10 @@ def format_table(report: dict[str, Any]) -> str:
             ("peak RSS, full-epoch run (ours)", f"{o['peak_rss_mb']:.0f} MB"),
         ]  # fmt: skip
     for key, d in report.get("demo", {}).items():
-        rows.append((f"quick demo {key.replace('z', 'z=')}", f"test -ELBO {d['test_nelbo']:.2f} nats after {d['epochs']} epochs, "
-                                                          f"{d['train_seconds']:.0f} s training"))  # fmt: skip
+        refined = (f" ({d['test_nelbo_refined']:.2f} with q refined by {d['refine_steps']} steps)"
+                   if d.get("test_nelbo_refined") is not None else "")  # fmt: skip
+        rows.append((f"quick demo {key.replace('z', 'z=')}", f"test -ELBO {d['test_nelbo']:.2f} nats{refined} after "
+                                                          f"{d['epochs']} epochs, {d['train_seconds']:.0f} s training"))  # fmt: skip
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -193,11 +193,14 @@ class TrainConfig:
     # warmup_epochs, then a half cosine down to 0 at the end of the run's epochs
     lr_schedule: str = "exponential"
     warmup_epochs: float = 0.0
+    # after the last epoch, also the test ELBO with q refined per image by this many
+    # gradient steps (cvae.evaluate.refined_nelbo); 0 = not measured
+    refine_steps: int = 0
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "print_every", "checkpoint_every"):
             _positive_int(name, getattr(self, name))
-        for name in ("plateau_patience", "latent_subset", "grid_size", "threads", "seed"):
+        for name in ("plateau_patience", "latent_subset", "grid_size", "threads", "seed", "refine_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
@@ -215,6 +218,8 @@ class TrainConfig:
             raise ConfigError("lr_decay belongs to the exponential schedule; the cosine schedule sets the decay itself")
         if self.learning_rate > 1:
             raise ConfigError(f"learning_rate must be at most 1, got {self.learning_rate}")
+        if self.refine_steps > 10_000:
+            raise ConfigError(f"refine_steps must be at most 10000, got {self.refine_steps}")
         if self.epochs > 100_000:
             raise ConfigError(f"epochs must be at most 100000, got {self.epochs}")
         if self.batch_size > 65_536:

@@ -61,7 +61,7 @@ def runs(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
     (root / "corrupt" / "config.json").write_text('{"data": {"dataset": "MNI')
     common = dict(epochs=1, batch_size=32, learning_rate=1e-3, arch="mlp", mlp_hidden=(32,), quiet=True, threads=1)
     train(dataset="MNIST", decoder_type="Gaussian", model_sigma=True, latent_dim=3, train_subset=128,
-          test_subset=64, latent_subset=64, run_dir=str(root / "gauss"), **common)  # fmt: skip
+          test_subset=64, latent_subset=64, run_dir=str(root / "gauss"), refine_steps=3, **common)  # fmt: skip
     folder = _image_folder(tmp_path_factory.mktemp("images"))
     train(dataset=str(folder), decoder_type="Gaussian", latent_dim=2, run_dir=str(root / "rgb"), **common)
     old = os.environ.get("CVAE_RUNS_DIR")
@@ -125,6 +125,11 @@ def test_train_page_widgets(runs: Path) -> None:
     assert {b.key for b in at.button} >= {"start", "resume"}
     assert len(at.get("plotly_chart")) == 2  # batch loss and the per-epoch curves
     assert "Finished" in texts(at)
+
+
+def test_train_page_shows_the_refined_test_elbo(runs: Path) -> None:
+    assert "refined for each test image by 3 gradient steps" in texts(open_page("app_pages/train.py", "gauss"))
+    assert "refined" not in texts(open_page("app_pages/train.py", "finished"))  # not measured: not shown
 
 
 def test_train_page_running_and_failed(runs: Path) -> None:

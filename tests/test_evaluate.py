@@ -31,6 +31,7 @@ from cvae.evaluate import (
     inference_gap_per_image,
     is_8bit,
     iwae_per_image,
+    refined_nelbo,
 )
 from cvae.likelihoods import Likelihood
 from cvae.model import CVAE, ENCODER_STD_FLOOR
@@ -185,6 +186,21 @@ def test_inference_gap_fits_the_exact_posterior(lg: LinearGaussian) -> None:
     assert torch.equal(again.optimized, gap.optimized)  # seeded: the same numbers every time
     exact_encoder = inference_gap_per_image(lg.model(), x[:50], y[:50], steps=50)
     assert abs(float((exact_encoder.amortized - exact_encoder.optimized).mean())) < 0.01  # nothing to gain
+
+
+def test_refined_nelbo_closes_most_of_the_gap_and_stays_a_bound(lg: LinearGaussian) -> None:
+    """A few refinement steps from a mis-set encoder's q: most of the way to log p(x | y), never past it."""
+    x, y = lg.sample(2000)
+    exact_nll = float(-lg.log_px(x, y).mean())
+    model = lg.model(std_scale=1.8, mu_shift=0.4)
+    closed_nll = float(-lg.elbo(x, y, *lg.posterior(x, y, 1.8, 0.4)).mean())
+    none, few, many = (refined_nelbo(model, x, y, steps=s) for s in (0, 10, 60))
+    assert abs(none - closed_nll) < 0.1  # 0 steps: the encoder's ELBO (one draw per image)
+    assert closed_nll - exact_nll > 0.5  # a real gap to close
+    assert few < closed_nll - 0.5 * (closed_nll - exact_nll)  # 10 steps: more than half of it
+    assert many < few
+    assert many > exact_nll - 0.1  # still a bound on the likelihood (one draw's noise)
+    assert math.isnan(refined_nelbo(model, x[:0], y[:0], steps=5))
 
 
 def test_evaluate_elbo_is_the_mean_of_elbo_per_image(lg: LinearGaussian) -> None:

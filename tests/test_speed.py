@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -162,6 +163,26 @@ def test_flush_denormals_zeroes_denormal_floats() -> None:
         torch.set_flush_denormal(False)
 
 
+def test_main_flushes_denormals_in_the_worker_threads_too(tmp_path: Path) -> None:
+    """main() sets flush-to-zero before torch starts its worker threads, so they inherit it.
+
+    Set afterwards (as fit() alone did), the main thread flushes and the other
+    half of a two-thread operation does not.
+    """
+    script = f"""
+import torch
+from cvae.train import main
+main(dataset="MNIST", arch="mlp", mlp_hidden=(16,), latent_dim=2, epochs=1, train_subset=64, test_subset=32,
+     latent_subset=8, threads=2, run_dir={str(tmp_path / "run")!r}, quiet=True)
+torch.set_num_threads(2)
+y = torch.full((1_000_000,), 1e-20) * 1e-20  # 1e-40: denormal; split between the threads
+print(float((y != 0).float().mean()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) == 0.0
+
+
 def test_keep_freed_memory_is_harmless() -> None:
     assert keep_freed_memory() in (True, False)
     assert keep_freed_memory() == sys.platform.startswith("linux")
@@ -196,6 +217,34 @@ def test_quick_demo_preset_validates_and_trains(tmp_path: Path) -> None:
     result = main(**{**QUICK_DEMO, "epochs": 1}, train_subset=512, test_subset=128, latent_subset=32,
                   run_dir=str(tmp_path / "demo"), quiet=True)  # fmt: skip
     assert len(result.metrics) == 1 and torch.isfinite(torch.tensor(result.metrics[0]["test_nelbo"]))
+    last = result.metrics[-1]
+    assert last["refine_steps"] == QUICK_DEMO["refine_steps"] > 0
+    assert last["test_nelbo_refined"] < last["test_nelbo"]  # refining q per image only tightens the bound
+
+
+def test_refined_test_elbo_on_the_last_epoch_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cvae.train import cli
+
+    common = ["-d", "MNIST", "--arch", "mlp", "-z", "2", "-b", "32", "--train-subset", "128", "--test-subset",
+              "64", "--latent-subset", "8"]  # fmt: skip
+    assert cli([*common, "-e", "2", "--refine-steps", "5", "--run-dir", str(tmp_path / "run")]) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "test_nelbo_refined" not in metrics[0]  # it costs time: the final model only
+    assert metrics[1]["refine_steps"] == 5 and math.isfinite(metrics[1]["test_nelbo_refined"])
+    out = capsys.readouterr().out
+    assert "with q refined per image by 5 steps" in out.splitlines()[-1]
+    # resumed with more epochs and without refinement: the saved setting is kept unless given
+    assert cli(["-rp", str(tmp_path / "run"), "-e", "1", "--refine-steps", "0"]) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and "test_nelbo_refined" not in metrics[2]
+    for bad in ("-1", "x", "20000"):
+        try:
+            code = cli([*common, "-e", "1", "--refine-steps", bad, "--run-dir", str(tmp_path / f"bad{bad}")])
+        except SystemExit as exit_info:  # argparse's own errors
+            code = exit_info.code
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "refine" in err
 
 
 def test_cosine_schedule_warms_up_then_falls_to_zero() -> None:
@@ -283,3 +332,16 @@ def test_new_config_fields_are_validated_and_round_trip() -> None:
                 dict(warmup_epochs=1), dict(lr_schedule="cosine", lr_decay=0.9)):  # fmt: skip
         with pytest.raises(ConfigError):
             TrainConfig(**bad).validate()
+
+
+def test_bench_table_shows_the_demo_with_and_without_refinement() -> None:
+    from cvae.bench import format_table
+
+    demo = dict(epochs=13, train_seconds=55.2, test_nelbo=121.3, refine_steps=10, test_nelbo_refined=119.4)
+    machine = dict(cpu="test CPU", cores=2, torch="2", date="today")
+    table = format_table(
+        {"machine": machine, "demo": {"z2": demo, "z10": {**demo, "refine_steps": 0, "test_nelbo_refined": None}}}
+    )
+    rows = {line.split("  ")[0]: line for line in table.splitlines()}
+    assert "121.30 nats (119.40 with q refined by 10 steps) after 13 epochs, 55 s" in rows["quick demo z=2"]
+    assert "refined" not in rows["quick demo z=10"]
