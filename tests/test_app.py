@@ -203,6 +203,7 @@ def test_form_validates_and_starts_a_run(tmp_path: Path, monkeypatch: pytest.Mon
     at.number_input(key="f_threads").set_value(1)
     at.selectbox(key="f_schedule").select("cosine").run()  # the warm-up box opens for cosine
     at.number_input(key="f_warmup").set_value(0.5)
+    at.number_input(key="f_refine").set_value(3)
     at.button(key="start").click().run()
     assert not at.exception
     folders = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -216,6 +217,7 @@ def test_form_validates_and_starts_a_run(tmp_path: Path, monkeypatch: pytest.Mon
     assert run.config_path.is_file() and run.read_metrics()
     train = run.read_config()["train"]
     assert (train["lr_schedule"], train["warmup_epochs"]) == ("cosine", 0.5)
+    assert train["refine_steps"] == 3 and run.read_metrics()[-1]["refine_steps"] == 3
 
 
 def test_launcher_validation() -> None:
@@ -229,3 +231,9 @@ def test_launcher_validation() -> None:
     argv = launcher.build_argv(launcher.TrainOptions(lr_schedule="cosine", warmup_epochs=1.5))
     assert argv[argv.index("--lr-schedule") + 1] == "cosine" and argv[argv.index("--warmup-epochs") + 1] == "1.5"
     assert launcher.validate(launcher.TrainOptions(warmup_epochs=1.0)) == ["Warmup_epochs needs lr_schedule cosine."]
+    assert "--refine-steps" not in argv  # off by default
+    argv = launcher.build_argv(launcher.TrainOptions(refine_steps=7))
+    assert argv[argv.index("--refine-steps") + 1] == "7"
+    assert launcher.validate(launcher.TrainOptions(refine_steps=-1)) == [
+        "Refine_steps must be a non-negative integer, got -1."
+    ]

@@ -48,6 +48,7 @@ class TrainOptions:
     learning_rate: float = 3e-4
     lr_schedule: str = "exponential"  # exponential (constant here: no per-epoch decay) or cosine
     warmup_epochs: float = 0.0  # cosine only
+    refine_steps: int = 0  # after the last epoch, the test ELBO with q refined per image too
     arch: str = "conv"
     seed: int = 0
     print_every: int = 1
@@ -72,7 +73,7 @@ class TrainOptions:
 QUICK_DEMO = TrainOptions(
     quick_demo=True, arch=PRESET["arch"], latent_dim=PRESET["latent_dim"], epochs=PRESET["epochs"],
     batch_size=PRESET["batch_size"], learning_rate=PRESET["learning_rate"], lr_schedule=PRESET["lr_schedule"],
-    warmup_epochs=PRESET["warmup_epochs"],
+    warmup_epochs=PRESET["warmup_epochs"], refine_steps=PRESET["refine_steps"],
 )  # fmt: skip
 
 
@@ -109,7 +110,7 @@ def validate(opts: TrainOptions) -> list[str]:
             epochs=opts.epochs, batch_size=opts.batch_size, learning_rate=opts.learning_rate, seed=opts.seed,
             device=opts.device, precision=opts.precision, print_every=opts.print_every,
             checkpoint_every=opts.checkpoint_every, latent_subset=opts.latent_subset, threads=opts.threads,
-            lr_schedule=opts.lr_schedule, warmup_epochs=opts.warmup_epochs,
+            lr_schedule=opts.lr_schedule, warmup_epochs=opts.warmup_epochs, refine_steps=opts.refine_steps,
         ).validate()  # fmt: skip
     except ConfigError as err:
         problems.append(str(err)[:1].upper() + str(err)[1:] + ".")
@@ -132,6 +133,8 @@ def build_argv(opts: TrainOptions) -> list[str]:
     ]  # fmt: skip
     if opts.lr_schedule != "exponential":
         argv += ["--lr-schedule", opts.lr_schedule, "--warmup-epochs", repr(float(opts.warmup_epochs))]
+    if opts.refine_steps:
+        argv += ["--refine-steps", str(opts.refine_steps)]
     if opts.gaussian:
         if not opts.model_sigma:
             argv += ["--fixed-sigma", repr(float(opts.fixed_sigma))]
