@@ -111,6 +111,7 @@ def test_app_in_a_browser(server) -> None:
         _number(page, "Train images (0 = all)", 4000)
         _number(page, "Test images (0 = all)", 500)
         _number(page, "CPU threads (0 = all)", 1)
+        _number(page, "Refine q at the end: steps", 5)
         page.get_by_role("button", name="Start training").click()
         page.wait_for_url("**run=*", timeout=20_000)
         run_id = page.url.split("run=")[1].split("&")[0]
@@ -128,6 +129,7 @@ def test_app_in_a_browser(server) -> None:
         page.get_by_text("Finished: 4 epochs").wait_for(timeout=90_000)
         # Batch loss and per-epoch curves (stale copies from the last live refresh may linger a moment).
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=20_000)
+        page.get_by_text("refined for each test image by 5 gradient steps").wait_for(timeout=20_000)
         _shot(page, "train", 1900)
 
         # Latent space: the animated scatter draws, with a frame per epoch; clicking a dot shows it.
