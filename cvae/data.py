@@ -89,6 +89,16 @@ def resolve_data_dir(data_dir: str) -> Path:
     return Path(os.environ.get("CVAE_DATA_DIR", PROJECT_DATA_DIR))
 
 
+def builtin_info(dataset: str) -> DatasetInfo | None:
+    """The shapes of a built-in dataset without loading it (None for an image folder)."""
+    name = dataset.strip().upper().replace("-", "")
+    if name == "MNIST":
+        return DatasetInfo("MNIST", 1, 28, 28, MNIST_CLASSES)
+    if name == "CIFAR10":
+        return DatasetInfo("CIFAR10", 3, 32, 32, CIFAR10_CLASSES)
+    return None
+
+
 def load_data(config: DataConfig) -> ImageData:
     """Load, subset and binarize the dataset a `DataConfig` names."""
     config.validate()

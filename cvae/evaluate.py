@@ -47,8 +47,14 @@ from typing import NamedTuple
 
 import torch
 
+from cvae.cli import OneLineParser, number
+from cvae.config import PRECISIONS
+from cvae.data import ImageData, load_data
 from cvae.errors import CVAEError
+from cvae.generate import load_model
 from cvae.model import CVAE, ENCODER_STD_FLOOR
+from cvae.runs import clean_json
+from cvae.runtime import autocast, select_amp_dtype, select_device
 
 EVAL_SEED = 1234  # the noise of z ~ q is fixed, so the same weights give the same numbers
 DEFAULT_IW_SAMPLES = 100  # MNIST conv, fp32, 2 shared CPU cores: about 46 s per 1,000 test images
@@ -58,13 +64,6 @@ REFINE_LR = 0.05  # Adam's rate when refining q for the refined test ELBO (refin
 MAX_ROWS = 1024  # decoder rows (images x samples) per forward pass: bounds memory
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 LEVELS = 256  # 8-bit pixels
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """bf16 autocast on `device`, or nothing for fp32."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ------------------------------------------------------- discretized Gaussian
@@ -493,9 +492,6 @@ def evaluate_checkpoint(
     `data` (an `ImageData` already loaded with the run's DataConfig) skips
     reloading, e.g. when evaluating many checkpoints of one run.
     """
-    from cvae.data import ImageData, load_data
-    from cvae.generate import load_model
-    from cvae.train import select_amp_dtype, select_device
 
     if iw_samples < 0:
         raise CVAEError(f"--iw-samples must be 0 (skip) or more, got {iw_samples}")
@@ -581,25 +577,24 @@ def format_report(r: dict) -> str:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    from cvae.runs import _clean
-    from cvae.train import OneLineParser, _non_negative_int, _positive
-
     p = OneLineParser(prog="python -m cvae.evaluate", description="Test-set likelihoods of a trained CVAE, in nats.")
     p.add_argument("checkpoint", help="a run folder or a checkpoint file")
-    p.add_argument("--iw-samples", "-k", type=_non_negative_int, default=DEFAULT_IW_SAMPLES,
+    p.add_argument("--iw-samples", "-k", type=number(int, low_open=False), default=DEFAULT_IW_SAMPLES,
                    help=f"importance samples K for the IWAE bound; 0 skips it [{DEFAULT_IW_SAMPLES}]")  # fmt: skip
-    p.add_argument("--test-subset", type=_positive(int), default=None, help="evaluate the first N test images only")
-    p.add_argument("--batch-size", type=_positive(int), default=1000, help="images per ELBO batch [1000]")
-    p.add_argument("--max-rows", type=_positive(int), default=MAX_ROWS,
+    p.add_argument("--test-subset", type=number(int), default=None, help="evaluate the first N test images only")
+    p.add_argument("--batch-size", type=number(int), default=1000, help="images per ELBO batch [1000]")
+    p.add_argument("--max-rows", type=number(int), default=MAX_ROWS,
                    help=f"IWAE: images x samples per decoder pass, bounds memory [{MAX_ROWS}]")  # fmt: skip
-    p.add_argument("--seed", type=_non_negative_int, default=EVAL_SEED, help=f"seed of the z noise [{EVAL_SEED}]")
+    p.add_argument(
+        "--seed", type=number(int, low_open=False), default=EVAL_SEED, help=f"seed of the z noise [{EVAL_SEED}]"
+    )
     p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and cifar-10-batches-py [the run's]")
-    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32", help="[fp32]")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="[fp32]")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto [cpu]")
-    p.add_argument("--gap-images", type=_non_negative_int, default=0,
+    p.add_argument("--gap-images", type=number(int, low_open=False), default=0,
                    help="also fit a Gaussian q to each of the first N test images and report how much the "
                         "encoder loses (the amortization gap); 0 skips it [0]")  # fmt: skip
-    p.add_argument("--gap-steps", type=_positive(int), default=DEFAULT_GAP_STEPS,
+    p.add_argument("--gap-steps", type=number(int), default=DEFAULT_GAP_STEPS,
                    help=f"Adam steps when fitting q for --gap-images [{DEFAULT_GAP_STEPS}]")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
@@ -614,7 +609,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(_clean(report), indent=2) if args.json else format_report(report))
+    print(json.dumps(clean_json(report), indent=2) if args.json else format_report(report))
     return 0
 
 

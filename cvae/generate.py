@@ -13,9 +13,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
+from cvae.artifacts import grid_png
+from cvae.cli import OneLineParser
 from cvae.config import RunConfig
 from cvae.data import DatasetInfo
 from cvae.errors import CheckpointError, CVAEError
@@ -45,8 +48,17 @@ def checked_config(payload: dict, max_parameters: int = MAX_PARAMETERS) -> tuple
     return config, info
 
 
-def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[CVAE, RunConfig, DatasetInfo, dict]:
-    """A model in eval mode from a run folder or checkpoint, loaded weights-only."""
+class LoadedModel(NamedTuple):
+    """A trained model and what it was trained with."""
+
+    model: CVAE  # in eval mode
+    config: RunConfig
+    info: DatasetInfo  # shapes and class names of its data
+    checkpoint: dict  # the checkpoint's payload (epoch, metrics, ...)
+
+
+def load_model(path: Path | str, device: torch.device | str = "cpu") -> LoadedModel:
+    """A model in eval mode from a run folder or checkpoint file, loaded weights-only and checked."""
     payload = load_checkpoint(path)
     config, info = checked_config(payload)
     model = CVAE(config.model)
@@ -56,7 +68,7 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[CV
         raise CheckpointError(
             f"{path}: weights do not fit the model in its config ({str(err).splitlines()[0][:160]})"
         ) from None
-    return model.to(device).eval(), config, info, payload
+    return LoadedModel(model.to(device).eval(), config, info, payload)
 
 
 def latent_grid(latent_dim: int, n: int = 20, span: float = 2.0) -> torch.Tensor:
@@ -96,16 +108,23 @@ def restyle(model: CVAE, x: torch.Tensor, label: int) -> torch.Tensor:
     return model.generate(mu.expand(k, -1), torch.arange(k, device=device)).cpu()
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int = 20) -> None:
-    from torchvision.utils import save_image
+def generate_images(model: CVAE, label: int, *, mode: str = "random", n: int = 20, span: float = 2.0,
+                    seed: int = 0) -> torch.Tensor:  # fmt: skip
+    """n*n images (N, C, H, W) of class `label`: codes z ~ N(0, I) ("random", seeded) or a grid over
+    the first two latent dimensions in [-span, span] ("uniform"), each decoded to its mean image."""
+    if mode == "uniform":
+        return uniform_images(model, label, n, span)
+    if mode == "random":
+        return random_images(model, label, n * n, seed)
+    raise CVAEError(f"mode must be uniform or random, got {mode!r}")
 
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 20) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.clamp(0, 1), path, nrow=nrow, padding=1, pad_value=1.0)
+    path.write_bytes(grid_png(images, nrow=nrow, padding=1))
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    from cvae.train import OneLineParser
-
     p = OneLineParser(prog="python -m cvae.generate", description="Per-class image grids from a trained CVAE.")
     p.add_argument("mode", choices=("uniform", "random"), help="latent grid over dims 0-1, or z ~ N(0, I)")
     p.add_argument("checkpoint", help="a run folder or a checkpoint file")

@@ -35,6 +35,7 @@ from cvae.errors import CheckpointError, CVAEError
 FORMAT_VERSION = 1
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ACTIVE_STATES = ("queued", "starting", "running", "stopping")
+OWNER_FILE = "owner.json"  # {"owner": name, "created": time}: who started the run, when sign-in is on
 MAX_CHECKPOINT_BYTES = 2 << 30  # refuse anything larger than 2 GiB before reading it
 
 
@@ -57,14 +58,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
     """NaN and infinities are not JSON: store them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
@@ -84,7 +85,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(_clean(obj), indent=2, default=_json_default).encode())
+    write_atomic(path, json.dumps(clean_json(obj), indent=2, default=_json_default).encode())
 
 
 def read_json(path: Path) -> dict | None:
@@ -254,14 +255,27 @@ def run_path(root: Path, run_id: str) -> RunDir:
     return RunDir(path)
 
 
-def list_runs(root: Path) -> list[RunDir]:
-    """Run folders under `root`, newest first."""
+def _stamp_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def list_runs(root: Path, *, started: bool = False) -> list[RunDir]:
+    """Run folders under `root`, newest first: those with a config.json, or with `started`
+    also the ones that have only a status.json yet (queued, or starting)."""
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and RUN_ID_PATTERN.match(p.name)]
-    runs = [r for r in runs if r.exists()]
-    return sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
+    found = []
+    for p in root.iterdir():
+        if not (p.is_dir() and RUN_ID_PATTERN.match(p.name)):
+            continue
+        run = RunDir(p)
+        if run.exists() or started and run.status_path.exists():
+            found.append((max(_stamp_ns(run.config_path), _stamp_ns(run.status_path), _stamp_ns(p)), p.name, run))
+    return [run for *_, run in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
 
 
 def new_run_id(dataset: str, likelihood: str, latent_dim: int) -> str:

@@ -1,6 +1,6 @@
 """Load test: many browser sessions against a local `streamlit run` while two runs train.
 
-    python scripts/loadtest.py --sessions 10 --rounds 2 --out loadtest.json
+    python -m scripts.loadtest --sessions 10 --rounds 2 --out loadtest.json
 
 Starts the app on a free port with its runs in a temporary folder, queues two
 small real training runs (MLP, a subset of MNIST) through the app's launcher
@@ -37,7 +37,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # Page path -> a selector that is visible once the page has drawn its main content.
 # Page -> (its sidebar link, a selector that is visible once the page has drawn its main content).
@@ -140,11 +139,11 @@ def start_server(runs: Path, port: int, log: Path) -> subprocess.Popen:
 
 def start_runs(runs: Path, epochs: int, train_subset: int) -> list:
     os.environ["CVAE_MAX_RUNS"] = "2"
-    from ui import launcher
+    from cvae import jobs
 
-    opts = launcher.TrainOptions(arch="mlp", latent_dim=2, epochs=epochs, batch_size=64, learning_rate=1e-3,
-                                 train_subset=train_subset, test_subset=1000, latent_subset=1000, threads=1)  # fmt: skip
-    return [launcher.start(runs, opts, run_id=f"load-{k}") for k in range(2)]
+    opts = dict(arch="mlp", latent_dim=2, epochs=epochs, batch_size=64, learning_rate=1e-3, train_subset=train_subset,
+                test_subset=1000, latent_subset=1000, threads=1)  # fmt: skip
+    return [jobs.start(runs, opts, run_id=f"load-{k}") for k in range(2)]
 
 
 async def session(browser, url: str, run_id: str, rounds: int, times: dict[str, list[float]], errors: list) -> None:
@@ -245,10 +244,10 @@ def main() -> int:
         still = [RunDir(r.path).read_status().get("state") for r in started]
     finally:
         done.set()
-        from ui import launcher
+        from cvae import jobs
 
         for run in started:
-            launcher.stop(run)
+            jobs.stop(run)
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
     all_times = [t for ts in times.values() for t in ts]

@@ -1,9 +1,9 @@
 """Regenerate, from scratch, every number and picture of the README's results section.
 
-    python scripts/reproduce.py                                  # everything, full length (days on a CPU)
-    python scripts/reproduce.py --only mnist_z2 --epochs-scale 0.2
-    python scripts/reproduce.py --only cifar_fixed --epochs cifar_fixed=10 --cifar-dir /tmp/cifar10-jpg
-    python scripts/reproduce.py --smoke --out /tmp/smoke         # 2 epochs on subsets: a check, not results
+    python -m scripts.reproduce                                  # everything, full length (days on a CPU)
+    python -m scripts.reproduce --only mnist_z2 --epochs-scale 0.2
+    python -m scripts.reproduce --only cifar_fixed --epochs cifar_fixed=10 --cifar-dir /tmp/cifar10-jpg
+    python -m scripts.reproduce --smoke --out /tmp/smoke         # 2 epochs on subsets: a check, not results
 
 Experiments (the reference's published settings: batch 64, lr 1e-4):
 
@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shutil
 import sys
 import time
@@ -40,19 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from cvae.data import load_data
+from cvae.errors import CVAEError
+from cvae.evaluate import DEFAULT_IW_SAMPLES, evaluate_checkpoint
+from cvae.generate import load_model, random_images, uniform_images
+from cvae.runs import RunDir, clean_json, read_json
+from cvae.runtime import machine_info
+from cvae.train import main as train_main
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a file from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cvae.data import load_data  # noqa: E402
-from cvae.errors import CVAEError  # noqa: E402
-from cvae.evaluate import DEFAULT_IW_SAMPLES, evaluate_checkpoint  # noqa: E402
-from cvae.generate import load_model, random_images, uniform_images  # noqa: E402
-from cvae.runs import RunDir, _clean, read_json  # noqa: E402
-from cvae.train import main as train_main  # noqa: E402
 
 MNIST_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 50)
 CIFAR_SNAPSHOTS = (1, 5, 25, 50, 75, 100)
@@ -108,19 +104,7 @@ def experiments(cifar_dir: str) -> dict[str, Experiment]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info: dict[str, Any] = {"cpu": cpu, "cores": cores, "torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    return {k: v for k, v in machine_info().items() if k in ("cpu", "cores", "torch", "python", "gpu")}
 
 
 # ----------------------------------------------------------------- figures
@@ -439,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"experiments": {}}
     if args.only and results_path.is_file():  # keep other experiments' earlier results
         results = json.loads(results_path.read_text())
-    command = "python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m scripts.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
     results.update(command=command, machine=machine(), started=started, smoke=args.smoke)
     for name in names:
         exp = all_exps[name]
@@ -450,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {name}: {err}", file=sys.stderr)
             return 2
         results["seconds"] = time.time() - started
-        results_path.write_text(json.dumps(_clean(results), indent=1, default=str))
+        results_path.write_text(json.dumps(clean_json(results), indent=1, default=str))
         write_markdown(results, out / "RESULTS.md")
     print(f"wrote {out / 'RESULTS.md'} and {results_path} in {(time.time() - started) / 60:.1f} min")
     return 0

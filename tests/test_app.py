@@ -18,9 +18,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from cvae import jobs
+from cvae.errors import ConfigError
 from cvae.runs import RunDir, write_json
 from cvae.train import main as train
-from ui import launcher
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py"]
@@ -112,14 +113,13 @@ def test_train_page_widgets(runs: Path) -> None:
     }
     assert {
         "f_dataset",
-        "f_folder",
-        "f_decoder",
-        "f_sigma",
+        "f_decoder_type",
+        "f_model_sigma",
         "f_arch",
-        "f_z",
+        "f_latent_dim",
         "f_epochs",
-        "f_lr",
-        "f_batch",
+        "f_learning_rate",
+        "f_batch_size",
         "f_seed",
     } <= keys
     assert {b.key for b in at.button} >= {"start", "resume"}
@@ -178,9 +178,9 @@ def test_no_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert "No run" in texts(at)
     at = open_page("app_pages/train.py")
     started = []
-    monkeypatch.setattr(launcher, "start", lambda root, opts, **kw: started.append(opts) or RunDir(root / "x"))
+    monkeypatch.setattr(jobs, "start", lambda root, opts, **kw: started.append(opts) or RunDir(root / "x"))
     at.button(key="quick_demo").click().run()
-    assert started == [launcher.QUICK_DEMO]
+    assert started == [jobs.QUICK_DEMO_OPTIONS]
 
 
 def test_bad_run_id_in_url(runs: Path) -> None:
@@ -201,18 +201,19 @@ def test_form_validates_and_starts_a_run(tmp_path: Path, monkeypatch: pytest.Mon
     at.number_input(key="f_train_subset").set_value(128)
     at.number_input(key="f_test_subset").set_value(64)
     at.number_input(key="f_threads").set_value(1)
-    at.selectbox(key="f_schedule").select("cosine").run()  # the warm-up box opens for cosine
-    at.number_input(key="f_warmup").set_value(0.5)
-    at.number_input(key="f_refine").set_value(3)
+    at.radio(key="f_arch").set_value("mlp")
+    at.radio(key="f_lr_schedule").set_value("cosine").run()  # the warm-up box opens for cosine
+    at.number_input(key="f_warmup_epochs").set_value(0.5)
+    at.number_input(key="f_refine_steps").set_value(3)
     at.button(key="start").click().run()
     assert not at.exception
     folders = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert len(folders) == 1 and (folders[0] / "status.json").is_file()
     run = RunDir(folders[0])
     deadline = time.time() + 90
-    while launcher.is_active(run) and time.time() < deadline:
+    while jobs.is_active(run) and time.time() < deadline:
         time.sleep(0.5)
-    launcher.stop(run)
+    jobs.stop(run)
     assert run.read_status()["state"] == "finished", run.log_path.read_text()
     assert run.config_path.is_file() and run.read_metrics()
     train = run.read_config()["train"]
@@ -220,20 +221,23 @@ def test_form_validates_and_starts_a_run(tmp_path: Path, monkeypatch: pytest.Mon
     assert train["refine_steps"] == 3 and run.read_metrics()[-1]["refine_steps"] == 3
 
 
-def test_launcher_validation() -> None:
-    assert launcher.validate(launcher.QUICK_DEMO) == []
-    bad = launcher.TrainOptions(dataset="/no/such/folder", decoder_type="Bernoulli", model_sigma=True, epochs=0)
-    problems = launcher.validate(bad)
-    assert any("does not exist" in p for p in problems) and any("sigma" in p for p in problems)
-    argv = launcher.build_argv(launcher.TrainOptions(decoder_type="Gaussian", model_sigma=True, train_subset=10))
+def test_options_are_checked_with_the_configs_own_words() -> None:
+    jobs.check_options(jobs.QUICK_DEMO_OPTIONS)
+    with pytest.raises(ConfigError, match="does not exist"):
+        jobs.check_options({"dataset": "/no/such/folder", "epochs": 3})
+    with pytest.raises(ConfigError, match="learned sigma needs the Gaussian"):
+        jobs.check_options({"model_sigma": True})
+    with pytest.raises(ConfigError, match="epochs must be an integer from 1 to 100000, got 0"):
+        jobs.check_options({"epochs": 0})
+    argv = jobs.build_argv({"decoder_type": "gaussian", "model_sigma": True, "train_subset": 10})
     assert argv[argv.index("--model_sigma") + 1] == "True" and "--train-subset" in argv and "--binarize" not in argv
     assert "--lr-schedule" not in argv  # the default: left out
-    argv = launcher.build_argv(launcher.TrainOptions(lr_schedule="cosine", warmup_epochs=1.5))
+    argv = jobs.build_argv({"lr_schedule": "cosine", "warmup_epochs": 1.5})
     assert argv[argv.index("--lr-schedule") + 1] == "cosine" and argv[argv.index("--warmup-epochs") + 1] == "1.5"
-    assert launcher.validate(launcher.TrainOptions(warmup_epochs=1.0)) == ["Warmup_epochs needs lr_schedule cosine."]
+    with pytest.raises(ConfigError, match="warmup_epochs needs lr_schedule cosine"):
+        jobs.check_options({"warmup_epochs": 1.0})
     assert "--refine-steps" not in argv  # off by default
-    argv = launcher.build_argv(launcher.TrainOptions(refine_steps=7))
+    argv = jobs.build_argv({"refine_steps": 7})
     assert argv[argv.index("--refine-steps") + 1] == "7"
-    assert launcher.validate(launcher.TrainOptions(refine_steps=-1)) == [
-        "Refine_steps must be a non-negative integer, got -1."
-    ]
+    with pytest.raises(ConfigError, match="refine_steps must be an integer from 0 to 10000, got -1"):
+        jobs.check_options({"refine_steps": -1})

@@ -54,8 +54,8 @@ def server(tmp_path: Path):
     yield url, tmp_path / "runs"
     # Stop any training run the test started, then the server.
     for status in (tmp_path / "runs").glob("*/status.json"):
+        from cvae.jobs import stop
         from cvae.runs import RunDir
-        from ui.launcher import stop
 
         stop(RunDir(status.parent))
     os.killpg(proc.pid, signal.SIGTERM)
@@ -170,18 +170,18 @@ def test_app_in_a_browser(server) -> None:
 
 def test_a_clicked_latent_dot_stays_shown_when_an_epoch_ends(server) -> None:
     """While a run trains, each new epoch redraws the latent plot; the dot the user clicked stays shown."""
-    from ui import launcher
+    from cvae import jobs
 
     url, runs = server
     # Many epochs, so the run is still training when the page has drawn (on a quiet machine 40 epochs
     # were over before the next redraw); the test stops it when done.
-    opts = launcher.TrainOptions(arch="mlp", latent_dim=2, epochs=5000, batch_size=64, train_subset=2000,
-                                 test_subset=300, latent_subset=300, threads=1)  # fmt: skip
-    run = launcher.start(runs, opts, run_id="live-latent")
+    opts = dict(arch="mlp", latent_dim=2, epochs=5000, batch_size=64, train_subset=2000, test_subset=300,
+                latent_subset=300, threads=1)  # fmt: skip
+    run = jobs.start(runs, opts, run_id="live-latent")
     try:
         _click_a_dot_and_watch_an_epoch_end(url, run)
     finally:
-        launcher.stop(run)
+        jobs.stop(run)
 
 
 def _click_a_dot_and_watch_an_epoch_end(url: str, run: RunDir) -> None:

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from cvae import jobs
 from cvae.runs import RunDir, write_json
-from ui import launcher
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py"]
@@ -67,18 +67,18 @@ def _keys(at: AppTest) -> set[str]:
 
 
 def test_queue_flags_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launcher, "_cores", lambda: 8)
+    monkeypatch.setattr(jobs, "available_cores", lambda: 8)
     run = RunDir(Path("/tmp/r"))
     monkeypatch.setenv("CVAE_MAX_RUNS", "4")
     monkeypatch.delenv("CVAE_TRAIN_NICE", raising=False)
-    argv = launcher._queue_argv(launcher.build_argv(launcher.QUICK_DEMO), run)
+    argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
     assert argv[:6] == ["--max-active", "4", "--nice", "10", "--run-dir", "/tmp/r"]
     assert argv[argv.index("--threads") + 1] == "2"
     monkeypatch.setenv("CVAE_TRAIN_NICE", "0")
-    assert launcher._queue_argv([], run)[2:4] == ["--nice", "0"]
+    assert jobs._queue_argv([], run)[2:4] == ["--nice", "0"]
     monkeypatch.setenv("CVAE_MAX_RUNS", "1")
-    argv = launcher._queue_argv(launcher.build_argv(launcher.QUICK_DEMO), run)
-    assert argv[argv.index("--threads") + 1] == "0"  # one run at a time: all the cores
+    argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
+    assert "--threads" not in argv  # one run at a time: the trainer's default, all the cores
 
 
 def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,8 +87,8 @@ def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkey
     (root / ".slots").mkdir()
     with open(root / ".slots" / "slot-0.lock", "a") as slot:  # the one training slot is busy
         fcntl.flock(slot, fcntl.LOCK_EX)
-        run = launcher.start(root, launcher.TrainOptions(arch="mlp", epochs=1, train_subset=128, threads=1))
-        assert "cvae.queue" in run.log_path.read_text()
+        run = jobs.start(root, {"arch": "mlp", "epochs": 1, "train_subset": 128, "threads": 1})
+        assert "cvae.jobs" in run.log_path.read_text()
         deadline = time.time() + 60
         while run.read_status().get("position") != 1 and time.time() < deadline:
             time.sleep(0.2)
@@ -100,7 +100,7 @@ def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkey
         assert "queued — position 1" in _text(at)
         assert at.button(key="stop").label.startswith("Cancel")
         at.button(key="stop").click().run()
-        while launcher.is_active(run) and time.time() < deadline:
+        while jobs.is_active(run) and time.time() < deadline:
             time.sleep(0.2)
     status = run.read_status()
     assert status["state"] == "stopped" and "queue" in status["message"]
@@ -114,7 +114,7 @@ def test_interrupted_run_resumes_in_one_click(root: Path, tiny_run: Path, monkey
     assert "Interrupted" in _text(at)
     assert at.button(key="resume").label == "Resume from epoch 2"
     resumed = []
-    monkeypatch.setattr(launcher, "resume", lambda run, more: resumed.append((run.id, more)))
+    monkeypatch.setattr(jobs, "resume", lambda run, more: resumed.append((run.id, more)))
     at.button(key="resume").click().run()
     assert resumed == [("dead", 5)]
 
@@ -125,7 +125,7 @@ def test_delete_asks_first_and_never_an_active_run(root: Path, tiny_run: Path) -
     at = _app("live")
     assert "delete" not in _keys(at)
     with pytest.raises(Exception, match="stop this run"):
-        launcher.delete(RunDir(root / "live"))
+        jobs.delete(RunDir(root / "live"))
     at = _app("old")
     at.button(key="delete").click().run()
     assert (root / "old").is_dir() and "cannot be undone" in _text(at)
@@ -151,8 +151,8 @@ def test_password_sign_in_and_owners(root: Path, tiny_run: Path) -> None:
 
 
 def test_a_new_run_records_its_owner(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launcher, "_spawn", lambda run, argv, epochs: 0)
-    run = launcher.start(root, launcher.QUICK_DEMO, owner="carol")
+    monkeypatch.setattr(jobs, "_spawn", lambda run, argv, epochs: 0)
+    run = jobs.start(root, jobs.QUICK_DEMO_OPTIONS, owner="carol")
     assert (run.path / "owner.json").is_file() and "carol" in (run.path / "owner.json").read_text()
     assert (run.path / "launch.json").is_file()
 
@@ -168,7 +168,7 @@ def test_disk_full_or_read_only_when_starting(root: Path, monkeypatch: pytest.Mo
     def refuse(path, obj):
         raise error
 
-    monkeypatch.setattr(launcher, "write_json", refuse)
+    monkeypatch.setattr(jobs, "write_json", refuse)
     at = _app()
     at.button(key="quick_demo").click().run()
     assert not at.exception

@@ -70,4 +70,4 @@ def test_bernoulli_on_rgb_is_refused() -> None:
 
 def test_odd_sizes_get_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="divisible by 4"):
-        conv_preset(30, 30)
+        ModelConfig(channels=1, height=30, width=30, num_classes=10, **conv_preset(30, 30)).validate()

@@ -1,26 +1,19 @@
-"""scripts/reproduce.py end to end on a tiny setting (--smoke): figures, results.json, RESULTS.md."""
+"""scripts.reproduce end to end on a tiny setting (--smoke): figures, results.json, RESULTS.md."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reproduce.py"
-
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("scripts.reproduce")
 
 
 def _image_folder(root: Path) -> Path:

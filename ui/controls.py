@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from cvae import jobs
 from cvae.errors import CVAEError
-from ui import launcher
 from ui.auth import can_manage, owner_note
 from ui.runs import Run
 
@@ -29,11 +29,11 @@ def run_controls(run: Run) -> None:
         epoch = int(run.status.get("epoch") or 0)
         if c1.button(f"Resume from epoch {epoch}" if epoch else "Resume", icon=":material/resume:", key="resume",
                      type=kind, help="Train more epochs from the last checkpoint."):  # fmt: skip
-            _do("resume", launcher.resume, run.dir, int(more))
-    elif launcher.can_start_again(run.dir):
+            _do("resume", jobs.resume, run.dir, int(more))
+    elif jobs.can_start_again(run.dir):
         c1.caption("No checkpoint yet (it ended before its first epoch).")
         if c2.button("Start again", icon=":material/restart_alt:", key="start_again", type="primary"):
-            _do("start it again", launcher.start_again, run.dir)
+            _do("start it again", jobs.start_again, run.dir)
     else:
         c1.caption("No checkpoint yet: start a new run.")
     if c3.button("Delete…", icon=":material/delete:", key="delete", help="Remove this run's folder for good."):
@@ -47,7 +47,7 @@ def _stop(run: Run) -> None:
     label, icon = ("Cancel (leave the queue)", ":material/cancel:") if queued else ("Stop", ":material/stop:")
     tip = "Takes the run out of the queue." if queued else "Stops after the current batch; keeps the last checkpoint."
     if st.button(label, icon=icon, key="stop", help=tip):
-        st.toast("Stopping…" if launcher.stop(run.dir) else "The run was not running any more.")
+        st.toast("Stopping…" if jobs.stop(run.dir) else "The run was not running any more.")
 
 
 def _confirm_delete(run: Run) -> None:
@@ -56,7 +56,7 @@ def _confirm_delete(run: Run) -> None:
         yes, no, _ = st.columns([1, 1, 4])
         if yes.button("Yes, delete it", type="primary", key="delete_yes", icon=":material/delete_forever:"):
             st.session_state.pop(CONFIRM, None)
-            if _do("delete it", launcher.delete, run.dir, rerun=False):
+            if _do("delete it", jobs.delete, run.dir, rerun=False):
                 st.session_state.pop("current_run", None)
                 st.query_params.pop("run", None)
                 st.rerun()
@@ -73,7 +73,7 @@ def _do(what: str, action, *args, rerun: bool = True) -> bool:
         st.error(f"Could not {what}: {err}")
         return False
     except OSError as err:
-        st.error(f"Could not {what}: {launcher.explain(err)}")
+        st.error(f"Could not {what}: {jobs.explain(err)}")
         return False
     if rerun:
         st.rerun()

@@ -7,13 +7,13 @@ import streamlit as st
 import torch
 
 from cvae.generate import random_images, restyle, uniform_images
-from ui.models import _model, scale_for, upscale
+from ui.models import cached_model, scale_for, upscale
 
 
 @st.cache_data(max_entries=64, show_spinner="Decoding…")
 def grid_png(checkpoint: str, version: tuple[int, int], mode: str, label: int, n: int, span: float, seed: int) -> bytes:
     """A PNG of n×n images of class `label`: uniform latent grid or random codes."""
-    net, _ = _model(checkpoint, version)
+    net, _ = cached_model(checkpoint, version)
     with torch.no_grad():
         images = uniform_images(net, label, n, span) if mode == "uniform" else random_images(net, label, n * n, seed)
     return upscale(images, n, max(1, scale_for(net.config.height) - 1), padding=1)

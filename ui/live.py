@@ -19,8 +19,8 @@ import uuid
 import plotly.graph_objects as go
 import streamlit as st
 
+from cvae.jobs import max_active
 from ui import plots
-from ui.launcher import max_active
 from ui.models import png_file
 from ui.runs import Run, batches_versioned, eta_text, log_tail, metrics, open_run, runs_root, stamp
 

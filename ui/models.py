@@ -18,7 +18,7 @@ from ui.runs import Run, stamp
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model…")
-def _model(checkpoint: str, version: tuple[int, int]) -> tuple[CVAE, int]:
+def cached_model(checkpoint: str, version: tuple[int, int]) -> tuple[CVAE, int]:
     torch.set_num_threads(1)  # the app shares the machine with training runs
     model, _, _, payload = load_model(checkpoint)
     return model, int(payload.get("epoch", 0))
@@ -27,7 +27,7 @@ def _model(checkpoint: str, version: tuple[int, int]) -> tuple[CVAE, int]:
 def model(run: Run) -> tuple[CVAE, int]:
     """The run's latest checkpoint in eval mode, and its epoch; raises CVAEError."""
     path = run.dir.latest_checkpoint
-    return _model(str(path), stamp(path))
+    return cached_model(str(path), stamp(path))
 
 
 @st.cache_data(max_entries=4, show_spinner="Loading test images…")

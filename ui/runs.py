@@ -17,9 +17,7 @@ import streamlit as st
 
 from cvae.config import RunConfig
 from cvae.errors import CVAEError
-from cvae.runs import ACTIVE_STATES, RUN_ID_PATTERN, RunDir, default_runs_root, live_status, read_json, run_path
-
-OWNER_FILE = "owner.json"  # {"owner": name}, written by ui.launcher when sign-in is on
+from cvae.runs import ACTIVE_STATES, OWNER_FILE, RunDir, default_runs_root, list_runs, live_status, read_json, run_path
 
 STATE_COLORS = {
     "queued": "gray", "starting": "blue", "running": "blue", "stopping": "orange", "finished": "green",
@@ -47,17 +45,7 @@ def stamp(path: Path) -> tuple[int, int]:
 
 def run_ids(root: Path) -> list[str]:
     """Run folders under `root`, newest first, including half-written ones (no config.json yet)."""
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        if (
-            p.is_dir()
-            and RUN_ID_PATTERN.match(p.name)
-            and ((p / "config.json").exists() or (p / "status.json").exists())
-        ):
-            found.append((max(stamp(p / "config.json")[0], stamp(p / "status.json")[0], stamp(p)[0]), p.name))
-    return [name for _, name in sorted(found, reverse=True)]
+    return [run.id for run in list_runs(root, started=True)]
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,55 @@
-"""The Train page's widgets: the new-run form, the empty state, run controls and the runs table."""
+"""The Train page's widgets: the new-run form, the empty state and the runs table.
+
+The form is built from cvae.config's options (label, help, default, limits
+and choices come from there), so it offers exactly the command line's options
+with the command line's defaults; the quick demo is a named preset. Problems
+are the config's own one-line messages.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
+from cvae import jobs
+from cvae.config import OPTIONS, Option
 from cvae.errors import CVAEError
-from ui import launcher
 from ui.auth import current_user, mode
-from ui.launcher import QUICK_DEMO, TrainOptions
 from ui.runs import metrics, open_run, run_ids, runs_root
 from ui.sidebar import select
 
-DATASETS = {"MNIST": "MNIST (digits, 28×28, grey)", "CIFAR10": "CIFAR-10 (photos, 32×32, colour)",
-            "folder": "My image folder (one sub-folder per class)"}  # fmt: skip
+BUILTIN = {"MNIST": "MNIST (digits, 28×28, grey)", "CIFAR10": "CIFAR-10 (photos, 32×32, colour)"}
+
+# When a widget matters, from the values chosen so far (the config refuses the rest anyway).
+RELEVANT = {
+    "model_sigma": lambda v: v["decoder_type"] == "gaussian",
+    "fixed_sigma": lambda v: v["decoder_type"] == "gaussian" and not v["model_sigma"],
+    "binarize": lambda v: v["decoder_type"] == "bernoulli",
+    "image_size": lambda v: v["dataset"] not in BUILTIN,
+    "warmup_epochs": lambda v: v["lr_schedule"] == "cosine",
+    "lr_decay": lambda v: v["lr_schedule"] == "exponential",
+}
 
 
-def _start(opts: TrainOptions) -> None:
+def _start(options: dict[str, Any]) -> None:
     try:
-        run = launcher.start(runs_root(), opts, owner=current_user())
+        run = jobs.start(runs_root(), options, owner=current_user(), data_roots=jobs.data_roots())
     except CVAEError as err:
         st.error(f"Could not start the run: {err}")
         return
     except OSError as err:  # disk full, read-only runs folder: one sentence, no traceback
-        st.error(f"Could not start the run: {launcher.explain(err)}")
+        st.error(f"Could not start the run: {jobs.explain(err)}")
         return
+    st.session_state["form_open"] = False  # fold the form away: the new run is what matters now
     select(run.id)
     st.rerun()
+
+
+def quick_demo_button(primary: bool = True, key: str = "quick_demo") -> None:
+    if st.button("Start the quick demo", icon=":material/rocket_launch:", type="primary" if primary else "secondary",
+                 key=key, help="A small network on MNIST digits with a 2-D latent space: about a minute."):  # fmt: skip
+        _start(dict(jobs.QUICK_DEMO_OPTIONS))
 
 
 def empty_state() -> None:
@@ -33,78 +57,68 @@ def empty_state() -> None:
         st.markdown("## :material/waving_hand: No runs yet\nA **run** trains one conditional VAE and keeps everything it learns in a "
                     "folder: curves, reconstructions, the latent space and the model. Start with the quick demo: "
                     "a small network on MNIST digits with a 2-D latent space. Pictures appear within about a minute.")  # fmt: skip
-        if st.button("Start the quick demo", icon=":material/rocket_launch:", type="primary", key="quick_demo"):
-            _start(QUICK_DEMO)
+        quick_demo_button()
+
+
+def _widget(opt: Option, where: Any, values: dict[str, Any]) -> Any:
+    """One option's widget, from its declaration: a choice, a switch, a number or text."""
+    disabled = not RELEVANT.get(opt.name, lambda v: True)(values)
+    common = dict(label=opt.label, help=opt.help, key=f"f_{opt.name}", disabled=disabled)
+    if opt.choices:
+        shown = dict(zip(opt.choices, opt.user_choices(), strict=True))
+        if len(opt.choices) <= 3:
+            return where.radio(options=list(opt.choices), format_func=shown.get, horizontal=True,
+                               index=opt.choices.index(opt.default), **common)  # fmt: skip
+        return where.selectbox(options=list(opt.choices), format_func=shown.get, index=opt.choices.index(opt.default),
+                               **common)  # fmt: skip
+    if opt.kind is bool:
+        return where.checkbox(value=opt.default, **common)
+    if opt.kind in (int, float):
+        low = None if opt.low is None or opt.low_open else opt.kind(opt.low)
+        high = None if opt.high is None else opt.kind(opt.high)
+        fmt = "%d" if opt.kind is int else "%g"
+        value = where.number_input(min_value=low, max_value=high, value=opt.default, format=fmt,
+                                   placeholder="all" if opt.optional else None, **common)  # fmt: skip
+        return None if value is None else opt.kind(value)
+    return where.text_input(value=opt.default, **common)
+
+
+def _dataset(where: Any) -> str:
+    folders = jobs.image_folders(jobs.data_roots())
+    choices = [*BUILTIN, *folders]
+    label = {**BUILTIN, **{f: f"Image folder: {f}" for f in folders}}
+    return where.selectbox("Dataset", choices, format_func=label.get, key="f_dataset",
+                           help="MNIST, CIFAR-10, or an image folder (one sub-folder per class) under the server's "
+                                f"data folders: {', '.join(str(r) for r in jobs.data_roots())}")  # fmt: skip
 
 
 def new_run_form() -> None:
-    """Every option of the command line; checked before anything starts."""
-    d = TrainOptions()
-    c1, c2, c3 = st.columns(3)
-    kind = c1.selectbox("Dataset", list(DATASETS), format_func=DATASETS.get, key="f_dataset")
-    folder = c1.text_input("Image folder on the server", key="f_folder", disabled=kind != "folder",
-                           placeholder="/path/to/images", help="ROOT/<class>/*.png, or ROOT/train/<class> and ROOT/test/<class>")  # fmt: skip
-    image_size = c1.number_input(
-        "Resize folder images to (px, 0 = keep)", 0, 512, 0, key="f_size", disabled=kind != "folder"
-    )
-    decoder = c2.radio("Decoder p(x | z, y)", ["Bernoulli", "Gaussian"], horizontal=True, key="f_decoder",
-                       help="Bernoulli: black-and-white pixels (MNIST only). Gaussian: grey or colour levels.")  # fmt: skip
-    gaussian = decoder == "Gaussian"
-    sigma = c2.checkbox("Learn σ (a per-pixel standard deviation)", key="f_sigma", disabled=not gaussian)
-    fixed = c2.number_input(
-        "Fixed σ", 1e-3, 100.0, d.fixed_sigma, key="f_fixed", disabled=not gaussian or sigma, format="%.3f"
-    )
-    binarize = c2.radio("Binarize", ["static", "dynamic"], horizontal=True, key="f_bin", disabled=gaussian,
-                        help="static: pixel ≥ 0.5 (the reference); dynamic: resampled every batch")  # fmt: skip
-    arch = c3.radio("Architecture", ["mlp", "conv"], horizontal=True, key="f_arch",
-                    help="mlp: fast, for class demos. conv: the reference's convolutional layers (slow on a CPU).")  # fmt: skip
-    z = c3.number_input(
-        "Latent size z", 1, 1024, d.latent_dim, key="f_z", help="2 gives a latent space you can see directly"
-    )
-    epochs = c3.number_input("Epochs", 1, 100_000, 5, key="f_epochs")
-    lr = c3.number_input("Learning rate", 1e-6, 1.0, 1e-3, key="f_lr", format="%.0e", step=1e-4)
+    """Every option of the command line, with its defaults; checked before anything starts."""
+    quick_demo_button(primary=False, key="quick_demo_form")
+    main = [o for o in OPTIONS if o.form == "main" and o.name != "dataset"]
+    more = [o for o in OPTIONS if o.form == "more"]
+    values: dict[str, Any] = {"dataset": _dataset(st)}
+    columns = st.columns(3)
+    for k, opt in enumerate(main):
+        values[opt.name] = _widget(opt, columns[k % 3], {**_current(), **values})
     with st.expander("More options"):
-        m1, m2, m3, m4 = st.columns(4)
-        batch = m1.number_input("Batch size", 1, 65_536, 128, key="f_batch")
-        seed = m1.number_input("Seed", 0, 2**31 - 1, 0, key="f_seed")
-        train_subset = m2.number_input("Train images (0 = all)", 0, 10**7, 0, key="f_train_subset")
-        test_subset = m2.number_input("Test images (0 = all)", 0, 10**7, 0, key="f_test_subset")
-        every = m3.number_input("Log the loss every N batches", 1, 10_000, 1, key="f_every")
-        ckpt = m3.number_input("Keep a checkpoint every N epochs", 1, 100_000, 20, key="f_ckpt")
-        latent_subset = m4.number_input("Test images in the latent plot", 0, 100_000, 2000, key="f_latent")
-        threads = m4.number_input("CPU threads (0 = all)", 0, 256, 0, key="f_threads")
-        device = m1.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="f_device")
-        precision = m2.selectbox("Precision", ["auto", "fp32", "bf16"], key="f_precision")
-        data_dir = m3.text_input("Data folder (empty = the project's data/)", key="f_data_dir")
-        schedule = m4.selectbox(
-            "Learning-rate schedule", ["exponential", "cosine"], key="f_schedule",
-            format_func={"exponential": "constant (cut on plateaus)", "cosine": "cosine, after a warm-up"}.get,
-            help="cosine: the rate climbs linearly over the warm-up epochs, then falls along half a cosine to 0 "
-                 "at the last epoch. The quick demo uses it.",
-        )  # fmt: skip
-        warmup = m4.number_input(
-            "Warm-up epochs", 0.0, 1000.0, 1.0, step=0.5, key="f_warmup", disabled=schedule != "cosine"
-        )
-        refine = m2.number_input(
-            "Refine q at the end: steps", 0, 10_000, 0, key="f_refine",
-            help="After the last epoch, also measure the test −ELBO with q(z | x, y) refined for each test image "
-                 "by this many gradient steps, the model fixed: still a bound on log p(x | y), only tighter. "
-                 "The difference is what the encoder misses (the amortization gap). 0 = off; the quick demo uses 10.",
-        )  # fmt: skip
-    opts = TrainOptions(
-        dataset=folder if kind == "folder" else kind, decoder_type=decoder, model_sigma=sigma, latent_dim=int(z),
-        epochs=int(epochs), batch_size=int(batch), learning_rate=float(lr), arch=arch, seed=int(seed),
-        print_every=int(every), binarize=binarize, fixed_sigma=float(fixed), image_size=int(image_size),
-        train_subset=int(train_subset), test_subset=int(test_subset), checkpoint_every=int(ckpt),
-        latent_subset=int(latent_subset), precision=precision, device=device, threads=int(threads), data_dir=data_dir,
-        lr_schedule=schedule, warmup_epochs=float(warmup) if schedule == "cosine" else 0.0, refine_steps=int(refine),
-    )  # fmt: skip
+        columns = st.columns(4)
+        for k, opt in enumerate(more):
+            values[opt.name] = _widget(opt, columns[k % 4], {**_current(), **values})
     if st.button("Start training", icon=":material/play_arrow:", type="primary", key="start"):
-        problems = launcher.validate(opts)
-        for problem in problems:
-            st.error(problem)
-        if not problems:
-            _start(opts)
+        options = {k: v for k, v in values.items() if RELEVANT.get(k, lambda v: True)(values)}
+        try:
+            jobs.check_options(options, data_roots=jobs.data_roots())
+        except CVAEError as err:
+            st.error(str(err)[:1].upper() + str(err)[1:] + ".")
+            return
+        _start(options)
+
+
+def _current() -> dict[str, Any]:
+    """The widgets' values from the last run of the script (for RELEVANT, before they are drawn)."""
+    state = st.session_state
+    return {o.name: state.get(f"f_{o.name}", o.default) for o in OPTIONS}
 
 
 def runs_table() -> None:

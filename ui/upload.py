@@ -23,7 +23,7 @@ from cvae.errors import CVAEError
 from cvae.generate import checked_config
 from cvae.model import CVAE
 from cvae.runs import load_checkpoint, write_atomic
-from ui.models import _model
+from ui.models import cached_model
 from ui.runs import stamp
 
 MAX_CHECKPOINT_MB = 50  # the MLP demo is ~5 MB, the reference conv model ~15 MB
@@ -84,7 +84,7 @@ def uploaded_model() -> tuple[Path, CVAE, int, list[str], str] | None:
         path = save_upload(data, ".pt")
         problem = check_checkpoint(path)
         if problem is None:
-            net, epoch = _model(str(path), stamp(path))
+            net, epoch = cached_model(str(path), stamp(path))
     except CVAEError as err:
         st.error(f"Cannot use {name}: " + str(err).replace(str(path), "the file").split(": ", 1)[-1])
         return None

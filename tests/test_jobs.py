@@ -27,7 +27,7 @@ def test_one_slot_runs_in_order_and_shows_positions(tmp_path: Path) -> None:
     fcntl.flock(slot, fcntl.LOCK_EX)
     procs = []
     for run in runs:
-        procs.append(subprocess.Popen([sys.executable, "-m", "cvae.queue", "--max-active", "1", "--run-dir",
+        procs.append(subprocess.Popen([sys.executable, "-m", "cvae.jobs", "--max-active", "1", "--run-dir",
                                        str(run.path), *TINY], cwd=ROOT, env=env, stderr=subprocess.PIPE))  # fmt: skip
         deadline = time.time() + 60
         while run.read_status().get("state") != "queued" and time.time() < deadline:
@@ -56,10 +56,10 @@ def test_one_slot_runs_in_order_and_shows_positions(tmp_path: Path) -> None:
 
 def test_sigterm_while_queued_leaves_the_queue(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    blocker = subprocess.Popen([sys.executable, "-m", "cvae.queue", "--max-active", "1", "--run-dir",
+    blocker = subprocess.Popen([sys.executable, "-m", "cvae.jobs", "--max-active", "1", "--run-dir",
                                 str(tmp_path / "a"), *TINY[:-5], "-e", "50", "-q"], cwd=ROOT, env=env)  # fmt: skip
     time.sleep(2)
-    waiter = subprocess.Popen([sys.executable, "-m", "cvae.queue", "--max-active", "1", "--run-dir",
+    waiter = subprocess.Popen([sys.executable, "-m", "cvae.jobs", "--max-active", "1", "--run-dir",
                                str(tmp_path / "b"), *TINY], cwd=ROOT, env=env)  # fmt: skip
     run = RunDir(tmp_path / "b")
     deadline = time.time() + 60
@@ -75,7 +75,7 @@ def test_sigterm_while_queued_leaves_the_queue(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("nice", ["25", "-1", "x"])
 def test_bad_nice_is_one_line_exit_2(tmp_path: Path, nice: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "cvae.queue", "--nice", nice, "--run-dir", str(tmp_path / "r")],
+    proc = subprocess.run([sys.executable, "-m", "cvae.jobs", "--nice", nice, "--run-dir", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "--nice" in lines[0], proc.stderr

@@ -1,4 +1,4 @@
-"""The fast training path gives the same numbers as the plain one; the bench runs.
+"""The fast training path (cvae.runtime) gives the same numbers as the plain one; the bench runs.
 
 No timing is asserted here: speed is measured by `python -m cvae.bench`.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvae.config import ModelConfig, RunConfig, conv_preset
+from cvae.config import QUICK_DEMO, ModelConfig, RunConfig, conv_preset
 from cvae.model import CVAE
-from cvae.train import (
-    QUICK_DEMO,
-    build_config,
-    keep_freed_memory,
-    main,
-    make_optimizer,
-    match_optimizer_state,
-    prepare_model,
-)
+from cvae.runtime import keep_freed_memory, make_optimizer, match_optimizer_state, prepare_model
+from cvae.train import main
+from cvae.training import build_config, resolve_options
 
 CPU = torch.device("cpu")
 
@@ -151,7 +144,7 @@ def test_loaded_optimizer_state_takes_the_parameters_layout() -> None:
 
 
 def test_flush_denormals_zeroes_denormal_floats() -> None:
-    from cvae.train import flush_denormals
+    from cvae.runtime import flush_denormals
 
     torch.set_flush_denormal(False)  # an earlier in-process fit() may have turned it on
     tiny = torch.tensor([1e-39, 1e-30])  # a denormal and a normal float32
@@ -207,10 +200,8 @@ def test_quick_demo_preset_validates_and_trains(tmp_path: Path) -> None:
     from cvae.data import DatasetInfo
 
     info = DatasetInfo("MNIST", 1, 28, 28, tuple(str(d) for d in range(10)))
-    from cvae.train import EXTRA_DEFAULTS, REFERENCE_DEFAULTS
-
     for z in (2, 10):
-        options = {**REFERENCE_DEFAULTS, **EXTRA_DEFAULTS, **QUICK_DEMO, "latent_dim": z}
+        options = resolve_options({"quick_demo": True, "latent_dim": z})
         config = build_config(options, info)
         assert config.model.arch == "mlp" and config.model.latent_dim == z
         assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -247,49 +238,6 @@ def test_refined_test_elbo_on_the_last_epoch_only(tmp_path: Path, capsys: pytest
         assert len(err.splitlines()) == 1 and "refine" in err
 
 
-def test_cosine_schedule_warms_up_then_falls_to_zero() -> None:
-    from cvae.train import cosine_lr
-
-    rates = [cosine_lr(1.0, b / 10, 1.0, 5, 10) for b in range(50)]  # 5 epochs of 10 batches, 1 warm-up
-    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)  # linear warm-up
-    assert rates[10] == pytest.approx(1.0)
-    assert all(a > b for a, b in zip(rates[10:], rates[11:], strict=False))  # then falls every step
-    assert rates[30] == pytest.approx(0.5)  # half-way through the cosine
-    assert 0 < rates[-1] < 0.01
-    assert cosine_lr(1.0, 3.0, 0.0, 2, 10) == 0.0  # past the end: stays at 0
-
-
-def test_cosine_resume_is_exact(tmp_path: Path) -> None:
-    """An interrupted cosine run, resumed for its remaining epochs, ends exactly as an uninterrupted one."""
-    common = dict(dataset="MNIST", arch="mlp", mlp_hidden=(64,), latent_dim=2, batch_size=32, learning_rate=5e-3,
-                  lr_schedule="cosine", warmup_epochs=0.5, train_subset=96, test_subset=64, latent_subset=16,
-                  checkpoint_every=1, quiet=True)  # fmt: skip
-    straight = main(**common, epochs=3, run_dir=str(tmp_path / "straight"))
-    lrs = [m["lr"] for m in straight.metrics]
-    assert lrs[0] > lrs[1] > lrs[2] > 0 and lrs[2] < 0.1 * common["learning_rate"]  # the last step's rate
-    shutil.copytree(tmp_path / "straight", tmp_path / "split")
-    resumed = main(**{**common, "epochs": 2}, resume_path=str(tmp_path / "split" / "checkpoints" / "epoch_0001.pt"))
-    assert [m["lr"] for m in resumed.metrics] == lrs
-    assert resumed.metrics[-1]["test_nelbo"] == straight.metrics[-1]["test_nelbo"]
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "latest.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "split" / "checkpoints" / "latest.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_schedule_options_are_checked_from_the_command_line(tmp_path: Path) -> None:
-    for argv, message in (
-        (["--quick-demo", "--lr-decay", "0.9"], "lr_decay belongs to the exponential schedule"),
-        (["--warmup-epochs", "2"], "warmup_epochs needs lr_schedule cosine"),
-        (["--lr-schedule", "linear"], "invalid choice"),
-        (["--warmup-epochs", "nan"], "must be zero or more"),
-    ):
-        proc = subprocess.run([sys.executable, "-m", "cvae.train", *argv, "--runs-root", str(tmp_path), "-q"],
-                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)  # fmt: skip
-        assert proc.returncode == 2 and message in proc.stderr, (argv, proc.stderr)
-        assert "Traceback" not in proc.stderr
-    assert not any(tmp_path.iterdir())  # nothing was started
-
-
 @pytest.mark.slow
 def test_bench_runs_quickly(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -313,7 +261,9 @@ def test_new_config_fields_are_validated_and_round_trip() -> None:
 
     base = dict(channels=1, height=28, width=28, num_classes=10, arch="mlp")
     model = ModelConfig(**base, mlp_activation="silu", mlp_norm="layer")
-    run = RunConfig(data=DataConfig(binarize="static"), model=model, train=TrainConfig(lr_decay=0.9)).validate()
+    run = RunConfig(
+        data=DataConfig(binarize="static"), model=model, train=TrainConfig(lr_schedule="exponential", lr_decay=0.9)
+    ).validate()
     assert RunConfig.from_dict(json.loads(json.dumps(run.to_dict()))) == run
     net = CVAE(model)
     assert any(isinstance(m, torch.nn.SiLU) for m in net.modules())

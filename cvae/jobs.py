@@ -1,0 +1,392 @@
+"""Training runs as processes: start, queue, stop, resume and delete them.
+
+The app never trains inside the Streamlit process: `start` spawns
+`python -m cvae.jobs --max-active N ... --run-dir <root>/<run>` in its own
+session, which waits for one of N training slots and then trains in the same
+process; its output goes to the run's train.log, and from then on the app only
+reads the run folder. Stop is SIGTERM to the pid in status.json (a queued run
+leaves the queue; a training one keeps the last epoch's checkpoint and writes
+state "stopped").
+
+The queue: a slot is an exclusive `flock` on `<root>/.slots/slot-K.lock`, held
+for the whole training: the kernel frees it when the process ends, however it
+ends (kill -9 included), so a slot is never leaked. The queue order is each
+waiting run's `queued_at` in its status.json, so it lives on disk and survives
+a restart of the app; the waiting run's status shows its position.
+
+A run's options are the same dictionary `cvae.train_model` takes (option name
+-> value, see cvae.config.OPTIONS); `check_options` validates them with the
+config's own checks, so the app shows the sentence the command line prints.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from cvae.cli import OneLineParser, format_argv
+from cvae.config import DEFAULTS, QUICK_DEMO, DataConfig
+from cvae.data import builtin_info, resolve_data_dir
+from cvae.errors import ConfigError
+from cvae.runs import (
+    ACTIVE_STATES,
+    OWNER_FILE,
+    RUN_ID_PATTERN,
+    RunDir,
+    new_run_id,
+    pid_alive,
+    process_identity,
+    process_is,
+    read_json,
+    run_path,
+    write_json,
+)
+from cvae.runtime import available_cores
+from cvae.train import cli as train_cli
+from cvae.training import build_config, resolve_options, section_config
+
+LAUNCH_FILE = "launch.json"  # the flags the app started a run with, to start it again from scratch
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# What the app's quick-demo button starts: the library's preset (cvae.config.QUICK_DEMO), by name.
+QUICK_DEMO_OPTIONS: dict[str, Any] = {"quick_demo": True}
+
+
+def data_roots() -> list[Path]:
+    """Folders whose image folders the app may train on: the project's data folder (or $CVAE_DATA_DIR)
+    and the ones in $CVAE_DATA_ROOTS (separated by the path separator), resolved."""
+    extra = [p for p in os.environ.get("CVAE_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
+    return [Path(p).expanduser().resolve() for p in (str(resolve_data_dir("")), *extra)]
+
+
+def inside(path: Path, roots: list[Path]) -> bool:
+    """True if `path`, resolved (symbolic links too), is one of `roots` or below one."""
+    real = Path(path).expanduser().resolve()
+    return any(real == root or root in real.parents for root in roots)
+
+
+def _class_count(folder: Path) -> int:
+    base = folder / "train" if (folder / "train").is_dir() else folder
+    try:
+        return sum(1 for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return 0
+
+
+def image_folders(roots: list[Path], depth: int = 2) -> list[str]:
+    """Image folders (at least two class sub-folders) under `roots`, `depth` levels down, as paths."""
+    found: list[str] = []
+
+    def walk(folder: Path, level: int) -> None:
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        except OSError:
+            return
+        for child in children:
+            if child.name in ("MNIST", "cache", "cifar-10-batches-py"):
+                continue
+            if _class_count(child) >= 2 and inside(child, roots):
+                found.append(str(child))
+            elif level < depth:
+                walk(child, level + 1)
+
+    for root in roots:
+        walk(root, 1)
+    return found
+
+
+def check_options(options: dict[str, Any], *, data_roots: list[Path] | None = None) -> None:
+    """Refuse options that would not train, with the trainer's own one-line message (a ConfigError).
+
+    Everything the config checks is checked here, before a process starts; an
+    image folder's own shapes are known only once it is read, so the trainer
+    checks those (and says so in the run's status). With `data_roots` (the
+    app), an image folder must lie under one of them, symbolic links resolved.
+    """
+    opts = resolve_options(options)
+    dataset = str(opts["dataset"]).strip()
+    info = builtin_info(dataset)
+    if opts["data_dir"] and data_roots is not None:
+        raise ConfigError("the app trains on the server's data folders only: leave data_dir empty")
+    if info is None:
+        folder = Path(dataset).expanduser()
+        if data_roots is not None and not inside(folder, data_roots):
+            roots = ", ".join(str(r) for r in data_roots)
+            raise ConfigError(f"the image folder {dataset!r} is outside the server's data folders ({roots})")
+        if not folder.is_dir():
+            raise ConfigError(f"the image folder {dataset!r} does not exist on the server")
+        if _class_count(folder) < 2:
+            raise ConfigError(f"the image folder {dataset!r} needs one sub-folder per class (at least two)")
+        section_config(DataConfig, opts).validate()
+    else:
+        build_config(opts, info)
+
+
+def build_argv(options: dict[str, Any]) -> list[str]:
+    """The command-line flags for `options`, leaving out values equal to the defaults (train.log reads short)."""
+    base = {**DEFAULTS, **(QUICK_DEMO if options.get("quick_demo") else {})}
+    return format_argv({k: v for k, v in options.items() if v != base.get(k)})
+
+
+def max_active() -> int:
+    """How many runs may train at once: $CVAE_MAX_RUNS, else one per two cores (at least one)."""
+    raw = os.environ.get("CVAE_MAX_RUNS", "")
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return max(1, available_cores() // 2)
+
+
+def train_nice() -> int:
+    """How much lower than the app's the trainers' CPU priority is: $CVAE_TRAIN_NICE (0-19), else 10.
+
+    Training takes every core it is given; at a lower priority it still does
+    when the server is idle, but a page that needs the CPU gets it first.
+    """
+    raw = os.environ.get("CVAE_TRAIN_NICE", "")
+    return min(int(raw), 19) if raw.isdigit() else 10
+
+
+def _queue_argv(argv: list[str], run: RunDir) -> list[str]:
+    """`python -m cvae.jobs` flags: N slots, a lower priority, and with N > 1 an equal share of the cores per run."""
+    n = max_active()
+    extra = ["--max-active", str(n), "--nice", str(train_nice()), "--run-dir", str(run.path)]
+    if n > 1 and "--threads" in argv and argv[argv.index("--threads") + 1] == "0":
+        argv = [*argv]
+        argv[argv.index("--threads") + 1] = str(max(1, available_cores() // n))
+    elif n > 1 and "--threads" not in argv:
+        argv = [*argv, "--threads", str(max(1, available_cores() // n))]
+    return [*extra, *argv]
+
+
+def _spawn(run: RunDir, argv: list[str], epochs: int) -> int:
+    """Queue the run: `python -m cvae.jobs` in its own session, output to train.log; return its pid.
+
+    The queue process waits (sleeping) for a training slot, then trains in the
+    same process. status.json says "queued" from before the process exists, with
+    a fresh queued_at, so a resumed run joins the end of the queue.
+    """
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_status(state="queued", pid=None, process=None, position=None, epochs=epochs, batch=0,
+                     message="joining the queue", queued_at=time.time())  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "cvae.jobs", *_queue_argv(argv, run)]
+    with open(run.log_path, "ab") as log:
+        log.write(f"\n$ python -m cvae.jobs {' '.join(command[3:])}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(  # noqa: S603 - a fixed module and validated flags, no shell
+            command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )  # fmt: skip
+    # Reap the child when it exits (no zombie); this thread only waits, it never trains.
+    threading.Thread(target=proc.wait, daemon=True).start()
+    # The same pid and identity the queue process writes itself: whichever write lands last, they agree.
+    run.write_status(pid=proc.pid, process=process_identity(proc.pid), started=time.time())
+    return proc.pid
+
+
+def start(
+    root: Path,
+    options: dict[str, Any],
+    run_id: str | None = None,
+    owner: str | None = None,
+    data_roots: list[Path] | None = None,
+) -> RunDir:
+    """Validate `options`, create the run folder under `root` and queue it for training.
+
+    `data_roots`: where image folders may be (the app passes `data_roots()`); None allows any.
+    """
+    check_options(options, data_roots=data_roots)
+    opts = resolve_options(options)
+    run_id = run_id or new_run_id(str(opts["dataset"]).strip(), opts["decoder_type"], opts["latent_dim"])
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    run = run_path(root, run_id)
+    suffix = 2
+    while run.path.exists():  # two starts in the same second
+        run = run_path(root, f"{run_id}-{suffix}")
+        suffix += 1
+    run.path.mkdir(parents=True)
+    argv = build_argv(options)
+    try:
+        write_json(run.path / LAUNCH_FILE, {"argv": argv, "epochs": opts["epochs"]})
+        if owner:
+            write_json(run.path / OWNER_FILE, {"owner": owner, "created": time.time()})
+        _spawn(run, argv, opts["epochs"])
+    except OSError:
+        shutil.rmtree(run.path, ignore_errors=True)  # no half-made run left behind (disk full, read-only)
+        raise
+    return run
+
+
+def is_active(run: RunDir) -> bool:
+    return run.read_status().get("state") in ACTIVE_STATES
+
+
+def resume(run: RunDir, more_epochs: int) -> None:
+    """Train `more_epochs` more epochs from the run's last checkpoint, in the same folder."""
+    if is_active(run):
+        raise ConfigError("this run is still training")
+    if not run.latest_checkpoint.is_file():
+        raise ConfigError("this run has no checkpoint yet (it stopped before its first epoch ended)")
+    if not 1 <= more_epochs <= 100_000:
+        raise ConfigError("more epochs must be between 1 and 100000")
+    done = int(run.read_status().get("epoch") or 0)
+    _spawn(run, ["--resume_path", str(run.path), "--epochs", str(more_epochs)], done + more_epochs)
+
+
+def can_start_again(run: RunDir) -> bool:
+    """A run with no checkpoint that the app started: its flags are in launch.json."""
+    launch = read_json(run.path / LAUNCH_FILE) or {}
+    return isinstance(launch.get("argv"), list) and all(isinstance(a, str) for a in launch["argv"])
+
+
+def start_again(run: RunDir) -> None:
+    """Start a run that ended before its first checkpoint from scratch, with the same flags, in its folder."""
+    if is_active(run):
+        raise ConfigError("this run is still training")
+    launch = read_json(run.path / LAUNCH_FILE) or {}
+    if not can_start_again(run):
+        raise ConfigError("this run was not started from the app: start a new run instead")
+    _spawn(run, [str(a) for a in launch["argv"]], int(launch.get("epochs") or 0))
+
+
+def delete(run: RunDir) -> None:
+    """Remove a run folder that is not training (finished, failed, stopped or interrupted)."""
+    if is_active(run):
+        raise ConfigError("stop this run before deleting it")
+    shutil.rmtree(run.path)
+
+
+def explain(err: OSError) -> str:
+    """One sentence for a file-system error when writing a run folder."""
+    if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
+        return "the disk that holds the runs folder is full. Delete old runs or ask the server's admin for space."
+    if isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the runs folder is read-only for the app. Ask the server's admin to check CVAE_RUNS_DIR."
+    return f"{err.strerror or err} ({type(err).__name__})"
+
+
+def _is_trainer(pid: int) -> bool:
+    """Only ever signal a process that is really a cvae trainer or queued run (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return pid_alive(pid)  # no /proc (macOS): trust the status file
+    return b"cvae.train" in cmdline or b"cvae.jobs" in cmdline
+
+
+def stop(run: RunDir) -> bool:
+    """Ask the run's process to stop (SIGTERM): a queued run leaves the queue, a training one
+    keeps its last checkpoint. False when nothing was running."""
+    status = run.read_status()
+    pid = status.get("pid")
+    if status.get("state") not in ACTIVE_STATES or not isinstance(pid, int) or not _is_trainer(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the queue
+
+POLL_S = 1.0
+
+
+def waiting_runs(root: Path) -> list[RunDir]:
+    """Runs waiting for a slot, in queue order (live processes only)."""
+    waiting = []
+    runs = [RunDir(p) for p in Path(root).iterdir() if RUN_ID_PATTERN.match(p.name) and (p / "status.json").is_file()]
+    for run in runs:  # queued runs have no config.json yet, so not list_runs
+        status = run.read_status()
+        if status.get("state") == "queued" and process_is(status.get("pid"), status.get("process")):
+            waiting.append((float(status.get("queued_at") or 0), run.id, run))
+    return [run for _, _, run in sorted(waiting, key=lambda t: (t[0], t[1]))]
+
+
+def _try_slot(slots: Path, max_active: int) -> IO | None:
+    slots.mkdir(parents=True, exist_ok=True)
+    for k in range(max_active):
+        handle = open(slots / f"slot-{k}.lock", "a")  # noqa: SIM115 - kept open while training
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return handle
+    return None
+
+
+def wait_for_slot(
+    run: RunDir, root: Path, max_active: int, *, should_stop: Callable[[], bool] = lambda: False
+) -> IO | None:
+    """Block until this run holds a slot; return the lock (keep it open) or None if stopped."""
+    status = run.read_status()
+    queued_at = status.get("queued_at") or time.time()
+    run.write_status(state="queued", pid=os.getpid(), process=process_identity(os.getpid()), queued_at=queued_at)
+    shown = None
+    while not should_stop():
+        order = waiting_runs(root)
+        ids = [r.id for r in order]
+        position = ids.index(run.id) + 1 if run.id in ids else 1
+        if position == 1:
+            handle = _try_slot(Path(root) / ".slots", max_active)
+            if handle is not None:
+                return handle
+        if position != shown:
+            shown = position
+            ahead = "a free training slot" if position == 1 else f"{position - 1} run(s) ahead"
+            run.write_status(state="queued", position=position, message=f"waiting in the queue: {ahead}")
+        time.sleep(POLL_S)
+    return None
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """python -m cvae.jobs [--max-active N] --run-dir RUN [train options]: wait for a slot, then train."""
+
+    parser = OneLineParser(prog="python -m cvae.jobs", description="Queue a training run, then train it.")
+    parser.add_argument(
+        "--max-active", type=int, default=None, help="runs training at once [$CVAE_MAX_RUNS or cores/2]"
+    )
+    parser.add_argument("--run-dir", required=True, help="the run folder (its parent is the queue)")
+    parser.add_argument(
+        "--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so pages stay quick [0]"
+    )
+    args, train_args = parser.parse_known_args(argv)
+    slots = args.max_active or max_active()
+    if slots < 1:
+        parser.error("--max-active must be at least 1")
+    if not 0 <= args.nice <= 19:
+        parser.error("--nice must be between 0 and 19")
+    if args.nice:
+        os.nice(args.nice)  # before torch starts its threads: they inherit it
+    run = RunDir(Path(args.run_dir).resolve())
+    run.path.mkdir(parents=True, exist_ok=True)
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["requested"] = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    handle = wait_for_slot(run, run.path.parent, slots, should_stop=lambda: stop["requested"])
+    signal.signal(signal.SIGTERM, previous)
+    if handle is None:
+        run.write_status(state="stopped", message="taken out of the queue before it started")
+        return 0
+    run.write_status(state="starting", position=None, message="")
+    with handle:  # the slot is held until training ends, and freed by the kernel if we die
+        return train_cli([*train_args, "--run-dir", str(run.path)])
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,267 @@
+"""The training loop: `fit(config, run, data=...)` trains into a run folder.
+
+It reports through callbacks (cvae.progress) and the run folder (cvae.runs),
+and knows nothing of any UI. SIGTERM or Ctrl-C stops it after the batch in
+progress: the last finished epoch's checkpoint stays, and the status says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cvae.artifacts import save_fixed_inputs, write_epoch_artifacts
+from cvae.config import RunConfig
+from cvae.data import ImageData
+from cvae.errors import CVAEError
+from cvae.evaluate import evaluate_elbo, refined_nelbo
+from cvae.model import CVAE, count_parameters
+from cvae.progress import Callback
+from cvae.runs import RunDir, process_identity, save_checkpoint
+from cvae.runtime import (
+    autocast,
+    make_optimizer,
+    match_optimizer_state,
+    prepare_for_cpu,
+    prepare_model,
+    select_amp_dtype,
+    select_device,
+    set_threads,
+)
+from cvae.schedule import LearningRate
+
+STATUS_EVERY_S = 1.0  # rewrite status.json at most this often while training
+
+
+@dataclass
+class TrainResult:
+    """What a training call leaves: its run folder, the per-epoch metrics, and how it ended."""
+
+    run_dir: Path
+    metrics: list[dict] = field(default_factory=list)
+    state: str = "finished"  # finished or stopped
+
+
+class StopRequested:
+    """Set by SIGTERM / SIGINT; the loop stops after the batch in progress."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no signal handling
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class DeviceData:
+    """The data on the training device, and how an epoch cuts it into batches."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    batch: int
+    batches: int  # per epoch
+
+
+def place_data(data: ImageData, batch_size: int, device: torch.device) -> DeviceData:
+    """Data lives on the device once; batches are gathered by index."""
+    n = len(data.train_x)
+    batch = min(batch_size, n)
+    batches = math.ceil(n / batch) if n else 0
+    if n % batch == 1:  # a batch of one breaks batch norm: drop that image
+        batches -= 1
+    if batches < 1:
+        raise CVAEError("the training set is empty")
+    return DeviceData(data.train_x.to(device), data.train_y.to(device), data.test_x.to(device),
+                      data.test_y.to(device), batch, batches)  # fmt: skip
+
+
+def restore(model: CVAE, optimizer: torch.optim.Optimizer, schedule: LearningRate, resume: dict,
+            device: torch.device) -> int:  # fmt: skip
+    """Load a checkpoint's states into the fresh model, optimizer and schedule; return its epoch."""
+    try:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["scheduler"])
+        match_optimizer_state(optimizer, optimizer.defaults.get("fused"))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CVAEError(f"checkpoint does not fit this model: {str(err).splitlines()[0][:200]}") from None
+    if "lr_override" in resume:
+        schedule.override(resume["lr_override"])
+    if "rng_cpu" in resume:
+        torch.set_rng_state(resume["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in resume:
+        torch.cuda.set_rng_state(resume["rng_cuda"])
+    return int(resume["epoch"])
+
+
+def fit(
+    config: RunConfig,
+    run: RunDir,
+    *,
+    data: ImageData,
+    resume: dict | None = None,
+    callbacks: Sequence[Callback] = (),
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train `config.train.epochs` epochs (after the resumed ones) into `run`."""
+    cfg = config.train
+    set_threads(cfg.threads)
+    device = device or select_device(cfg.device)
+    amp_dtype = select_amp_dtype(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cpu":
+        prepare_for_cpu()
+    model = prepare_model(CVAE(config.model).to(device), device)
+    optimizer = make_optimizer(model, cfg.learning_rate, device)
+    start_epoch = int(resume["epoch"]) if resume is not None else 0
+    end_epoch = start_epoch + cfg.epochs
+    d = place_data(data, cfg.batch_size, device)
+    schedule = LearningRate(optimizer, cfg, end_epoch=end_epoch, batches=d.batches)
+    if resume is not None:
+        restore(model, optimizer, schedule, resume, device)
+
+    grid_x, grid_y = d.test_x[: cfg.grid_size], d.test_y[: cfg.grid_size]
+    lat_x, lat_y = d.test_x[: cfg.latent_subset], d.test_y[: cfg.latent_subset]
+    save_fixed_inputs(run, grid_x, lat_y)
+    result = TrainResult(run.path, [r for r in run.read_metrics() if r.get("epoch", 0) <= start_epoch])
+    run.write_status(
+        state="running", pid=os.getpid(), process=process_identity(os.getpid()), epoch=start_epoch,
+        epochs=end_epoch, batch=0, batches=d.batches, message="", started=time.time(), device=str(device),
+        precision=str(amp_dtype or torch.float32).replace("torch.", ""), parameters=count_parameters(model),
+    )  # fmt: skip
+    batch_log = open(run.batches_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
+    t_run = time.time()
+    try:
+        with StopRequested() as stop:
+            for epoch in range(start_epoch + 1, end_epoch + 1):
+                t_epoch = time.time()
+                step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=config.data.binarize == "dynamic")
+                train = step.epoch(epoch, cfg, run, batch_log, callbacks, stop, t_run)
+                if stop.requested:
+                    result.state = "stopped"
+                    run.write_status(state="stopped", epoch=epoch - 1, batch=0,
+                                     message=f"stopped in epoch {epoch}: the checkpoint of epoch {epoch - 1} is kept")  # fmt: skip
+                    return result
+                schedule.after_epoch(train[0])
+                test = evaluate_elbo(model, d.test_x, d.test_y, amp_dtype=amp_dtype)
+                write_epoch_artifacts(model, run, epoch, grid_x, grid_y, lat_x, lat_y, amp_dtype)
+                t_done = time.time()
+                refined = {}
+                if cfg.refine_steps and epoch == end_epoch:  # the run's final model only: it costs epochs
+                    refined = dict(test_nelbo_refined=refined_nelbo(model, d.test_x, d.test_y, steps=cfg.refine_steps),
+                                   refine_steps=cfg.refine_steps, refine_seconds=time.time() - t_done)  # fmt: skip
+                record = dict(
+                    epoch=epoch, train_nelbo=train[0], train_recon=train[1], train_kl=train[2],
+                    test_nelbo=test["nelbo"], test_recon=test["recon"], test_kl=test["kl"], lr=schedule.current,
+                    seconds=time.time() - t_epoch, images_per_s=step.seen / max(t_done - t_epoch, 1e-9), **refined,
+                    time=time.time() - t_run,
+                )  # fmt: skip
+                save_epoch(run, config, data, model, optimizer, schedule, record, device, end_epoch)
+                result.metrics.append(record)
+                for cb in callbacks:
+                    cb.on_epoch(record)
+                run.write_status(epoch=epoch, batch=0, last=record)
+    except BaseException as err:
+        message = str(err) if isinstance(err, CVAEError) else f"{type(err).__name__}: {err}"
+        with contextlib.suppress(OSError):  # the disk is full or read-only: the original error says more
+            run.write_status(state="failed", message=message.splitlines()[0][:500] if message else "failed")
+        raise
+    finally:
+        batch_log.close()
+    run.write_status(state="finished", epoch=end_epoch, batch=0, message="")
+    return result
+
+
+class Step:
+    """One epoch of optimisation steps, with running sums kept on the device."""
+
+    def __init__(self, model: CVAE, optimizer: torch.optim.Optimizer, schedule: LearningRate, d: DeviceData,
+                 amp_dtype: torch.dtype | None, *, dynamic: bool) -> None:  # fmt: skip
+        self.model, self.optimizer, self.schedule, self.d = model, optimizer, schedule, d
+        self.amp_dtype, self.dynamic = amp_dtype, dynamic
+        self.device = d.train_x.device
+        self.seen = 0
+
+    def epoch(self, epoch: int, cfg: Any, run: RunDir, batch_log: Any, callbacks: Sequence[Callback],
+              stop: StopRequested, t_run: float) -> tuple[float, float, float]:  # fmt: skip
+        """Train one epoch; returns the mean train (nelbo, recon, kl). Stops early if asked."""
+        model, d = self.model, self.d
+        model.train()
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(d.train_x), generator=gen, device=self.device)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        last_status, t_epoch = 0.0, time.time()
+        for b in range(d.batches):
+            self.schedule.before_batch(epoch, b)
+            idx = order[b * d.batch : (b + 1) * d.batch]
+            xb, yb = d.train_x[idx], d.train_y[idx]
+            if self.dynamic:
+                xb = torch.bernoulli(xb, generator=gen)
+            with autocast(self.device, self.amp_dtype):
+                terms = model.elbo_terms(xb, yb)
+            loss = terms.loss
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():  # running sums, outside the graph
+                sums += torch.stack([terms.nelbo.sum(), terms.recon.sum(), terms.kl.sum()])
+            self.seen += len(idx)
+            if (b + 1) % cfg.print_every == 0 or b + 1 == d.batches:
+                lv, rv, kv = (float(v) for v in (loss.detach(), terms.recon.detach().mean(), terms.kl.detach().mean()))
+                if not math.isfinite(lv):
+                    raise CVAEError(
+                        f"the loss became {lv} at epoch {epoch}, batch {b + 1}: lower the learning rate (-lr)"
+                    )
+                record = dict(epoch=epoch, batch=b + 1, step=(epoch - 1) * d.batches + b + 1, loss=lv, recon=rv,
+                              kl=kv, time=time.time() - t_run)  # fmt: skip
+                batch_log.write(json.dumps(record) + "\n")
+                for cb in callbacks:
+                    cb.on_batch(record)
+                now = time.time()
+                if now - last_status >= STATUS_EVERY_S:
+                    last_status = now
+                    run.write_status(epoch=epoch - 1, batch=b + 1, epoch_started=t_epoch)
+            if stop.requested:
+                break
+        return tuple((sums / max(self.seen, 1)).tolist())  # type: ignore[return-value]
+
+
+def save_epoch(run: RunDir, config: RunConfig, data: ImageData, model: CVAE, optimizer: torch.optim.Optimizer,
+               schedule: LearningRate, record: dict, device: torch.device, end_epoch: int) -> None:  # fmt: skip
+    """The checkpoint first, then the metrics line: a kill in between is repaired on resume."""
+    epoch = record["epoch"]
+    payload = dict(
+        config=config.to_dict(), dataset_info=data.info.to_dict(), epoch=epoch, model=model.state_dict(),
+        optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), metrics=record,
+        rng_cpu=torch.get_rng_state(),
+    )  # fmt: skip
+    if device.type == "cuda":
+        payload["rng_cuda"] = torch.cuda.get_rng_state()
+    save_checkpoint(run.latest_checkpoint, payload)
+    if epoch % config.train.checkpoint_every == 0 or epoch == end_epoch:
+        save_checkpoint(run.epoch_checkpoint(epoch), payload)
+    with open(run.metrics_path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")

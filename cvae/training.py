@@ -1,0 +1,197 @@
+"""The public training entry point: `cvae.train_model(...)`, options in, a trained run out.
+
+    import cvae
+    result = cvae.train_model(dataset="MNIST", latent_dim=2, epochs=1)
+
+It takes the options declared once in cvae.config (the reference's names
+first), turns them into a validated `RunConfig`, applies the resume rules,
+prepares the run folder and hands over to `cvae.loop.fit`. The command line
+(`python -m cvae.train`, in cvae/train.py) calls it with the same options.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from cvae.config import (
+    BY_NAME,
+    DEFAULTS,
+    OPTIONS,
+    QUICK_DEMO,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    conv_preset,
+)
+from cvae.data import DatasetInfo, builtin_info, load_data
+from cvae.errors import ConfigError, CVAEError
+from cvae.loop import TrainResult, fit
+from cvae.progress import ConsoleProgress
+from cvae.runs import (
+    RunDir,
+    default_runs_root,
+    load_checkpoint,
+    new_run_id,
+    read_jsonl,
+    run_path,
+    write_atomic,
+    write_json,
+)
+from cvae.runtime import flush_denormals
+
+__all__ = ["TrainResult", "build_config", "resolve_options", "train_model"]
+
+
+def train_model(**options: Any) -> TrainResult:
+    # The signature and docstring are generated from cvae.config's options below.
+    flush_denormals()  # before any parallel op, so torch's worker threads inherit it
+    opts = resolve_options(options)
+    if opts["resume_path"]:
+        config, data, resume, run = _resume(opts, given_names=set(options) - {"quiet"})
+    else:
+        if opts["resume_epoch"] not in (None, 0):
+            raise ConfigError("--resume_epoch needs --resume_path")
+        data_config = section_config(DataConfig, opts)
+        info = builtin_info(data_config.dataset)
+        if info is not None:  # refuse a misfit (Bernoulli with colour images) before loading anything
+            _model_config(opts, info).validate()
+        data = load_data(data_config)
+        config, resume, run = build_config(opts, data.info), None, None
+    if opts["run_dir"]:
+        run = RunDir(Path(opts["run_dir"]))
+    elif run is None:
+        root = Path(opts["runs_root"]) if opts["runs_root"] else default_runs_root()
+        run = run_path(root, new_run_id(config.data.dataset, config.model.likelihood, config.model.latent_dim))
+    run.path.mkdir(parents=True, exist_ok=True)
+    start_epoch = int(resume["epoch"]) if resume else 0
+    prepare_run_folder(run, config, data.info, resume, start_epoch)
+    if not opts["quiet"]:
+        print(_describe(run, config, data, start_epoch if resume else None), flush=True)
+    batches = max(1, math.ceil(len(data.train_x) / min(config.train.batch_size, len(data.train_x))))
+    return fit(config, run, data=data, resume=resume, callbacks=[ConsoleProgress(batches, quiet=opts["quiet"])])
+
+
+def _signature_and_doc() -> tuple[inspect.Signature, str]:
+    params = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default) for o in OPTIONS]
+    lines = ["Train a conditional VAE into a run folder and return a TrainResult (run_dir, metrics, state).", "",
+             "Every option is keyword-only; the same options are the flags of `python -m cvae.train`:", ""]  # fmt: skip
+    for o in OPTIONS:
+        lines.append(
+            f"    {o.name} = {o.default!r}: {o.help}" + (f" ({o.describe()})" if o.kind is not str or o.choices else "")
+        )
+    return inspect.Signature(params, return_annotation=TrainResult), "\n".join(lines)
+
+
+train_model.__signature__, train_model.__doc__ = _signature_and_doc()  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------ options -> config
+
+
+def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Every option's value: the defaults, the quick-demo preset if asked, then what was given (checked)."""
+    unknown = sorted(set(options) - set(BY_NAME))
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+    chosen = {k: BY_NAME[k].check(v) for k, v in options.items() if v is not None}
+    preset = QUICK_DEMO if chosen.get("quick_demo") else {}
+    return {**DEFAULTS, **preset, **chosen}
+
+
+def section_config(cls: type, opts: dict[str, Any], **extra: Any) -> Any:
+    """One section of the run's config (DataConfig, ModelConfig or TrainConfig) from resolved options."""
+    section = {DataConfig: "data", ModelConfig: "model", TrainConfig: "train"}[cls]
+    values = {o.field: opts[o.name] for o in OPTIONS if o.section == section}
+    if cls is DataConfig and values["binarize"] == "auto":
+        values["binarize"] = "static" if opts["decoder_type"] == "bernoulli" else "none"
+    return cls(**values, **extra)
+
+
+def _model_config(opts: dict[str, Any], info: DatasetInfo) -> ModelConfig:
+    shapes = dict(channels=info.channels, height=info.height, width=info.width, num_classes=info.num_classes)
+    conv = conv_preset(info.height, info.width) if opts["arch"] == "conv" else {}
+    return section_config(ModelConfig, opts, **shapes, **conv)
+
+
+def build_config(opts: dict[str, Any], info: DatasetInfo) -> RunConfig:
+    """A validated RunConfig from resolved options (`resolve_options`) and the data's shapes."""
+    return RunConfig(data=section_config(DataConfig, opts), model=_model_config(opts, info),
+                     train=section_config(TrainConfig, opts)).validate()  # fmt: skip
+
+
+# -------------------------------------------------------------------- resuming
+
+
+def _resume_target(resume_path: Path) -> tuple[Path, RunDir | None]:
+    """(checkpoint file, run folder it belongs to or None)."""
+    if resume_path.is_dir():
+        run = RunDir(resume_path)
+        if not run.latest_checkpoint.is_file():
+            raise CVAEError(f"no checkpoint in run folder {resume_path} (expected checkpoints/latest.pt)")
+        return run.latest_checkpoint, run
+    if resume_path.parent.name == "checkpoints" and (resume_path.parent.parent / "config.json").is_file():
+        return resume_path, RunDir(resume_path.parent.parent)
+    return resume_path, None
+
+
+def _resume(opts: dict[str, Any], given_names: set[str]) -> tuple[RunConfig, Any, dict, RunDir | None]:
+    """The checkpoint's config with what may change on resume (the options marked resume="override")."""
+    checkpoint_path, run = _resume_target(Path(opts["resume_path"]))
+    resume = load_checkpoint(checkpoint_path)
+    saved = RunConfig.from_dict(resume["config"])
+    epoch = int(resume.get("epoch", -1))
+    if opts["resume_epoch"] is not None and opts["resume_epoch"] != epoch:
+        raise ConfigError(f"--resume_epoch {opts['resume_epoch']} does not match the checkpoint's epoch {epoch}")
+    sections = {"data": saved.data, "model": saved.model, "train": saved.train}
+    changes: dict[str, Any] = {"epochs": opts["epochs"]}  # epochs: how many more (the default too)
+    for o in OPTIONS:
+        if o.name not in given_names or o.section == "launch":
+            continue
+        old = getattr(sections[o.section], o.field)
+        if o.resume == "override":
+            changes[o.field] = opts[o.name]
+        elif not (opts[o.name] == old or o.name == "binarize" and opts[o.name] == "auto"
+                  or isinstance(old, str) and str(opts[o.name]).lower() == old.lower()):  # fmt: skip
+            raise ConfigError(f"the checkpoint was trained with {o.name}={old}; drop that option or start a new run")
+    config = replace(saved, train=replace(saved.train, **changes)).validate()
+    if "learning_rate" in given_names:
+        resume["lr_override"] = opts["learning_rate"]
+    data = load_data(config.data)
+    if data.info.to_dict() != resume.get("dataset_info", data.info.to_dict()):
+        raise CVAEError("the checkpoint was trained on data of another shape or classes")
+    return config, data, resume, run
+
+
+def prepare_run_folder(run: RunDir, config: RunConfig, info: DatasetInfo, resume: dict | None, start: int) -> None:
+    """Write config.json; on resume, drop records of epochs the checkpoint does not have."""
+    previous = run.read_config() or {}
+    history = previous.get("history", [])
+    history.append({"time": time.time(), "argv": sys.argv[1:], "start_epoch": start})
+    write_json(run.config_path, {**config.to_dict(), "dataset_info": info.to_dict(),
+                                 "created": previous.get("created", time.time()), "history": history})  # fmt: skip
+    if resume is None:
+        for path in (run.metrics_path, run.batches_path):
+            path.unlink(missing_ok=True)
+        return
+    metrics = [r for r in read_jsonl(run.metrics_path) if 0 < r.get("epoch", 0) <= start]
+    if not any(r["epoch"] == start for r in metrics) and isinstance(resume.get("metrics"), dict):
+        metrics.append(resume["metrics"])  # killed between the checkpoint and the metrics line
+    write_atomic(run.metrics_path, "".join(json.dumps(r) + "\n" for r in metrics).encode())
+    batches = [r for r in read_jsonl(run.batches_path) if 0 < r.get("epoch", 0) <= start]
+    write_atomic(run.batches_path, "".join(json.dumps(r) + "\n" for r in batches).encode())
+
+
+def _describe(run: RunDir, config: RunConfig, data: Any, resumed_after: int | None) -> str:
+    m, info = config.model, data.info
+    model = f"{m.arch} {m.likelihood}{' (learned sigma)' if m.learn_sigma else ''}"
+    return (f"run {run.path}  |  {info.name} {info.channels}x{info.height}x{info.width}, {len(data.train_x)} train / "
+            f"{len(data.test_x)} test  |  {model}, z={m.latent_dim}"
+            + (f"  |  resuming after epoch {resumed_after}" if resumed_after is not None else ""))  # fmt: skip
