@@ -16,10 +16,18 @@ the reference's conv architecture, seed 0):
   baseline, ours...; the speed-up is the median of the per-round ratios.
 - epoch (with --epoch): one full epoch each, then the test negative ELBO; about
   5 minutes on 2 cores, most of it the baseline.
-- demo: the quick-demo preset (`cvae.train.QUICK_DEMO`) through `cvae.train.main`,
+- demo: the quick-demo preset (`cvae.config.QUICK_DEMO`) through `cvae.train.main`,
   at z = 2 and z = 10: the test negative ELBO and the time it took; also the
   final model's test ELBO with q refined per image (`--refine-steps`), which
   the preset measures after its last epoch, on the same clock.
+
+With `--device cuda` (a GPU machine), one run measures instead, each in a
+fresh process: the reference-style baseline on the GPU (the same DataLoader and
+per-image transforms, fp32 eager, the loss read every batch as the reference's
+`-p 1` prints it), our loop eager (fp32 and bf16 autocast) and with the whole
+step as one CUDA graph (fp32 and bf16), two epochs each with the test -ELBO
+after the first; the quick demo eager and graphed; and 10 quick demos started
+at once as separate processes on the one GPU (time until the last finishes).
 
 Peak resident memory (ru_maxrss) is reported for each process; our loop's
 includes the whole of MNIST. Timings on a shared machine are noisy: compare the
@@ -29,10 +37,8 @@ ratios measured in one run, not absolute numbers across runs.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -50,6 +56,8 @@ LEARNING_RATE = 1e-4  # the reference's published runs
 SEED = 0
 DEMO_BUDGET_S = 60.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CUDA_PARTS = ("baseline", "eager", "graph", "demo", "parallel")
+PARALLEL_DEMOS = 10
 
 
 # ----------------------------------------------------------------- helpers
@@ -61,29 +69,10 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, Any]:
-    import torch
+    from cvae.runtime import machine_info as info
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": cpu_name(),
-        "cores": cores,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
+    return info()
 
 
 def reference_model_config(latent_dim: int = LATENT):
@@ -118,7 +107,7 @@ def measure_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     """Best-of-`repeats` matmul throughput, GFLOP/s, fp32 and bf16 (what the cores can do at best)."""
     import torch
 
-    from cvae.train import set_threads
+    from cvae.runtime import set_threads
 
     set_threads(0)
     out = {}
@@ -171,6 +160,139 @@ def baseline_loader(train: bool = True):
     dataset = PILMNIST(images, y.numpy(), transforms.Compose([transforms.ToTensor(), transforms.Lambda(_threshold)]))
     gen = torch.Generator().manual_seed(SEED)
     return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=train, generator=gen)
+
+
+def run_baseline_cuda() -> dict[str, Any]:
+    """The reference's way on a GPU: DataLoader, per-image transforms, each batch copied over, fp32 eager,
+    Adam defaults, and the batch loss read back every batch (the reference prints it at `-p 1`)."""
+    import torch
+
+    from cvae.config import DataConfig
+    from cvae.data import load_data
+    from cvae.evaluate import evaluate_elbo
+    from cvae.model import CVAE
+
+    device = torch.device("cuda")
+    torch.manual_seed(SEED)
+    model = CVAE(reference_model_config()).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    model.train()
+    loader = baseline_loader()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        loss = model.elbo_terms(x, y).loss
+        loss.backward()
+        optimizer.step()
+        loss.item()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    test = load_data(DataConfig(dataset="MNIST", binarize="static"))
+    return {"epoch_seconds": seconds, "images_per_s": len(loader.dataset) / seconds,
+            "test": evaluate_elbo(model, test.test_x.to(device), test.test_y.to(device))}  # fmt: skip
+
+
+class _EpochClock:
+    """A fit() callback: the time of each logged batch and of each finished epoch (after its checkpoint)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, float]] = []
+        self.epochs: list[tuple[dict, float]] = []
+        self.t0 = time.time()
+
+    def on_batch(self, record: dict[str, Any]) -> None:
+        self.batches.append((record["epoch"], time.time()))
+
+    def on_epoch(self, record: dict[str, Any]) -> None:
+        self.epochs.append((record, time.time()))
+
+
+def run_ours_cuda(cuda_graph: str, precision: str, epochs: int = 2) -> dict[str, Any]:
+    """`cvae.train.fit` on the GPU, full MNIST: each epoch's training seconds (to its last batch read back)."""
+    import torch
+
+    from cvae.config import DataConfig, RunConfig, TrainConfig
+    from cvae.data import load_data
+    from cvae.loop import fit
+    from cvae.runs import RunDir
+
+    data_config = DataConfig(dataset="MNIST", binarize="static")
+    data = load_data(data_config)
+    train = TrainConfig(epochs=epochs, batch_size=BATCH, learning_rate=LEARNING_RATE, seed=SEED, device="cuda",
+                        precision=precision, cuda_graph=cuda_graph)  # fmt: skip
+    config = RunConfig(data=data_config, model=reference_model_config(), train=train).validate()
+    clock = _EpochClock()
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
+        fit(config, RunDir(Path(tmp) / "run"), data=data, callbacks=[clock], device=torch.device("cuda"))
+        status = json.loads((Path(tmp) / "run" / "status.json").read_text())
+    starts = [clock.t0] + [t for _, t in clock.epochs[:-1]]
+    ends = [max(t for e, t in clock.batches if e == i + 1) for i in range(epochs)]
+    return {
+        "cuda_graph": status.get("cuda_graph"), "warning": status.get("warning", ""),
+        "precision": status.get("precision"), "graph_setup_seconds": status.get("cuda_graph_setup_s"),
+        "epoch_train_seconds": [end - start for start, end in zip(starts, ends, strict=True)],
+        "epoch_seconds_with_eval": [r["seconds"] for r, _ in clock.epochs],
+        "test_nelbo": [r["test_nelbo"] for r, _ in clock.epochs],
+    }  # fmt: skip
+
+
+def run_demo_cuda(cuda_graph: str) -> dict[str, Any]:
+    """The quick demo on the GPU, as `python -m cvae.train --quick-demo --device cuda` runs it."""
+    from cvae.config import QUICK_DEMO
+    from cvae.train import main
+
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
+        t = time.perf_counter()
+        result = main(**QUICK_DEMO, device="cuda", cuda_graph=cuda_graph, run_dir=str(Path(tmp) / "run"), quiet=True)
+        total = time.perf_counter() - t
+        status = json.loads((result.run_dir / "status.json").read_text())
+    last = result.metrics[-1]
+    return {"cuda_graph": status.get("cuda_graph"), "graph_setup_seconds": status.get("cuda_graph_setup_s"),
+            "warning": status.get("warning", ""), "epochs": len(result.metrics), "train_seconds": last["time"],
+            "seconds_with_loading": total, "test_nelbo": last["test_nelbo"],
+            "test_nelbo_refined": last.get("test_nelbo_refined")}  # fmt: skip
+
+
+def run_parallel_demos(count: int = PARALLEL_DEMOS) -> dict[str, Any]:
+    """`count` quick demos started at once, each its own process on the one GPU: time until the last finishes."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
+        t = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cvae.train",
+                    "--quick-demo",
+                    "--device",
+                    "cuda",
+                    "-q",
+                    "--run-dir",
+                    str(Path(tmp) / f"r{i}"),
+                ],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for i in range(count)
+        ]
+        finished = []
+        for proc in procs:
+            err = proc.communicate()[1]
+            if proc.returncode != 0:
+                raise RuntimeError(f"a parallel quick demo failed: {err[-1000:]}")
+            finished.append(time.perf_counter() - t)
+        metrics = [
+            json.loads((Path(tmp) / f"r{i}" / "metrics.jsonl").read_text().splitlines()[-1]) for i in range(count)
+        ]
+        graphs = [json.loads((Path(tmp) / f"r{i}" / "status.json").read_text()).get("cuda_graph") for i in range(count)]
+    return {"count": count, "seconds_until_last": max(finished), "cuda_graph": graphs,
+            "train_seconds": [m["time"] for m in metrics], "test_nelbo": [m["test_nelbo"] for m in metrics]}  # fmt: skip
 
 
 def run_baseline(batches: int, warmup: int, full_epoch: bool = False) -> dict[str, Any]:
@@ -231,8 +353,9 @@ def run_ours(batches: int, warmup: int, full_epoch: bool = False) -> dict[str, A
 
     from cvae.config import DataConfig, RunConfig, TrainConfig
     from cvae.data import ImageData, load_data
+    from cvae.loop import fit
     from cvae.runs import RunDir
-    from cvae.train import fit, flush_denormals, select_amp_dtype
+    from cvae.runtime import flush_denormals, select_amp_dtype
 
     flush_denormals()  # as main() does: before the data's parallel ops start torch's worker threads
     data_config = DataConfig(dataset="MNIST", binarize="static")
@@ -266,7 +389,8 @@ def run_ours(batches: int, warmup: int, full_epoch: bool = False) -> dict[str, A
 
 def run_demo(latent_dim: int) -> dict[str, Any]:
     """The quick-demo preset through `cvae.train.main`, as `--quick-demo -z N` runs it."""
-    from cvae.train import QUICK_DEMO, main
+    from cvae.config import QUICK_DEMO
+    from cvae.train import main
 
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
         t = time.perf_counter()
@@ -304,6 +428,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         return run_demo(spec["latent_dim"])
     if kind == "ceiling":
         return measure_ceiling()
+    if kind == "baseline_cuda":
+        return run_baseline_cuda()
+    if kind == "ours_cuda":
+        return run_ours_cuda(spec["cuda_graph"], spec["precision"])
+    if kind == "demo_cuda":
+        return run_demo_cuda(spec["cuda_graph"])
+    if kind == "parallel":
+        return run_parallel_demos(spec["count"])
     raise ValueError(f"unknown worker kind {kind!r}")
 
 
@@ -373,6 +505,86 @@ def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> 
     return report
 
 
+def bench_cuda(parts: tuple[str, ...]) -> dict[str, Any]:
+    """The GPU measurements (module docstring); each result is also logged to stderr as it arrives."""
+    import torch
+
+    report: dict[str, Any] = {"machine": {**machine_info(), "gpu": torch.cuda.get_device_name(0)}, "settings": {
+        "dataset": "MNIST", "likelihood": "bernoulli", "binarize": "static", "latent_dim": LATENT,
+        "batch_size": BATCH, "learning_rate": LEARNING_RATE, "seed": SEED, "arch": "conv (the reference's)",
+    }}  # fmt: skip
+
+    def part(key: str, spec: dict[str, Any]) -> None:
+        _log(f"cuda: {key} ...")
+        report[key] = spawn(spec)
+        _log(f"cuda: {key} = {json.dumps(report[key])}")
+
+    if "baseline" in parts:
+        part("baseline", {"kind": "baseline_cuda"})
+    for mode, flag in (("eager", "off"), ("graph", "on")):
+        if mode in parts:
+            for precision in ("fp32", "auto"):
+                part(f"{mode}_{precision}", {"kind": "ours_cuda", "cuda_graph": flag, "precision": precision})
+    if "demo" in parts:
+        for mode, flag in (("eager", "off"), ("graph", "auto")):
+            part(f"demo_{mode}", {"kind": "demo_cuda", "cuda_graph": flag})
+    if "parallel" in parts:
+        part("parallel", {"kind": "parallel", "count": PARALLEL_DEMOS})
+    return report
+
+
+def format_cuda_table(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    rows: list[tuple[str, str]] = [("machine", f"{m['gpu']}; {m['cpu']}, {m['cores']} cores; torch {m['torch']}")]
+    base = report.get("baseline")
+    if base:
+        rows.append(("reference-style baseline (DataLoader, fp32)",
+                     f"{base['epoch_seconds']:.2f} s/epoch, test -ELBO {base['test']['nelbo']:.2f} after 1 epoch"))  # fmt: skip
+    for key, name in (("eager_fp32", "ours eager, fp32"), ("eager_auto", "ours eager, bf16 autocast"),
+                      ("graph_fp32", "ours CUDA graph, fp32"), ("graph_auto", "ours CUDA graph, bf16 autocast")):  # fmt: skip
+        r = report.get(key)
+        if not r:
+            continue
+        secs = ", ".join(f"{s:.2f}" for s in r["epoch_train_seconds"])
+        note = "" if r["cuda_graph"] == key.startswith("graph") else f"  [cuda_graph={r['cuda_graph']} {r['warning']}]"
+        if r.get("graph_setup_seconds") is not None:
+            note += f"; capture + check {r['graph_setup_seconds']:.2f} s before epoch 1"
+        rows.append((name, f"fit() call to epoch 1's last batch (set-up included), epoch 2: {secs} s training ({r['epoch_seconds_with_eval'][-1]:.2f} s with test "
+                           f"eval); test -ELBO {r['test_nelbo'][0]:.2f} after 1 epoch{note}"))  # fmt: skip
+    graph, eager = report.get("graph_fp32") or report.get("graph_auto"), report.get("eager_fp32")
+    if graph and base:
+        rows.append(
+            (
+                "speed-up, graph vs baseline (epoch 2)",
+                f"{base['epoch_seconds'] / graph['epoch_train_seconds'][-1]:.1f}x",
+            )
+        )
+    if graph and eager:
+        rows.append(("speed-up, graph vs eager fp32 (epoch 2)",
+                     f"{eager['epoch_train_seconds'][-1] / graph['epoch_train_seconds'][-1]:.1f}x"))  # fmt: skip
+        for key in ("graph_fp32", "graph_auto"):
+            if report.get(key):
+                rows.append((f"test -ELBO after 1 epoch, {key} - eager fp32",
+                             f"{report[key]['test_nelbo'][0] - eager['test_nelbo'][0]:+.2f} nats"))  # fmt: skip
+    for key in ("demo_eager", "demo_graph"):
+        d = report.get(key)
+        if d:
+            rows.append((f"quick demo, {key[5:]} (cuda_graph={d['cuda_graph']})",
+                         f"{d['epochs']} epochs in {d['train_seconds']:.2f} s training "
+                         f"({d['seconds_with_loading']:.1f} s with loading); test -ELBO {d['test_nelbo']:.2f}, "
+                         f"refined {d['test_nelbo_refined']:.2f}"
+                         + (f"; capture + check {d['graph_setup_seconds']:.2f} s" if d.get("graph_setup_seconds") else "")
+                         + (f" [{d['warning']}]" if d.get("warning") else "")))  # fmt: skip
+    p = report.get("parallel")
+    if p:
+        rows.append((f"{p['count']} quick demos at once, one GPU",
+                     f"last finished after {p['seconds_until_last']:.1f} s (each {min(p['train_seconds']):.1f}-"
+                     f"{max(p['train_seconds']):.1f} s training); test -ELBO {min(p['test_nelbo']):.2f}-"
+                     f"{max(p['test_nelbo']):.2f}; graphs {sum(bool(g) for g in p['cuda_graph'])}/{p['count']}"))  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
 def _add_ceiling_fraction(report: dict[str, Any], where: dict[str, Any], key: str) -> None:
     ceiling = report.get("ceiling", {}).get("bf16_gflops")
     flops = report.get("flops_per_image")
@@ -438,6 +650,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first [5]")
     p.add_argument("--rounds", type=int, default=3, help="baseline/ours alternations [3]")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the full report here")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help=f"cpu: the parts above; cuda: the GPU parts ({','.join(CUDA_PARTS)}), --only picks [cpu]",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -447,6 +665,8 @@ def cli(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    if args.device == "cuda":
+        return _cli_cuda(args, argv)
     parts = tuple(DEFAULT_PARTS if args.only is None else (p.strip() for p in args.only.split(",") if p.strip()))
     if args.epoch and "epoch" not in parts:
         parts += ("epoch",)
@@ -460,6 +680,28 @@ def cli(argv: list[str] | None = None) -> int:
     report = bench(parts, batches=args.batches, warmup=args.warmup, rounds=args.rounds)
     report["command"] = "python -m cvae.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     print(format_table(report))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def _cli_cuda(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import torch
+
+    parts = tuple(CUDA_PARTS if args.only is None else (p.strip() for p in args.only.split(",") if p.strip()))
+    unknown = sorted(set(parts) - set(CUDA_PARTS))
+    if unknown:
+        print(f"error: unknown part(s) {', '.join(unknown)}; with --device cuda choose from {', '.join(CUDA_PARTS)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if not torch.cuda.is_available():
+        print("error: --device cuda was asked for, but no CUDA GPU is available", file=sys.stderr)
+        return 2
+    report = bench_cuda(parts)
+    report["command"] = "python -m cvae.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(format_cuda_table(report))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -30,6 +30,7 @@ Likelihood = Literal["bernoulli", "gaussian"]
 Binarize = Literal["auto", "static", "dynamic", "none"]
 Precision = Literal["auto", "fp32", "bf16"]
 LRSchedule = Literal["plateau", "cosine", "exponential"]
+CudaGraph = Literal["auto", "on", "off"]
 Activation = Literal["relu", "silu", "gelu", "elu", "tanh"]
 Norm = Literal["none", "batch", "layer"]
 
@@ -37,6 +38,7 @@ ARCHS: tuple[str, ...] = get_args(Arch)
 LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
+CUDA_GRAPH_MODES: tuple[str, ...] = get_args(CudaGraph)
 
 # Where an option appears: the reference's flags first, then the rest (command line and form alike).
 REFERENCE, MORE = "the reference's options", "more options"
@@ -361,6 +363,9 @@ class TrainConfig:
     refine_steps: int = option(0, "after the last epoch, also report the test ELBO with q refined per image by "
                                "N gradient steps (0 = off)", low=0, high=10_000, label="Refine q at the end: steps",
                                resume="override")  # fmt: skip
+    cuda_graph: CudaGraph = option("auto", "CUDA: capture the whole training step as one CUDA graph (auto = on for "
+                                   "CUDA devices; falls back to eager with a warning if the graph disagrees)",
+                                   label="CUDA graph", resume="override")  # fmt: skip
 
     def validate(self) -> None:
         _check_fields(self, "train")

@@ -482,7 +482,7 @@ def evaluate_checkpoint(
     seed: int = EVAL_SEED,
     data_dir: str | None = None,
     precision: str = "fp32",
-    device: str = "cpu",
+    device: str = "auto",
     data: object | None = None,
     gap_images: int = 0,
     gap_steps: int = DEFAULT_GAP_STEPS,
@@ -590,7 +590,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--data-dir", default=None, help="folder with MNIST/raw and cifar-10-batches-py [the run's]")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="[fp32]")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto [cpu]")
+    # auto picks the device the way the trainer does (cvae.runtime.select_device), so the default
+    # reproduces the trainer's per-epoch test figures wherever both run
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps [auto: as the trainer]")
     p.add_argument("--gap-images", type=number(int, low_open=False), default=0,
                    help="also fit a Gaussian q to each of the first N test images and report how much the "
                         "encoder loses (the amortization gap); 0 skips it [0]")  # fmt: skip

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 
 from cvae.artifacts import save_fixed_inputs, write_epoch_artifacts
 from cvae.config import RunConfig
+from cvae.cuda_graph import GraphStep, portable_optimizer_state, prepare_graph_step
 from cvae.data import ImageData
 from cvae.errors import CVAEError
 from cvae.evaluate import evaluate_elbo, refined_nelbo
@@ -142,6 +144,12 @@ def fit(
     schedule = LearningRate(optimizer, cfg, end_epoch=end_epoch, batches=d.batches)
     if resume is not None:
         restore(model, optimizer, schedule, resume, device)
+    dynamic = config.data.binarize == "dynamic"
+    # On CUDA, the whole step as one CUDA graph (cvae/cuda_graph.py); None = the eager step.
+    graph, warning = prepare_graph_step(model, optimizer, option=cfg.cuda_graph, train_x=d.train_x,
+                                        train_y=d.train_y, batch=d.batch, amp_dtype=amp_dtype, dynamic=dynamic)  # fmt: skip
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     grid_x, grid_y = d.test_x[: cfg.grid_size], d.test_y[: cfg.grid_size]
     lat_x, lat_y = d.test_x[: cfg.latent_subset], d.test_y[: cfg.latent_subset]
@@ -151,6 +159,7 @@ def fit(
         state="running", pid=os.getpid(), process=process_identity(os.getpid()), epoch=start_epoch,
         epochs=end_epoch, batch=0, batches=d.batches, message="", started=time.time(), device=str(device),
         precision=str(amp_dtype or torch.float32).replace("torch.", ""), parameters=count_parameters(model),
+        cuda_graph=graph is not None, warning=warning or "", cuda_graph_setup_s=graph.setup_seconds if graph else None,
     )  # fmt: skip
     batch_log = open(run.batches_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     t_run = time.time()
@@ -158,7 +167,7 @@ def fit(
         with StopRequested() as stop:
             for epoch in range(start_epoch + 1, end_epoch + 1):
                 t_epoch = time.time()
-                step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=config.data.binarize == "dynamic")
+                step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=dynamic, graph=graph)
                 train = step.epoch(epoch, cfg, run, batch_log, callbacks, stop, t_run)
                 if stop.requested:
                     result.state = "stopped"
@@ -199,9 +208,9 @@ class Step:
     """One epoch of optimisation steps, with running sums kept on the device."""
 
     def __init__(self, model: CVAE, optimizer: torch.optim.Optimizer, schedule: LearningRate, d: DeviceData,
-                 amp_dtype: torch.dtype | None, *, dynamic: bool) -> None:  # fmt: skip
+                 amp_dtype: torch.dtype | None, *, dynamic: bool, graph: GraphStep | None = None) -> None:  # fmt: skip
         self.model, self.optimizer, self.schedule, self.d = model, optimizer, schedule, d
-        self.amp_dtype, self.dynamic = amp_dtype, dynamic
+        self.amp_dtype, self.dynamic, self.graph = amp_dtype, dynamic, graph
         self.device = d.train_x.device
         self.seen = 0
 
@@ -214,7 +223,13 @@ class Step:
         order = torch.randperm(len(d.train_x), generator=gen, device=self.device)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         last_status, t_epoch = 0.0, time.time()
-        for b in range(d.batches):
+        if self.graph is not None:  # the same epoch, one graph replay per full batch, no host sync per step
+            lr_at = (lambda b: self.schedule.rate(epoch, b)) if self.schedule.per_batch else None
+            sums, self.seen = self.graph.run_epoch(
+                epoch=epoch, seed=cfg.seed, order=order, batches=d.batches, print_every=cfg.print_every, lr_at=lr_at,
+                run=run, batch_log=batch_log, callbacks=callbacks, t_run=t_run, t_epoch=t_epoch, stop=stop,
+            )  # fmt: skip
+        for b in range(d.batches if self.graph is None else 0):
             self.schedule.before_batch(epoch, b)
             idx = order[b * d.batch : (b + 1) * d.batch]
             xb, yb = d.train_x[idx], d.train_y[idx]
@@ -255,7 +270,7 @@ def save_epoch(run: RunDir, config: RunConfig, data: ImageData, model: CVAE, opt
     epoch = record["epoch"]
     payload = dict(
         config=config.to_dict(), dataset_info=data.info.to_dict(), epoch=epoch, model=model.state_dict(),
-        optimizer=optimizer.state_dict(), scheduler=schedule.state_dict(), metrics=record,
+        optimizer=portable_optimizer_state(optimizer.state_dict()), scheduler=schedule.state_dict(), metrics=record,
         rng_cpu=torch.get_rng_state(),
     )  # fmt: skip
     if device.type == "cuda":

@@ -48,17 +48,24 @@ class LearningRate:
 
     @property
     def current(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def _set(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if torch.is_tensor(group["lr"]):  # a CUDA graph's optimizer reads this memory: change it in place
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+
+    def rate(self, epoch: int, batch: int) -> float:
+        """The per-batch schedule's rate for `batch` (0-based) of `epoch` (1-based)."""
+        position = epoch - 1 + batch / self.batches
+        return cosine_lr(self.cfg.learning_rate, position, self.cfg.warmup_epochs, self.end_epoch, self.batches)
 
     def before_batch(self, epoch: int, batch: int) -> None:
         """`batch` (0-based) of `epoch` (1-based) is about to run."""
         if self.per_batch:
-            position = epoch - 1 + batch / self.batches
-            self._set(cosine_lr(self.cfg.learning_rate, position, self.cfg.warmup_epochs, self.end_epoch, self.batches))
+            self._set(self.rate(epoch, batch))
 
     def after_epoch(self, train_loss: float) -> None:
         if self.per_batch:
@@ -72,7 +79,11 @@ class LearningRate:
         self._set(lr)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.plateau.state_dict()
+        """The plateau scheduler's state, its remembered rates as floats (a graph's are tensors)."""
+        state = self.plateau.state_dict()
+        if "_last_lr" in state:
+            state = {**state, "_last_lr": [float(v) for v in state["_last_lr"]]}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plateau.load_state_dict(state)
