@@ -63,7 +63,9 @@ st.caption("The legend names what differs between the chosen runs' settings; the
 left, right = st.columns(2)
 left.plotly_chart(plots.compare_curves(series, "recon", "Reconstruction", legend=False), key="compare_recon",
                   config={"displayModeBar": False})  # fmt: skip
-right.plotly_chart(plots.compare_curves(series, "kl", "KL", legend=False), key="compare_kl", config={"displayModeBar": False})
+right.plotly_chart(
+    plots.compare_curves(series, "kl", "KL", legend=False), key="compare_kl", config={"displayModeBar": False}
+)
 
 table = []
 for (run, rows), what in zip(runs, legend, strict=True):

@@ -62,7 +62,9 @@ frames = (
 with side:
     st.caption(f"Each dot is one test image at the mean of its code q(z | x, y). **Play** runs through the epochs; "
                f"click a dot to decode it. {len(labels):,} test images · {frames} · latent size {z.shape[-1]}"
-               + (" · training: new epochs join as they end" if run.active else ""))  # fmt: skip
+               )  # fmt: skip
+    if run.active:
+        st.caption(f"Training: showing epochs 1–{epochs[-1]}; the plot takes in new epochs as they end.")
     points = event.selection.points if event and event.selection else []
     picked = [p for p in points if p.get("customdata") is not None]
     if picked:
