@@ -88,8 +88,8 @@ def grids(checkpoint: str, version: tuple[int, int], label: int, name: str, stem
     seed = c2.number_input("Random seed", 0, 10**6, 0, key="gen_seed")
     uniform = grid_png(checkpoint, version, "uniform", label, 20, span, 0)
     rand = grid_png(checkpoint, version, "random", label, 20, 2.0, int(seed))
-    images[0].image(uniform, caption=f"20×20 grid over z₁ (→) and z₂ (↑), class {name}", width=400)
-    images[1].image(rand, caption=f"400 random codes z ~ N(0, I), class {name}", width=400)
+    images[0].image(uniform, caption=f"20×20 grid over z₁ (→) and z₂ (↑), class {name}", width="stretch")
+    images[1].image(rand, caption=f"400 random codes z ~ N(0, I), class {name}", width="stretch")
     c1.download_button("Grid PNG", uniform, f"{stem}_uniform_{label}.png", "image/png", key="dl_uniform",
                        icon=":material/download:")  # fmt: skip
     c2.download_button("Random PNG", rand, f"{stem}_random_{label}.png", "image/png", key="dl_random",
