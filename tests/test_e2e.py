@@ -206,7 +206,7 @@ def test_app_in_a_browser(server, tmp_path: Path) -> None:
                        return [r.left + L.xaxis._offset + L.xaxis.c2p(d.x), r.top + L.yaxis._offset + L.yaxis.c2p(d.y)]; }"""
         )
         page.mouse.click(xy[0], xy[1])
-        page.get_by_text("its reconstruction by the model of epoch 4").wait_for(timeout=30_000)
+        page.get_by_text("reconstructed, epoch 4").wait_for(timeout=30_000)
         _on_first_screen(page.locator('[data-testid="stImage"]').nth(1), "the clicked dot's reconstruction")
         _shot(page, shots, "latent")
 
@@ -298,7 +298,7 @@ def _click_a_dot_and_watch_an_epoch_end(url: str, run: RunDir) -> None:
                        return [r.left + L.xaxis._offset + L.xaxis.c2p(d.x), r.top + L.yaxis._offset + L.yaxis.c2p(d.y)]; }"""
         )
         page.mouse.click(xy[0], xy[1])
-        shown = page.get_by_text("its reconstruction")
+        shown = page.get_by_text("reconstructed, epoch")
         shown.wait_for(timeout=30_000)
         caption = page.get_by_text("Training: showing epochs").inner_text()
         page.wait_for_function(

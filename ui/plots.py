@@ -116,8 +116,9 @@ def compare_curves(series: list[tuple[str, list[dict]]], key: str, title: str, l
     ys = np.array([r.get(f"test_{key}") for _, rows in series for r in rows[1:]], dtype=float)
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(title="nats per image", range=robust_range(ys, skip=0.0, lo_q=0, hi_q=100))
-    _layout(fig, 380 if legend else 300, title)
-    fig.update_layout(showlegend=legend, legend=dict(orientation="v", y=1, x=1.02, yanchor="top", xanchor="left"))
+    _layout(fig, 440 if legend else 300, title)
+    # Under the plot: the legend names can be long ("z=2 · decoder=bernoulli (my run)") and must not squeeze it.
+    fig.update_layout(showlegend=legend, legend=dict(orientation="h", y=-0.22, x=0, yanchor="top", xanchor="left"))
     return fig
 
 
