@@ -7,24 +7,34 @@ app_pages/. Not pages/: a folder of that name next to this file switches
 Streamlit to its old multipage mode, where a link straight to a page skips this file.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from ui.auth import gate
 from ui.sidebar import run_picker
 
+STATIC = Path(__file__).resolve().parent / "static"
+# A local PNG: a :material/...: page icon becomes a favicon fetched from fonts.gstatic.com, which a
+# classroom behind a firewall cannot reach (the icons in the navigation are drawn from a bundled font).
+ICON = str(STATIC / "icon.png")
+
 
 def main() -> None:
-    st.set_page_config(page_title="CVAE lab", page_icon=":material/science:", layout="wide")
+    st.set_page_config(page_title="CVAE lab", page_icon=ICON, layout="wide")
     pages = [
         st.Page("app_pages/train.py", title="Train", icon=":material/model_training:", default=True),
         st.Page("app_pages/reconstructions.py", title="Reconstructions", icon=":material/compare:"),
         st.Page("app_pages/latent.py", title="Latent space", icon=":material/scatter_plot:"),
         st.Page("app_pages/generate.py", title="Generate", icon=":material/palette:"),
+        st.Page("app_pages/compare.py", title="Compare runs", icon=":material/stacked_line_chart:"),
     ]
+    st.html(f"<style>{(STATIC / 'app.css').read_text()}</style>")
     with st.sidebar:
         st.markdown("### :material/science: CVAE lab\nConditional variational autoencoders, live.")
     gate()  # sign-in, when the server's secrets turn it on; nothing below shows before it
     page = st.navigation(pages)
+    st.set_page_config(page_title=f"{page.title} · CVAE lab")  # each page its own browser-tab title
     run_picker()
     page.run()
 

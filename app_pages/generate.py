@@ -10,7 +10,8 @@ from ui.sidebar import current_run, require_config
 from ui.upload import uploaded_model
 
 st.title(":material/palette: Generate")
-source = st.segmented_control("Model", ["run", "upload"], default="run", key="gen_source",
+top, pick = st.columns([2, 3])  # the model and the class on one row, so the grids start on the first screen
+source = top.segmented_control("Model", ["run", "upload"], default="run", key="gen_source",
                               format_func={"run": "The picked run", "upload": "Upload a checkpoint"}.get) or "run"  # fmt: skip
 run = x = y = None
 if source == "upload":
@@ -29,31 +30,25 @@ else:
     names = run.class_names or [str(i) for i in range(net.config.num_classes)]
     ckpt, stem = run.dir.latest_checkpoint, run.id
     x, y = test_images(run, 1000)
-st.caption(f"The model of epoch {epoch} decodes codes z under the class you pick: the class is given, z is the style.")
 label = (
-    st.segmented_control("Class", range(len(names)), format_func=lambda k: names[k], default=0, key="gen_class") or 0
-)
+    pick.segmented_control("Class (every tab)", range(len(names)), format_func=lambda k: names[k], default=0,
+                           key="gen_class",
+                           help=f"The model of epoch {epoch} decodes codes z under this class: the class is given, "
+                                "z is the style.") or 0
+)  # fmt: skip
 
 grids, sliders, style, morph = st.tabs(["Grids", "Latent sliders", "Same style, every class", "Interpolation"])
 with grids:
     gen.grids(str(ckpt), stamp(ckpt), label, names[label], stem)
 with sliders:
-    gen.sliders(net, label, names[label])
+    gen.sliders(str(ckpt), stamp(ckpt), net, label, names[label])
 with style:
     gen.same_style(net, names, x, y, label)
 with morph:
     if x is None:
         st.info("The interpolation walks between two test images of a run: pick **The picked run** above.")
     else:
-        c1, c2, c3 = st.columns(3)
-        ia = c1.number_input("From test image #", 0, len(x) - 1, 0, key="morph_a")
-        ib = c2.number_input("To test image #", 0, len(x) - 1, 1, key="morph_b")
-        steps = c3.slider("Steps", 3, 16, 10, key="morph_steps")
-        st.image(
-            gen.interpolate_png(net, x[ia], int(y[ia]), x[ib], int(y[ib]), steps),
-            caption=f"class {names[int(y[ia])]} → class {names[int(y[ib])]}: code and label blended",
-            width="stretch",
-        )
+        gen.interpolation(str(ckpt), stamp(ckpt), net, x, y, label, names)
 
 if run is not None:
     st.divider()

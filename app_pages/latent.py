@@ -10,8 +10,6 @@ from ui.runs import latents, open_run, runs_root, stamp
 from ui.sidebar import current_run, require_config
 
 st.title(":material/scatter_plot: Latent space")
-st.caption("Each dot is one test image, placed at the mean of its code q(z | x, y). Press **Play** to watch the "
-           "space organise over the epochs. Click a dot to see that image and its reconstruction.")  # fmt: skip
 run = current_run()
 if run is None or not require_config(run):
     st.stop()
@@ -50,22 +48,37 @@ def animation(folder: str, shown: tuple[int, ...], version: tuple[int, int], nam
 
 if run.active:
     watch_new_epochs()
-    st.caption(f"Training: showing epochs 1–{epochs[-1]}; the plot takes in new epochs as they end.")
 names = run.class_names or [str(i) for i in range(int(labels.max()) + 1)]
 fig, note = animation(
     str(run.dir.path), tuple(epochs), stamp(run.dir.artifact(epochs[-1], "latent.npy")), tuple(names), z, labels
 )
-event = st.plotly_chart(fig, key="latent_chart", on_select="rerun", selection_mode="points",
-                        config={"displayModeBar": False, "scrollZoom": False})  # fmt: skip
+chart, side = st.columns([5, 2])  # the clicked image beside the plot, on the same screen
+with chart:
+    event = st.plotly_chart(fig, key="latent_chart", on_select="rerun", selection_mode="points",
+                            config={"displayModeBar": False, "scrollZoom": False})  # fmt: skip
 frames = (
     f"{len(fig.frames)} of {len(epochs)} epochs animated" if len(fig.frames) < len(epochs) else f"{len(epochs)} epochs"
 )
-st.caption(f"{len(labels):,} test images · {frames} · latent size {z.shape[-1]}" + (f" · {note}" if note else ""))
-
-points = event.selection.points if event and event.selection else []
-picked = [p for p in points if p.get("customdata") is not None]
-if picked:
-    data = picked[0]["customdata"]
-    show_reconstruction(run, int(data[0] if isinstance(data, list) else data))
-else:
-    st.info(":material/touch_app: Click a dot to see that test image and how the model reconstructs it.")
+with side:
+    st.caption(f"Each dot is one test image at the mean of its code q(z | x, y). **Play** runs through the epochs; "
+               f"click a dot to decode it. {len(labels):,} test images · {frames} · latent size {z.shape[-1]}"
+               )  # fmt: skip
+    if run.active:
+        st.caption(f"Training: showing epochs 1–{epochs[-1]}; the plot takes in new epochs as they end.")
+    points = event.selection.points if event and event.selection else []
+    picked = [p for p in points if p.get("customdata") is not None]
+    if picked:
+        data = picked[0]["customdata"]
+        shown = plots.epoch_of_point(fig, picked[0])  # the epoch on screen when the dot was clicked
+        show_reconstruction(run, int(data[0] if isinstance(data, list) else data), shown)
+    else:
+        st.info(":material/touch_app: Click a dot to see that test image and how the model reconstructs it.")
+    with st.expander("Why do the classes mix?", expanded=not picked, icon=":material/school:"):
+        st.markdown(
+            "A **conditional** VAE gives the label y to the decoder as well. So z does not have to say which "
+            "class an image is: the decoder already knows. The encoder is free to use z for what the label does "
+            "not say, the **style** (slant, stroke width, size), which is shared by all classes, so the classes "
+            "overlap. A plain VAE gets no label: it must put the class into z, and its latent space falls into "
+            "clusters, one per class. The **Generate** page shows the other side: one z, decoded under every class, "
+            "keeps its style."
+        )

@@ -1,25 +1,56 @@
-"""Train: start a run (or the quick demo), watch it learn live, stop or resume it."""
+"""Train: start a run (or the quick demo), watch it learn live, stop or resume it, name it."""
 
 import streamlit as st
 
+from cvae.errors import CVAEError
+from cvae.names import write_meta
 from ui.controls import run_controls
 from ui.live import live_panel
 from ui.runs import run_ids, runs_root, state_badge
-from ui.sidebar import current_run
-from ui.train_form import empty_state, new_run_form, runs_table
+from ui.sidebar import FORM_OPEN, current_run, display_name, meta
+from ui.train_form import empty_state, new_run_form, runs_table, start_quick_demo
 
-st.title(":material/model_training: Train a conditional VAE")
 have_runs = bool(run_ids(runs_root()))
-if not have_runs:
+title, buttons = st.columns([3, 2], vertical_alignment="center")
+title.title(":material/model_training: Train")
+if have_runs:
+    with buttons.container(horizontal=True, horizontal_alignment="right"):
+        if st.button("New run", icon=":material/add_circle:", key="new_run", type="tertiary"
+                     if st.session_state.get(FORM_OPEN) else "secondary", help="Show or hide the new-run form"):  # fmt: skip
+            st.session_state[FORM_OPEN] = not st.session_state.get(FORM_OPEN)
+        if st.button("Quick demo", icon=":material/rocket_launch:", key="quick_demo_again",
+                     help="A small network on MNIST with a 2-D latent space; pictures within about a minute"):  # fmt: skip
+            start_quick_demo()
+else:
     empty_state()
-with st.expander("New run", expanded=False, icon=":material/add_circle:"):
-    new_run_form()
+# The form is shown on request (or while there are no runs); starting a run folds it away (ui.sidebar.select),
+# so the new run's progress and curves take the first screen.
+if not have_runs or st.session_state.get(FORM_OPEN):
+    with st.container(border=True):
+        st.markdown("#### :material/add_circle: New run")
+        new_run_form()
 
 run = current_run() if have_runs else None
 if run is not None:
-    st.subheader(f"{run.id} {state_badge(run.state, run.state_text)}")
-    st.caption(run.description if run.active else run.label)  # a live run's progress is drawn below, live
-    run_controls(run)
+    names = meta(run.dir.path)
+    head, controls = st.columns([2, 3], vertical_alignment="bottom")
+    head.markdown(f"**{display_name(runs_root(), run.id)}** {state_badge(run.state, run.state_text)}")
+    head.caption((f"{run.id} · " if names["name"] else "") + (run.description if run.active else run.label))
+    with controls:
+        run_controls(run)
     live_panel(run)
+    with st.expander("Name and note", icon=":material/edit:"):
+        with st.form("run_meta", border=False):
+            name = st.text_input("Name (shown in the run picker and in comparisons)", names["name"], max_chars=80)
+            note = st.text_area("Note", names["note"], max_chars=2000, height=80)
+            if st.form_submit_button("Save"):
+                try:
+                    write_meta(run.dir.path, name=name, note=note)
+                except (CVAEError, OSError) as err:
+                    st.error(f"Could not save the name: {err}")
+                else:
+                    st.rerun()
+        if names["note"]:
+            st.markdown(names["note"])
     with st.expander("All runs"):
         runs_table()

@@ -1,5 +1,6 @@
-"""End to end in a real headless Chromium: start a short run from the form, watch it train,
-look at every page, and save a screenshot of each into docs/screenshots/ (the README's pictures).
+"""End to end in a real headless Chromium at 1280x720 (a classroom projector): start a short run from the form,
+watch it train, look at every page with its main element on the first screen, drag a latent slider, compare three
+runs; no request may leave the machine. Screenshots go to $CVAE_SHOTS_DIR (else a temporary folder).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +20,6 @@ import pytest
 from cvae.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = pytest.mark.e2e
@@ -81,30 +82,82 @@ def _points(page, index: int) -> int:
     )
 
 
-def _shot(page, name: str, height: int) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.set_viewport_size({"width": 1400, "height": height})
-    page.wait_for_timeout(1500)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
+WIDTH, HEIGHT = 1280, 720  # a classroom projector
 
 
-def test_app_in_a_browser(server) -> None:
+def _shot(page, folder: Path, name: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(folder / f"{name}.png"))
+
+
+def _on_first_screen(locator, what: str) -> None:
+    """The element is drawn whole inside the 1280x720 viewport, without scrolling."""
+    locator.wait_for(timeout=60_000)
+    box = locator.bounding_box()
+    assert box is not None, f"{what}: not drawn"
+    assert box["y"] >= 0 and box["y"] + box["height"] <= HEIGHT + 1, f"{what} is not on the first screen: {box}"
+    assert box["x"] >= 0 and box["x"] + box["width"] <= WIDTH + 1, f"{what} is cut at the side: {box}"
+
+
+def _title(page, title: str) -> None:
+    """Each page has its own browser-tab title (set when the page runs, so wait for it)."""
+    page.wait_for_function("t => document.title === t", arg=title, timeout=30_000)
+
+
+def _scrubber(page):
+    """The frame of the latent sliders' scrubber (ui.scrub), once its sheet has drawn."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        for frame in page.frames:
+            try:
+                if frame.evaluate(
+                    "() => !!(document.getElementById('c') && document.getElementById('c').dataset.tile)"
+                ):
+                    return frame
+            except Exception:  # noqa: BLE001 - a frame that is navigating or gone: try the next one
+                continue
+        page.wait_for_timeout(300)
+    pytest.fail("the latent sliders did not draw")
+
+
+def _small_run(runs: Path, name: str, **kw) -> None:
+    from cvae.train import main
+
+    main(dataset="MNIST", decoder_type="Bernoulli", epochs=2, batch_size=64, learning_rate=1e-3, arch="mlp",
+         mlp_hidden=(64,), train_subset=512, test_subset=256, latent_subset=200, run_dir=str(runs / name),
+         quiet=True, threads=1, **kw)  # fmt: skip
+
+
+def test_app_in_a_browser(server, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM}")
     url, runs = server
+    shots = Path(os.environ.get("CVAE_SHOTS_DIR") or tmp_path / "shots")
+    outside: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+
+        def note(request) -> None:  # every request must stay on this machine: a classroom may be offline
+            host = urllib.parse.urlparse(request.url).hostname
+            if request.url.split(":", 1)[0] in ("http", "https", "ws", "wss") and host not in (
+                "127.0.0.1",
+                "localhost",
+            ):
+                outside.append(request.url)
+
+        page.on("request", note)
         page.goto(url)
         page.get_by_text("No runs yet").wait_for(timeout=30_000)
-        _shot(page, "empty", 900)
+        _title(page, "Train · CVAE lab")
+        _shot(page, shots, "empty")
 
-        # A short run from the form: 4 epochs of 4,000 MNIST images in batches of 16, one thread.
-        page.get_by_text("New run").click()
+        # A short run from the form (open while there are no runs): 4 epochs of 4,000 MNIST images, one thread.
         _number(page, "Epochs", 4)
         page.get_by_text("More options").click()
         _number(page, "Batch size", 16)
@@ -117,28 +170,35 @@ def test_app_in_a_browser(server) -> None:
         run_id = page.url.split("run=")[1].split("&")[0]
         assert (runs / run_id / "status.json").is_file()
 
-        # The live batch-loss chart appears and grows while the run trains.
+        # The form folds away; the live run takes the first screen: progress, the four numbers, the loss chart.
         page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        assert page.get_by_role("button", name="Start training").count() == 0
         first = _points(page, 0)
         deadline = time.time() + 60
         while _points(page, 0) <= first and time.time() < deadline:
             page.wait_for_timeout(500)
         assert _points(page, 0) > first, "the loss chart did not update"
+        if page.locator('[data-testid="stProgress"]').count():
+            _on_first_screen(page.locator('[data-testid="stProgress"]'), "the progress bar")
+        _on_first_screen(page.locator('[data-testid="stMetric"]').nth(3), "the fourth number")
+        _on_first_screen(page.locator(".js-plotly-plot").first, "the batch-loss chart")
         page.get_by_text("test −ELBO").first.wait_for(timeout=60_000)  # the first epoch's numbers are drawn
-        page.screenshot(path=str(SHOTS / "train_live.png"))
+        _shot(page, shots, "train_live")
         page.get_by_text("Finished: 4 epochs").wait_for(timeout=90_000)
-        # Batch loss and per-epoch curves (stale copies from the last live refresh may linger a moment).
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=20_000)
         page.get_by_text("refined for each test image by 5 gradient steps").wait_for(timeout=20_000)
-        _shot(page, "train", 1900)
+        _on_first_screen(page.locator(".js-plotly-plot").first, "the batch-loss chart of a finished run")
+        _shot(page, shots, "train")
 
-        # Latent space: the animated scatter draws, with a frame per epoch; clicking a dot shows it.
+        # Latent space: the scatter with Play and the epoch slider on the first screen; a clicked dot beside it.
         page.get_by_role("link", name="Latent space").click()
         page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
         assert f"run={run_id}" in page.url  # the run stays in the address across pages
+        _title(page, "Latent space · CVAE lab")
         frames = "() => { const p = document.querySelector('.js-plotly-plot'); return p && p._transitionData ? p._transitionData._frames.length : 0 }"
         page.wait_for_function(f"({frames})() === 4", timeout=30_000)  # one frame per epoch
-        page.set_viewport_size({"width": 1400, "height": 1500})
+        _on_first_screen(page.locator(".js-plotly-plot").first, "the latent scatter with Play and the slider")
+        _on_first_screen(page.locator(".updatemenu-button").first, "Play")
         page.wait_for_timeout(1500)
         xy = page.evaluate(
             """() => { const p = document.querySelector('.js-plotly-plot'); const L = p._fullLayout;
@@ -146,26 +206,61 @@ def test_app_in_a_browser(server) -> None:
                        return [r.left + L.xaxis._offset + L.xaxis.c2p(d.x), r.top + L.yaxis._offset + L.yaxis.c2p(d.y)]; }"""
         )
         page.mouse.click(xy[0], xy[1])
-        page.get_by_text("its reconstruction").wait_for(timeout=30_000)
-        page.locator('[data-testid="stImage"]').nth(1).wait_for(timeout=30_000)
-        page.wait_for_timeout(1000)
-        page.screenshot(path=str(SHOTS / "latent.png"))
+        page.get_by_text("reconstructed, epoch 4").wait_for(timeout=30_000)
+        _on_first_screen(page.locator('[data-testid="stImage"]').nth(1), "the clicked dot's reconstruction")
+        _shot(page, shots, "latent")
 
         page.get_by_role("link", name="Reconstructions").click()
         page.get_by_text("Over the epochs").wait_for(timeout=30_000)
-        _shot(page, "reconstructions", 1700)
+        _on_first_screen(page.locator('[data-testid="stImage"]').nth(1), "the reconstructions")
+        _shot(page, shots, "reconstructions")
 
         page.get_by_role("link", name="Generate").click()
         page.get_by_text("400 random codes").wait_for(timeout=60_000)
-        _shot(page, "generate", 1250)
+        _on_first_screen(page.get_by_text("Class (every tab)"), "the class picker")
+        _on_first_screen(page.locator('[data-testid="stImage"]').first, "the uniform grid")
+        _shot(page, shots, "generate")
+
+        # A latent slider changes the picture while it is dragged, before the mouse is released.
+        page.get_by_role("tab", name="Latent sliders").click()
+        frame = _scrubber(page)
+        before = frame.evaluate(
+            "() => [document.getElementById('c').dataset.tile, document.getElementById('c').toDataURL()]"
+        )
+        box = frame.locator("#s0").bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2  # the thumb starts in the middle (z = 0)
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + box["width"] * 0.3, y, steps=8)
+        page.wait_for_timeout(200)
+        during = frame.evaluate(
+            "() => [document.getElementById('c').dataset.tile, document.getElementById('c').toDataURL()]"
+        )
+        page.mouse.up()
+        assert during[0] != before[0] and during[1] != before[1], "the picture did not change while dragging"
+        _shot(page, shots, "generate_sliders")
+
+        # Compare: three runs overlaid, named by what differs, chosen in the address.
+        _small_run(runs, "cmp-z3", latent_dim=3)
+        _small_run(runs, "cmp-z5", latent_dim=5)
+        page.goto(f"{url}/compare?runs={run_id},cmp-z3,cmp-z5")
+        page.get_by_text("Final figures").wait_for(timeout=60_000)
+        _title(page, "Compare runs · CVAE lab")
+        legend = (
+            page.locator(".js-plotly-plot").first.locator(".legendtext").evaluate_all("l => l.map(e => e.textContent)")
+        )
+        assert len(legend) == 3 and any("z=3" in t for t in legend), legend
+        _on_first_screen(page.locator(".js-plotly-plot").first, "the comparison chart")
+        _shot(page, shots, "compare")
 
         # A reload, or a link straight to a page, finds the run again from the address.
         page.goto(f"{url}/?run={run_id}")
         page.get_by_text("Finished: 4 epochs").wait_for(timeout=30_000)
         page.goto(f"{url}/generate?run={run_id}")
         page.get_by_text("400 random codes").wait_for(timeout=30_000)
-        assert page.get_by_text("CVAE lab").count() == 1  # the entry point ran: shared sidebar
+        assert page.get_by_text("CVAE lab").count() >= 1  # the entry point ran: shared sidebar
         browser.close()
+    assert not outside, f"requests left this machine: {outside[:5]}"
 
 
 def test_a_clicked_latent_dot_stays_shown_when_an_epoch_ends(server) -> None:
@@ -203,7 +298,7 @@ def _click_a_dot_and_watch_an_epoch_end(url: str, run: RunDir) -> None:
                        return [r.left + L.xaxis._offset + L.xaxis.c2p(d.x), r.top + L.yaxis._offset + L.yaxis.c2p(d.y)]; }"""
         )
         page.mouse.click(xy[0], xy[1])
-        shown = page.get_by_text("its reconstruction")
+        shown = page.get_by_text("reconstructed, epoch")
         shown.wait_for(timeout=30_000)
         caption = page.get_by_text("Training: showing epochs").inner_text()
         page.wait_for_function(

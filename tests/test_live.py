@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from cvae.runs import write_atomic
 from ui.live import MAX_POLL_S, POLL_S, STALE_S, VIEWERS_AT_FULL_SPEED, Viewers, poll_interval
 from ui.runs import JsonlTail
@@ -96,3 +98,95 @@ def test_a_long_runs_latent_animation_stays_light() -> None:
     assert fig.frames[-1].data[3].marker.color is None and fig.frames[-1].data[3].customdata is None
     assert np.allclose(fig.frames[-1].data[3].x, np.round(z[-1, labels == 3, 0], 3))
     assert np.allclose(fig.data[3].x, fig.frames[-1].data[3].x) and fig.data[3].marker.color is not None
+
+
+# ------------------------------------------------------------------ time left, stop text, charts, names
+
+
+def _batches(epoch: int, n: int, seconds_per_batch: float, start: float = 30.0, first_slow: float = 20.0) -> list[dict]:
+    """A batch log whose first batch took `first_slow` seconds (start-up), the rest `seconds_per_batch`."""
+    rows, t = [], start + first_slow
+    for b in range(1, n + 1):
+        rows.append({"epoch": epoch, "batch": b, "step": b, "loss": 200.0 / b, "time": t})
+        t += seconds_per_batch
+    return rows
+
+
+def test_time_left_settles_within_the_first_epoch() -> None:
+    from ui.live import batch_seconds, eta_text
+
+    status = {"epoch": 0, "epochs": 10, "batch": 8, "batches": 100}
+    assert eta_text(status, [], _batches(1, 3, 0.5)) == "estimating time left…"  # too few batches to judge
+    rows = _batches(1, 12, 0.5)
+    assert abs(batch_seconds({**status, "batch": 12}, rows) - 0.5) < 1e-9  # the slow start-up is left out
+    # 10 epochs of 100 batches at 0.5 s, 12 batches done: 494 s, whatever the start-up cost.
+    assert eta_text({**status, "batch": 12}, [], rows) == "about 8 min 14 s left"
+    # With finished epochs, their mean duration (evaluation included) counts; the batch rate places us in the epoch.
+    later = {"epoch": 2, "epochs": 10, "batch": 50, "batches": 100}
+    assert eta_text(later, [60.0, 60.0], _batches(3, 50, 0.5)) == "about 7 min 35 s left"  # 8 * 60 - 25
+
+
+def test_stop_text_reads_as_sentences() -> None:
+    from ui.live import stop_text
+
+    text = stop_text(26, True)
+    assert text.startswith("**Stopped** during epoch 27. The model of epoch 26 is kept")
+    assert "Resume from epoch 26" in text and "kept Resume" not in text.replace("**", "")
+    assert "start it again" in stop_text(0, False)
+
+
+def test_batch_loss_range_ignores_the_first_batches() -> None:
+    from ui import plots
+
+    rows = [{"step": i, "loss": 580.0 if i < 20 else 120.0 + (i % 7)} for i in range(1, 1001)]
+    fig = plots.batch_loss(rows, smoothing=0.9)
+    low, high = fig.layout.yaxis.range
+    assert 110 < low < 121 and 126 < high < 140  # the 580-nat start does not flatten the curve
+    assert [t.name for t in fig.data] == ["each batch", "smoothed (0.9)"]
+    assert len(plots.batch_loss(rows, smoothing=0.0).data) == 1
+    recent = plots.batch_loss(rows, recent=0.05)
+    assert min(recent.data[0].x) > 940
+    smooth = plots.ema(np.array([10.0, 10.0, 10.0]), 0.99)
+    assert np.allclose(smooth, 10.0)  # no pull towards 0 at the start
+
+
+def test_epoch_panels_integer_ticks_and_a_linear_learning_rate() -> None:
+    from ui import plots
+
+    rows = [{"epoch": e, "train_nelbo": 150 - e, "test_nelbo": 152 - e, "lr": 5e-3 * (1 + np.cos(np.pi * e / 40)) / 2}
+            for e in range(1, 41)]  # fmt: skip
+    fig = plots.epoch_curves(rows)
+    assert fig.layout.xaxis.dtick == 10 and fig.layout.xaxis.tickformat == "d" and fig.layout.xaxis.tickangle == 0
+    assert fig.layout.yaxis4.type in (None, "linear") and fig.layout.yaxis4.rangemode == "tozero"
+    assert fig.layout.xaxis.tickfont.size >= 14 and fig.layout.xaxis.tickfont.color == plots.INK
+
+
+def test_epoch_of_a_clicked_point() -> None:
+    from ui import plots
+
+    z = np.stack([np.full((4, 2), e, dtype=float) + np.arange(4)[:, None] for e in range(3)])  # (E=3, N=4, 2)
+    fig, _ = plots.latent_animation([1, 2, 3], z, np.array([0, 1, 0, 1]), ["a", "b"])
+    # Point 1 of class b (test image #3) where epoch 2 put it: (1 + 3, 1 + 3).
+    assert plots.epoch_of_point(fig, {"curve_number": 1, "point_index": 1, "x": 4.0, "y": 4.0}) == 2
+    assert plots.epoch_of_point(fig, {"curve_number": 1, "point_index": 1, "x": 9.0, "y": 9.0}) is None
+
+
+def test_run_names_and_what_differs(tmp_path: Path) -> None:
+    import pytest
+
+    from cvae.errors import ConfigError
+    from cvae.names import read_meta, what_differs, write_meta
+
+    (tmp_path / "run").mkdir()
+    assert read_meta(tmp_path / "run") == {"name": "", "note": ""}
+    write_meta(tmp_path / "run", name="  big\nlatent ", note="try z=10\n")
+    assert read_meta(tmp_path / "run") == {"name": "big latent", "note": "try z=10"}
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["meta.json"]  # atomic: no temp file left behind
+    with pytest.raises(ConfigError):
+        write_meta(tmp_path / "run", name="x" * 81, note="")
+    with pytest.raises(ConfigError):
+        write_meta(tmp_path / "missing", name="a", note="")
+    base = {"model": {"latent_dim": 2, "likelihood": "bernoulli"}, "train": {"learning_rate": 1e-3, "threads": 1}}
+    other = {"model": {"latent_dim": 10, "likelihood": "bernoulli"}, "train": {"learning_rate": 1e-4, "threads": 2}}
+    assert what_differs([base, other]) == ["z=2 · lr=0.001", "z=10 · lr=0.0001"]
+    assert what_differs([base, base]) == ["", ""]

@@ -1,1 +1,1 @@
-"""Helpers shared by the app's pages: run-folder readers, plots, the training launcher."""
+"""Streamlit-only helpers shared by the app's pages: run-folder readers, plots, widgets. The library is cvae/."""

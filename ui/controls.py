@@ -22,22 +22,23 @@ def run_controls(run: Run) -> None:
     if run.active:
         _stop(run)
         return
-    c1, c2, c3, c4 = st.columns([1.2, 1.2, 1, 2], vertical_alignment="bottom")
-    if run.dir.latest_checkpoint.is_file():
-        more = c2.number_input("More epochs", 1, 100_000, 5, key="more_epochs")
-        kind = "primary" if run.state in ("interrupted", "stopped") else "secondary"
-        epoch = int(run.status.get("epoch") or 0)
-        if c1.button(f"Resume from epoch {epoch}" if epoch else "Resume", icon=":material/resume:", key="resume",
-                     type=kind, help="Train more epochs from the last checkpoint."):  # fmt: skip
-            _do("resume", jobs.resume, run.dir, int(more))
-    elif jobs.can_start_again(run.dir):
-        c1.caption("No checkpoint yet (it ended before its first epoch).")
-        if c2.button("Start again", icon=":material/restart_alt:", key="start_again", type="primary"):
-            _do("start it again", jobs.start_again, run.dir)
-    else:
-        c1.caption("No checkpoint yet: start a new run.")
-    if c3.button("Delete…", icon=":material/delete:", key="delete", help="Remove this run's folder for good."):
-        st.session_state[CONFIRM] = run.id
+    # Buttons sized to their labels, side by side, wrapping on a narrow screen: never "Resume from epo…".
+    with st.container(horizontal=True, vertical_alignment="bottom", horizontal_alignment="right"):
+        if run.dir.latest_checkpoint.is_file():
+            kind = "primary" if run.state in ("interrupted", "stopped") else "secondary"
+            epoch = int(run.status.get("epoch") or 0)
+            if st.button(f"Resume from epoch {epoch}" if epoch else "Resume", icon=":material/resume:", key="resume",
+                         type=kind, help="Train more epochs from the last checkpoint."):  # fmt: skip
+                _do("resume", jobs.resume, run.dir, int(st.session_state.get("more_epochs") or 5))
+            st.number_input("More epochs", 1, 100_000, 5, key="more_epochs", width=120)
+        elif jobs.can_start_again(run.dir):
+            st.caption("No checkpoint yet (it ended before its first epoch).")
+            if st.button("Start again", icon=":material/restart_alt:", key="start_again", type="primary"):
+                _do("start it again", jobs.start_again, run.dir)
+        else:
+            st.caption("No checkpoint yet: start a new run.")
+        if st.button("", icon=":material/delete:", key="delete", help="Delete this run: remove its folder for good."):
+            st.session_state[CONFIRM] = run.id
     if st.session_state.get(CONFIRM) == run.id:
         _confirm_delete(run)
 
@@ -66,7 +67,7 @@ def _confirm_delete(run: Run) -> None:
 
 
 def _do(what: str, action, *args, rerun: bool = True) -> bool:
-    """Run a launcher action; a problem is one line on the page, never a traceback."""
+    """Run a cvae.jobs action; a problem is one line on the page, never a traceback."""
     try:
         action(*args)
     except CVAEError as err:

@@ -1,4 +1,4 @@
-"""Generation for the Generate page: cached per-class grids, live slider decodes, restyle, interpolation."""
+"""Generation for the Generate page: cached per-class grids, sliders decoded ahead, restyle, interpolation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import streamlit as st
 import torch
 
 from cvae.generate import random_images, restyle, uniform_images
+from ui import scrub
 from ui.models import cached_model, scale_for, upscale
+
+STEPS = 21  # slider positions decoded ahead, per axis
 
 
 @st.cache_data(max_entries=64, show_spinner="Decoding…")
@@ -33,9 +36,8 @@ def restyle_png(net, x: np.ndarray, label: int) -> bytes:
     return upscale(images, len(images), 2 * scale_for(net.config.height))
 
 
-@torch.no_grad()
-def interpolate_png(net, xa: np.ndarray, ya: int, xb: np.ndarray, yb: int, steps: int) -> bytes:
-    """Codes and one-hot labels blended linearly from image a to image b, decoded (one row)."""
+def _blend(net, xa: np.ndarray, ya: int, xb: np.ndarray, yb: int, steps: int) -> torch.Tensor:
+    """Codes and one-hot labels blended linearly from image a to image b, decoded: (steps, C, H, W)."""
     x = torch.from_numpy(np.stack([xa, xb]))
     y = torch.tensor([ya, yb])
     mu = net.encode(x, y).mu  # (2, Z)
@@ -43,34 +45,110 @@ def interpolate_png(net, xa: np.ndarray, ya: int, xb: np.ndarray, yb: int, steps
     t = torch.linspace(0, 1, steps)[:, None]  # (S, 1)
     z = (1 - t) * mu[0] + t * mu[1]
     c = (1 - t) * onehot[0] + t * onehot[1]
-    images = net.likelihood.mean(net.decoder(torch.cat([z, c], dim=1)).float())  # as CVAE.decode, mixed labels
-    return upscale(images, steps, 2 * scale_for(net.config.height))
+    return net.likelihood.mean(net.decoder(torch.cat([z, c], dim=1)).float())  # as CVAE.decode, mixed labels
+
+
+@torch.no_grad()
+def interpolate_png(net, xa: np.ndarray, ya: int, xb: np.ndarray, yb: int, steps: int) -> bytes:
+    """The blend from image a to image b in one row."""
+    return upscale(_blend(net, xa, ya, xb, yb, steps), steps, 2 * scale_for(net.config.height))
+
+
+@st.cache_data(max_entries=32, show_spinner="Decoding every slider position…")
+def plane_sprite(checkpoint: str, version: tuple[int, int], label: int, dims: tuple[int, int], span: float) -> bytes:
+    """The decodes of a STEPS x STEPS grid of codes over z[dims[0]] (columns) and z[dims[1]] (rows), the other
+    dimensions 0, under class `label`, as one sprite sheet (row 0 = the lowest value)."""
+    net, _ = cached_model(checkpoint, version)
+    values = torch.linspace(-span, span, STEPS)
+    z = torch.zeros(STEPS * STEPS, net.config.latent_dim)
+    rows, cols = torch.meshgrid(values, values, indexing="ij")  # (S, S) each
+    z[:, dims[0]] = cols.reshape(-1)
+    if dims[1] != dims[0]:
+        z[:, dims[1]] = rows.reshape(-1)
+    with torch.no_grad():
+        images = net.generate(z, torch.full((len(z),), label))
+    return scrub.sprite(images, STEPS)
+
+
+@st.cache_data(max_entries=32, show_spinner="Decoding the interpolation…")
+def blend_sprite(checkpoint: str, version: tuple[int, int], ia: int, ib: int, _x: np.ndarray, _y: np.ndarray) -> bytes:
+    """STEPS blends from test image ia to ib (code and label), one sprite row; keyed by the images' indices
+    (the test images are the run's, fixed by the checkpoint's run)."""
+    net, _ = cached_model(checkpoint, version)
+    with torch.no_grad():
+        images = _blend(net, _x[ia], int(_y[ia]), _x[ib], int(_y[ib]), STEPS)
+    return scrub.sprite(images, STEPS)
 
 
 def grids(checkpoint: str, version: tuple[int, int], label: int, name: str, stem: str) -> None:
     """The uniform latent grid and the random samples of one class, side by side, with downloads."""
     c1, c2 = st.columns(2)
+    images = c1.container(), c2.container()  # the grids first, their settings under them
     span = c1.slider("Uniform grid covers z₁, z₂ in [−span, span]", 0.5, 4.0, 2.0, 0.5, key="gen_span")
     seed = c2.number_input("Random seed", 0, 10**6, 0, key="gen_seed")
     uniform = grid_png(checkpoint, version, "uniform", label, 20, span, 0)
     rand = grid_png(checkpoint, version, "random", label, 20, 2.0, int(seed))
-    c1.image(uniform, caption=f"20×20 grid over z₁ (→) and z₂ (↑), class {name}", width="stretch")
-    c2.image(rand, caption=f"400 random codes z ~ N(0, I), class {name}", width="stretch")
+    images[0].image(uniform, caption=f"20×20 grid over z₁ (→) and z₂ (↑), class {name}", width="stretch")
+    images[1].image(rand, caption=f"400 random codes z ~ N(0, I), class {name}", width="stretch")
     c1.download_button("Grid PNG", uniform, f"{stem}_uniform_{label}.png", "image/png", key="dl_uniform",
                        icon=":material/download:")  # fmt: skip
     c2.download_button("Random PNG", rand, f"{stem}_random_{label}.png", "image/png", key="dl_random",
                        icon=":material/download:")  # fmt: skip
 
 
-def sliders(net, label: int, name: str) -> None:
-    """One slider per latent dimension (the first 8), decoded as they move."""
+def sliders(checkpoint: str, version: tuple[int, int], net, label: int, name: str) -> None:
+    """Two latent dimensions under two sliders that change the image while they move (decoded ahead)."""
     zdim = net.config.latent_dim
-    shown = min(zdim, 8)
-    if zdim > shown:
-        st.caption(f"Sliders for the first {shown} of {zdim} latent dimensions; the others stay at 0.")
-    left, right = st.columns([2, 1])
-    z = [left.slider(f"z{i + 1}", -3.0, 3.0, 0.0, 0.1, key=f"z_{i}") for i in range(shown)] + [0.0] * (zdim - shown)
-    right.image(decode_png(net, z, label), caption=f"class {name}")
+    dims = (0, 1) if zdim >= 2 else (0, 0)
+    if zdim > 2:
+        c1, c2, c3 = st.columns(3)
+        a = c1.selectbox("First slider moves", range(zdim), format_func=lambda i: f"z{i + 1}", key="slide_a")
+        b = c2.selectbox("Second slider moves", range(zdim), 1, format_func=lambda i: f"z{i + 1}", key="slide_b")
+        c3.caption(f"The other {zdim - 2} dimensions stay at 0.")
+        dims = (a, b)
+    values = tuple(float(v) for v in np.linspace(-3, 3, STEPS))
+    axes = [scrub.Axis(f"z{dims[0] + 1}", values, STEPS // 2)]
+    if dims[1] != dims[0]:
+        axes.append(scrub.Axis(f"z{dims[1] + 1}", values, STEPS // 2))
+    png = plane_sprite(checkpoint, version, label, dims, 3.0)
+    scrub.show(png, (net.config.height, net.config.width), axes, size=300,
+               caption=f"Class <b>{name}</b>. Drag a slider: every position was decoded ahead, so the picture "
+                       f"follows the slider as it moves.")  # fmt: skip
+
+
+def _thumbnails(x: np.ndarray, indices: list[int], key: str, caption) -> int:
+    """A row of test images, each with a button under it; returns the picked index (kept in session state)."""
+    if st.session_state.get(key) not in indices:
+        st.session_state[key] = indices[0]
+    cols = st.columns(len(indices))
+    for col, i in zip(cols, indices, strict=True):
+        col.image(upscale(x[i][None], 1, 2), width="stretch")
+        chosen = st.session_state[key] == i
+        if col.button(caption(i), key=f"{key}_{i}", type="primary" if chosen else "secondary", width="stretch"):
+            st.session_state[key] = i
+            st.rerun()
+    return st.session_state[key]
+
+
+def interpolation(checkpoint: str, version: tuple[int, int], net, x: np.ndarray, y: np.ndarray, label: int,
+                  names: list[str]) -> None:  # fmt: skip
+    """From a test image of the picked class to one of any class: code and label blended, under a slider."""
+    own = [int(i) for i in np.flatnonzero(y == label)]
+    if len(own) < 2:
+        st.info(f"The test images loaded here hold fewer than two of class {names[label]}.")
+        return
+    st.markdown(f"**From** an image of class {names[label]} (the class picked above)")
+    ia = _thumbnails(x, own[:8], "morph_from", lambda i: f"#{i}")
+    firsts = [own[1] if k == label else next((int(i) for i in np.flatnonzero(y == k)), None) for k in range(len(names))]
+    st.markdown("**To** an image of any class")
+    ib = _thumbnails(x, [i for i in firsts if i is not None][:10], "morph_to", lambda i: names[int(y[i])])
+    t = tuple(float(v) for v in np.linspace(0, 1, STEPS))
+    scrub.show(blend_sprite(checkpoint, version, ia, ib, x, y), (net.config.height, net.config.width),
+               [scrub.Axis("t", t, 0)], size=220,
+               caption=f"t = 0: image #{ia} (class {names[int(y[ia])]}); t = 1: image #{ib} (class "
+                       f"{names[int(y[ib])]}). The code and the label are blended; drag t.")  # fmt: skip
+    st.image(interpolate_png(net, x[ia], int(y[ia]), x[ib], int(y[ib]), 10),
+             caption=f"class {names[int(y[ia])]} → class {names[int(y[ib])]} in 10 steps", width="stretch")  # fmt: skip
 
 
 def same_style(net, names: list[str], x: np.ndarray | None, y: np.ndarray | None, label: int) -> None:
@@ -94,8 +172,12 @@ def same_style(net, names: list[str], x: np.ndarray | None, y: np.ndarray | None
             st.error(f"Cannot use {file.name[:80]}: {err}.")
             return
     else:
-        i = st.number_input("Test image #", 0, len(x) - 1, 0, key="style_index")
-        image, cls = x[i], int(y[i])
+        own = np.flatnonzero(y == label)  # the picked class applies here too: its test images
+        if not len(own):
+            st.info(f"No test image of class {names[label]} is loaded here.")
+            return
+        k = st.number_input(f"Test image of class {names[label]}: number", 0, len(own) - 1, 0, key="style_index")
+        image, cls = x[own[k]], int(y[own[k]])
     a, b = st.columns([1, 6])
     a.image(upscale(image[None], 1, 2 * scale_for(image.shape[-2])), caption=f"class {names[cls]}")
     b.image(restyle_png(net, image, cls), caption=" · ".join(names))

@@ -16,13 +16,14 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from cvae.jobs import max_active
 from ui import plots
 from ui.models import png_file
-from ui.runs import Run, batches_versioned, eta_text, log_tail, metrics, open_run, runs_root, stamp
+from ui.runs import Run, batches_versioned, format_seconds, log_tail, metrics, open_run, runs_root, stamp
 
 POLL_S = 1.5  # seconds between refreshes of a live run's tab while few tabs watch one
 MAX_POLL_S = 10.0  # the slowest refresh, however many tabs watch
@@ -106,12 +107,13 @@ def _status(run: Run) -> None:
         where = f"epoch {min(epoch + 1, epochs)} of {epochs}" + (f" · batch {batch} of {per}" if per else "")
         if run.state == "starting" and not per:
             where = "starting: loading the data and building the model"
-        eta = eta_text(s, [r["seconds"] for r in rows if isinstance(r.get("seconds"), (int, float))])
+        seconds = [r["seconds"] for r in rows if isinstance(r.get("seconds"), (int, float))]
+        eta = eta_text(s, seconds, batches_versioned(run.dir)[0])
         st.progress(min(max(done, 0.0), 1.0), text=f"**{where}** · {eta}")
     elif run.state == "finished":
-        st.success(f"Finished: {epochs} epochs.")
+        st.caption(f":material/check_circle: Finished: {epochs} epochs.")  # the badge above says it too: one line
     elif run.state == "stopped":
-        st.warning(f"Stopped after epoch {epoch}. {s.get('message', '')}  Resume it to train more.")
+        st.warning(stop_text(epoch, run.dir.latest_checkpoint.is_file()))
     elif run.state == "interrupted":
         saved = "Resume it from its last checkpoint with one click above." if run.dir.latest_checkpoint.is_file() else (
             "It had no checkpoint yet: start it again.")  # fmt: skip
@@ -123,24 +125,88 @@ def _status(run: Run) -> None:
             f"This run {run.state if run.state != 'unknown' else 'has no status'}: {s.get('message') or 'see the log below'}"
         )
         _log(run)
+    _numbers(run, rows)
+
+
+def stop_text(epoch: int, has_checkpoint: bool) -> str:
+    """The stopped run's message: where it stopped and what was kept, in whole sentences."""
+    if not has_checkpoint or epoch < 1:
+        return f"**Stopped** during epoch {epoch + 1}, before its first checkpoint: start it again to train."
+    return (
+        f"**Stopped** during epoch {epoch + 1}. The model of epoch {epoch} is kept: "
+        f"**Resume from epoch {epoch}** trains on from there."
+    )
+
+
+SETTLE_BATCHES = 3  # the first batches of an epoch are slow (warm-up, data loading): not used for the rate
+MIN_BATCHES = 5  # batches of the current epoch, after those, before the rate is trusted
+
+
+def batch_seconds(status: dict, batch_rows: list[dict]) -> float | None:
+    """Seconds per batch in the current epoch, from the trainer's own batch log (its `time` stamps), once a few
+    batches are in; None before. Unlike the time since the epoch started, this leaves out the start-up."""
+    current = int(status.get("epoch") or 0) + 1
+    tail = [r for r in batch_rows[-400:] if r.get("epoch") == current and isinstance(r.get("time"), (int, float))]
+    tail = [r for r in tail if int(r.get("batch") or 0) > SETTLE_BATCHES]
+    if len(tail) < MIN_BATCHES:
+        return None
+    a, b = tail[0], tail[-1]
+    steps, seconds = int(b["batch"]) - int(a["batch"]), float(b["time"]) - float(a["time"])
+    return seconds / steps if steps > 0 and seconds > 0 else None
+
+
+def eta_text(status: dict, epoch_seconds: list[float], batch_rows: list[dict]) -> str:
+    """Time left: the finished epochs' mean duration once there are some; in the first epoch, the batch rate
+    measured in the batch log, so the estimate settles after a few batches."""
+    epoch, epochs = int(status.get("epoch") or 0), int(status.get("epochs") or 0)
+    batch, per = int(status.get("batch") or 0), int(status.get("batches") or 0)
+    if not epochs:
+        return "estimating time left…"
+    rate = batch_seconds(status, batch_rows) if per else None
+    if epoch_seconds:
+        per_epoch = float(np.mean(epoch_seconds[-5:]))
+        in_epoch = rate * batch if rate is not None else (batch / per * per_epoch if per else 0.0)
+    elif rate is not None:
+        per_epoch, in_epoch = rate * per, rate * batch
+    else:
+        return "estimating time left…"
+    left = max(0.0, (epochs - epoch) * per_epoch - min(in_epoch, per_epoch))
+    return f"about {format_seconds(left)} left"
+
+
+def _numbers(run: Run, rows: list[dict]) -> None:
+    """The four numbers: the last epoch's test figures and speed; before the first epoch ends, the running
+    batch figures (smoothed), so a class sees numbers from the start."""
+    cols = st.columns(4)
     if rows:
         last = rows[-1]
-        cols = st.columns(4)
-        cols[0].metric(
-            "test −ELBO",
-            _nats(last.get("test_nelbo")),
-            help="negative ELBO on the test set, nats per image; lower is better",
-        )
+        cols[0].metric("test −ELBO", _nats(last.get("test_nelbo")),
+                       help="negative ELBO on the test set, nats per image; lower is better")  # fmt: skip
         cols[1].metric("reconstruction", _nats(last.get("test_recon")))
         cols[2].metric("KL", _nats(last.get("test_kl")))
         cols[3].metric("speed", f"{last.get('images_per_s') or 0:,.0f} img/s")
         if last.get("test_nelbo_refined") is not None:
             refined = last["test_nelbo_refined"]
-            st.caption(
-                f"With q refined for each test image by {last.get('refine_steps')} gradient steps, the final model's "
-                f"test −ELBO is **{refined:.2f} nats**: the encoder's own guess leaves "
-                f"{last['test_nelbo'] - refined:.2f} nats on the table (the amortization gap)."
+            st.markdown(
+                f":material/tune: **Refined test −ELBO: {refined:.2f} nats.** With q refined for each test image by "
+                f"{last.get('refine_steps')} gradient steps, the final model's bound is tighter: the encoder's own "
+                f"guess leaves **{last['test_nelbo'] - refined:.2f} nats** on the table (the amortization gap)."
             )
+        return
+    brows = batches_versioned(run.dir)[0][-50:]
+    if not brows:
+        return
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in brows if isinstance(r.get(key), (int, float))]
+        return float(np.mean(values)) if values else None
+
+    cols[0].metric("batch −ELBO", _nats(mean("loss")), help="mean of the last 50 logged batches, training images")
+    cols[1].metric("reconstruction", _nats(mean("recon")))
+    cols[2].metric("KL", _nats(mean("kl")))
+    rate = batch_seconds(run.status, batches_versioned(run.dir)[0])
+    batch_size = run.config.train.batch_size if run.config else 0
+    cols[3].metric("speed", f"{batch_size / rate:,.0f} img/s" if rate and batch_size else "–")
 
 
 def _log(run: Run) -> None:
@@ -155,14 +221,19 @@ def _nats(value: float | None) -> str:
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
-def _batch_figure(path: str, version: tuple[int, int], _rows: list[dict]) -> go.Figure:
-    """The batch-loss chart, built once per change of the batch log and shared by every tab (never mutated)."""
-    return plots.batch_loss(_rows)
+def _batch_figure(path: str, version: tuple[int, int], smoothing: float, recent: float, _rows: list[dict]) -> go.Figure:
+    """The batch-loss chart, built once per change of the batch log (and view) and shared by every tab (never
+    mutated)."""
+    return plots.batch_loss(_rows, smoothing=smoothing, recent=recent)
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _epoch_figure(path: str, version: tuple[int, int], _rows: list[dict]) -> go.Figure:
     return plots.epoch_curves(_rows)
+
+
+SMOOTHING = {0.0: "off", 0.6: "a little", 0.9: "more", 0.99: "a lot"}
+RECENT = {1.0: "all steps", 0.25: "last quarter", 0.05: "last 5 %"}
 
 
 def _curves(run: Run) -> None:
@@ -171,8 +242,16 @@ def _curves(run: Run) -> None:
         if run.active:
             st.caption("Curves appear with the first batches.")
         return
-    chart = _batch_figure(str(run.dir.batches_path), version, brows)
+    smoothing, recent = st.session_state.get("loss_smoothing"), st.session_state.get("loss_recent")
+    smoothing = 0.9 if smoothing is None else smoothing  # None: the user un-picked the chosen option
+    recent = 1.0 if recent is None else recent
+    chart = _batch_figure(str(run.dir.batches_path), version, smoothing, recent, brows)
     st.plotly_chart(chart, key="batch_chart", config={"displayModeBar": False})
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.segmented_control("Smoothing", list(SMOOTHING), format_func=SMOOTHING.get, key="loss_smoothing",
+                             default=0.9, help="Exponential moving average of the batch losses, as in TensorBoard")  # fmt: skip
+        st.segmented_control("Show", list(RECENT), format_func=RECENT.get, key="loss_recent", default=1.0,
+                             help="Zoom in on the newest batches")  # fmt: skip
     rows = metrics(run.dir)
     if rows:
         chart = _epoch_figure(str(run.dir.metrics_path), stamp(run.dir.metrics_path), rows)

@@ -30,6 +30,15 @@ def model(run: Run) -> tuple[CVAE, int]:
     return cached_model(str(path), stamp(path))
 
 
+def model_at(run: Run, epoch: int) -> tuple[CVAE, int]:
+    """The model as it was after `epoch` when that epoch's checkpoint was kept, else the latest one (the epoch
+    returned says which); raises CVAEError."""
+    path = run.dir.epoch_checkpoint(epoch)
+    if not path.is_file():
+        return model(run)
+    return cached_model(str(path), stamp(path))
+
+
 @st.cache_data(max_entries=4, show_spinner="Loading test images…")
 def _test_images(data_config: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     data = load_data(DataConfig(**json.loads(data_config)))

@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 from cvae.errors import CVAEError
-from ui.models import model, scale_for, test_images, upscale
+from ui.models import model, model_at, scale_for, test_images, upscale
 from ui.runs import Run
 
 
@@ -24,12 +24,19 @@ def model_or_message(run: Run):
 
 
 @torch.no_grad()
-def show_reconstruction(run: Run, index: int) -> None:
-    """Test image `index` beside its mean reconstruction by the latest checkpoint."""
+def show_reconstruction(run: Run, index: int, epoch: int | None = None) -> None:
+    """Test image `index` beside its mean reconstruction by the model of `epoch` (the one on screen when the
+    dot was clicked) when its checkpoint was kept, else by the latest checkpoint; the caption says which."""
     loaded = model_or_message(run)
     if loaded is None:
         return
-    net, epoch = loaded
+    if epoch is not None:
+        try:
+            loaded = model_at(run, epoch)
+        except CVAEError as err:
+            st.error(f"Cannot load the model of epoch {epoch}: {err}")
+            return
+    net, decoded_by = loaded
     try:
         x, y = test_images(run, index + 1)
     except CVAEError as err:
@@ -44,5 +51,12 @@ def show_reconstruction(run: Run, index: int) -> None:
     names = run.class_names
     a, b = st.columns(2)
     name = names[int(label)] if names else int(label)
-    a.image(upscale(image, 1, scale), width=240, caption=f"test image #{index} · class {name}")
-    b.image(upscale(recon, 1, scale), width=240, caption=f"its reconstruction (epoch {epoch})")
+    a.image(upscale(image, 1, scale), width="stretch", caption=f"#{index} · class {name}")
+    b.image(upscale(recon, 1, scale), width="stretch", caption=f"reconstructed, epoch {decoded_by}")
+    if epoch is not None and decoded_by != epoch:
+        st.caption(f"No checkpoint was kept for epoch {epoch} (one every {_every(run)} epochs, and the last): "
+                   f"decoded by the model of epoch {decoded_by}.")  # fmt: skip
+
+
+def _every(run: Run) -> int:
+    return run.config.train.checkpoint_every if run.config else 20

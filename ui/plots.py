@@ -8,55 +8,117 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 TRAIN, TEST = "#1f77b4", "#d62728"
-FONT = dict(size=15)
+INK = "#1f2230"  # tick labels and titles: about 15:1 on white (Streamlit's chart theme draws a light grey)
+FONT = dict(size=15, color=INK)
+TICKS = dict(size=15, color=INK)
 
 
 def _layout(fig: go.Figure, height: int, title: str | None = None) -> go.Figure:
     fig.update_layout(
         height=height, margin=dict(l=10, r=10, t=50 if title else 30, b=10), font=FONT,
-        title=dict(text=title, x=0, xanchor="left") if title else None,
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        title=dict(text=title, x=0, xanchor="left", font=dict(size=17, color=INK)) if title else None,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1, font=FONT),
     )  # fmt: skip
+    fig.update_xaxes(tickfont=TICKS, title_font=FONT, tickangle=0, automargin=True, gridcolor="#e3e3e8")
+    fig.update_yaxes(tickfont=TICKS, title_font=FONT, automargin=True, gridcolor="#e3e3e8")
+    fig.update_annotations(font=FONT)  # subplot titles
     return fig
 
 
-def batch_loss(rows: list[dict], max_points: int = 1500) -> go.Figure:
-    """Negative ELBO of each logged batch (thinned to at most `max_points`), with a moving average."""
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """Exponential moving average with TensorBoard's start-up correction (the first points are not pulled
+    towards 0); NaNs are skipped. weight 0 = no smoothing."""
+    out = np.empty_like(values, dtype=float)
+    last, norm = 0.0, 0.0
+    for i, v in enumerate(values):
+        if np.isfinite(v):
+            last, norm = weight * last + (1 - weight) * v, weight * norm + (1 - weight)
+        out[i] = last / norm if norm else np.nan
+    return out
+
+
+def robust_range(values: np.ndarray, skip: float = 0.1, lo_q: float = 1.0, hi_q: float = 99.0) -> list[float] | None:
+    """A y range that the first batches cannot flatten: the 1st to 99th percentile of the points after the
+    first `skip` share, padded by 8 %. None when there are too few points to judge."""
+    tail = values[int(len(values) * skip) :]
+    tail = tail[np.isfinite(tail)]
+    if len(tail) < 5:
+        return None
+    lo, hi = np.percentile(tail, [lo_q, hi_q])
+    pad = (hi - lo) * 0.08 + 1e-6
+    return [float(lo - pad), float(hi + pad)]
+
+
+def batch_loss(rows: list[dict], smoothing: float = 0.9, recent: float = 1.0, max_points: int = 1500) -> go.Figure:
+    """Negative ELBO of each logged batch, its exponential moving average (`smoothing`, as in TensorBoard) and
+    a y range that ignores the first batches; `recent` < 1 shows only that last share of the steps."""
+    if recent < 1.0 and rows:
+        rows = rows[int(len(rows) * (1 - recent)) :]
+    y_all = np.array([r.get("loss") if r.get("loss") is not None else np.nan for r in rows], dtype=float)
+    smooth_all = ema(y_all, smoothing)  # on every point, before thinning, so thinning cannot change it
     step = max(1, len(rows) // max_points)
-    rows = rows[::step] + ([rows[-1]] if rows and len(rows) % step != 1 else [])
-    x = [r.get("step") for r in rows]
-    y = np.array([r.get("loss") if r.get("loss") is not None else np.nan for r in rows], dtype=float)
-    k = max(1, min(50, len(y) // 10))
-    smooth = np.convolve(np.nan_to_num(y, nan=np.nanmean(y) if len(y) else 0), np.ones(k) / k, mode="valid")
+    keep = list(range(0, len(rows), step)) + ([len(rows) - 1] if rows and (len(rows) - 1) % step else [])
+    x = [rows[i].get("step") for i in keep]
+    y, smooth = y_all[keep], smooth_all[keep]
     fig = go.Figure()
-    fig.add_scatter(x=x, y=y, mode="lines", name="batch", line=dict(color="#9ecae1", width=1))
-    fig.add_scatter(x=x[k - 1 :], y=smooth, mode="lines", name=f"moving mean ({k})", line=dict(color=TRAIN, width=3))
+    fig.add_scatter(x=x, y=y, mode="lines", name="each batch", line=dict(color="#9ecae1", width=1))
+    if smoothing > 0:
+        fig.add_scatter(x=x, y=smooth, mode="lines", name=f"smoothed ({smoothing:g})", line=dict(color=TRAIN, width=3))
     fig.update_xaxes(title="training step (batch)")
-    fig.update_yaxes(title="nats per image")
-    return _layout(fig, 360, "Batch loss (negative ELBO)")
+    fig.update_yaxes(title="nats per image", range=robust_range(y_all))
+    return _layout(fig, 300, "Batch loss (negative ELBO)")
+
+
+def _epoch_ticks(fig: go.Figure, epochs: list) -> None:
+    """Whole epochs, at most about 6 ticks, never rotated."""
+    n = max([e for e in epochs if isinstance(e, (int, float))] or [1])
+    dtick = next(d for d in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000, 10**9) if n / d <= 6)
+    fig.update_xaxes(tickmode="linear", tick0=0 if dtick > 1 else 1, dtick=dtick, tickformat="d", tickangle=0)
 
 
 def epoch_curves(rows: list[dict]) -> go.Figure:
-    """Train and test negative ELBO per epoch, with its reconstruction and KL terms apart, and the lr."""
+    """Train and test negative ELBO per epoch, with its reconstruction and KL terms apart, and the lr (2 x 2)."""
     fig = make_subplots(
-        rows=1, cols=4, horizontal_spacing=0.07,
+        rows=2, cols=2, horizontal_spacing=0.1, vertical_spacing=0.2,
         subplot_titles=("negative ELBO", "reconstruction", "KL", "learning rate"),
     )  # fmt: skip
     epochs = [r.get("epoch") for r in rows]
-    for col, key in enumerate(("nelbo", "recon", "kl"), start=1):
+    for k, key in enumerate(("nelbo", "recon", "kl")):
         for split, color in (("train", TRAIN), ("test", TEST)):
             fig.add_scatter(
                 x=epochs, y=[r.get(f"{split}_{key}") for r in rows], mode="lines+markers", name=split,
-                line=dict(color=color, width=3), marker=dict(size=7), legendgroup=split, showlegend=col == 1,
-                row=1, col=col,
+                line=dict(color=color, width=3), marker=dict(size=7), legendgroup=split, showlegend=k == 0,
+                row=k // 2 + 1, col=k % 2 + 1,
             )  # fmt: skip
+    # Linear, from 0: a cosine schedule ends near 0 and looks like it; a log axis made its last epoch
+    # (1e-10 or so) look like a crash.
     fig.add_scatter(x=epochs, y=[r.get("lr") for r in rows], mode="lines+markers", name="lr",
-                    line=dict(color="#555", width=2, shape="hv"), showlegend=False, row=1, col=4)  # fmt: skip
-    fig.update_yaxes(type="log", exponentformat="power", row=1, col=4)
-    fig.update_xaxes(title="epoch", dtick=max(1, len(rows) // 8) if rows else 1)
-    fig.update_yaxes(title="nats per image", row=1, col=1)
-    _layout(fig, 370, "Per epoch: train and test, in nats per image")
-    fig.update_layout(margin=dict(t=95), legend=dict(y=1.16, x=1, yanchor="bottom", xanchor="right"))
+                    line=dict(color="#444", width=2), showlegend=False, row=2, col=2)  # fmt: skip
+    fig.update_yaxes(rangemode="tozero", exponentformat="e", row=2, col=2)
+    _epoch_ticks(fig, epochs)
+    fig.update_xaxes(title="epoch", row=2)
+    fig.update_yaxes(title="nats", col=1)
+    _layout(fig, 560, "Per epoch: train and test, in nats per image")
+    fig.update_layout(margin=dict(t=80), legend=dict(y=1.06, x=1, yanchor="bottom", xanchor="right"))
+    return fig
+
+
+def compare_curves(series: list[tuple[str, list[dict]]], key: str, title: str, legend: bool = True) -> go.Figure:
+    """One line per run: test `key` ("nelbo", "recon", "kl") per epoch; `series` is (legend name, metric rows)."""
+    fig = go.Figure()
+    colors = plotly.colors.qualitative.D3
+    for i, (name, rows) in enumerate(series):
+        fig.add_scatter(
+            x=[r.get("epoch") for r in rows], y=[r.get(f"test_{key}") for r in rows], mode="lines+markers",
+            name=name, line=dict(color=colors[i % len(colors)], width=3), marker=dict(size=6),
+        )  # fmt: skip
+    _epoch_ticks(fig, [r.get("epoch") for _, rows in series for r in rows])
+    ys = np.array([r.get(f"test_{key}") for _, rows in series for r in rows[1:]], dtype=float)
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(title="nats per image", range=robust_range(ys, skip=0.0, lo_q=0, hi_q=100))
+    _layout(fig, 440 if legend else 300, title)
+    # Under the plot: the legend names can be long ("z=2 · decoder=bernoulli (my run)") and must not squeeze it.
+    fig.update_layout(showlegend=legend, legend=dict(orientation="h", y=-0.22, x=0, yanchor="top", xanchor="left"))
     return fig
 
 
@@ -92,7 +154,7 @@ def frame_epochs(n: int, max_frames: int = MAX_FRAMES) -> list[int]:
 
 
 def latent_animation(
-    epochs: list[int], z: np.ndarray, labels: np.ndarray, class_names: list[str]
+    epochs: list[int], z: np.ndarray, labels: np.ndarray, class_names: list[str], height: int = 560
 ) -> tuple[go.Figure, str]:
     """Scatter of the latent means, one frame per epoch (play button and slider), fixed axes.
 
@@ -145,7 +207,28 @@ def latent_animation(
                  steps=[dict(label=str(e), method="animate", args=[[str(e)], pause]) for e in epochs])
         ],
         legend=dict(title="class", itemsizing="constant", orientation="v", x=1.02, y=1),
-        height=680, margin=dict(l=10, r=10, t=60, b=10), font=FONT, clickmode="event+select",
+        height=height, margin=dict(l=10, r=10, t=40, b=10), font=FONT, clickmode="event+select",
         title=dict(text=note or "Posterior means of the test images", x=0, xanchor="left", font=dict(size=16)),
     )  # fmt: skip
+    fig.update_xaxes(tickfont=TICKS, title_font=FONT, gridcolor="#e3e3e8")
+    fig.update_yaxes(tickfont=TICKS, title_font=FONT, gridcolor="#e3e3e8")
     return fig, note
+
+
+def epoch_of_point(fig: go.Figure, point: dict) -> int | None:
+    """The epoch whose frame puts the clicked point where it was clicked: the selection reports the point's
+    trace, index and position, and the animation frames hold every epoch's positions. None if no frame does."""
+    trace, index = point.get("curve_number"), point.get("point_index", point.get("point_number"))
+    x, y = point.get("x"), point.get("y")
+    if trace is None or index is None or x is None or y is None or not fig.frames:
+        return None
+    best, best_d = None, float("inf")
+    for frame in fig.frames:
+        try:
+            data = frame.data[trace]
+            d = (float(data.x[index]) - float(x)) ** 2 + (float(data.y[index]) - float(y)) ** 2
+        except (IndexError, TypeError, ValueError):
+            continue
+        if d < best_d:
+            best, best_d = int(frame.name), d
+    return best if best_d < 1e-6 else None

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import streamlit as st
 
 from cvae.errors import CVAEError
-from ui.runs import Run, open_run, run_ids, runs_root
+from cvae.names import META_FILE, read_meta
+from ui.runs import Run, open_run, run_ids, runs_root, stamp
 
 PENDING = "_select_run"  # a page asks to show another run (e.g. one it just started)
 CURRENT = "current_run"  # the run the pages show (a plain key: it outlives the picker widget)
+FORM_OPEN = "new_run_form_open"  # the Train page shows the new-run form (folded away once a run starts)
 
 
 def select(run_id: str) -> None:
     """Show `run_id` on the next rerun (the picker cannot change once drawn)."""
     st.session_state[PENDING] = run_id
+    st.session_state[FORM_OPEN] = False  # the new run replaces the form on the Train page
 
 
 def _to_url() -> None:
@@ -41,20 +47,57 @@ def run_picker() -> None:
         st.sidebar.warning(f"No run called {wanted[:60]!r} here (deleted, or a mistyped address); showing another.")
     st.session_state["run"] = st.session_state[CURRENT] = chosen if chosen in ids else None
     _to_url()
-    states = {i: _state(root, i) for i in ids}
+    labels = {i: picker_label(root, i) for i in ids}
     st.sidebar.selectbox(
         "Run", ids, key="run", on_change=_to_url, placeholder="no runs yet",
-        format_func=lambda i: f"{i}  ·  {states.get(i, 'unknown')}",
-        help="Every training run has a folder; its id is also in the page address, so a reload finds it again.",
+        format_func=lambda i: labels.get(i, i),
+        help="Every training run has a folder; its id is also in the page address, so a reload finds it again. "
+             "Give a run a name on the Train page.",
     )  # fmt: skip
-    st.sidebar.caption(f"Runs folder: `{root}`")
+    st.sidebar.caption(f"Runs folder: `{_short(root)}`", help=str(root))
 
 
-def _state(root, run_id: str) -> str:
+def _short(root: Path) -> str:
+    """The runs folder relative to where the server was started, when it is inside it (a short, stable text)."""
     try:
-        return open_run(root, run_id).state_text
+        return str(root.relative_to(Path.cwd().resolve())) + "/"
+    except ValueError:
+        return root.name + "/"
+
+
+def picker_label(root: Path, run_id: str) -> str:
+    """'state · name' (the run's given name, else its id): the state first, so a long name never hides it."""
+    try:
+        state = open_run(root, run_id).state_text
     except CVAEError:
-        return "unknown"
+        state = "unknown"
+    return f"{state} · {display_name(root, run_id)}"
+
+
+def display_name(root: Path, run_id: str) -> str:
+    """The name a person gave the run, or its id made readable: 'MNIST-bernoulli-z2 (11-27 02:00)'."""
+    return meta(root / run_id)["name"] or readable_id(run_id)
+
+
+def readable_id(run_id: str) -> str:
+    """A generated id '<yyyymmdd>-<hhmmss>-<what>' as '<what> (mm-dd hh:mm)', the part that tells runs apart
+    first; any other id as it is."""
+    match = re.fullmatch(r"\d{4}(\d{2})(\d{2})-(\d{2})(\d{2})\d{2}-(.+)", run_id)
+    if not match:
+        return run_id
+    month, day, hour, minute, what = match.groups()
+    return f"{what} ({month}-{day} {hour}:{minute})"
+
+
+def meta(run_dir: Path) -> dict[str, str]:
+    """The run's name and note (cvae.names), re-read only when meta.json changes."""
+    path = run_dir / META_FILE
+    return _meta(str(run_dir), stamp(path))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _meta(run_dir: str, version: tuple[int, int]) -> dict[str, str]:
+    return read_meta(Path(run_dir))
 
 
 def current_run() -> Run | None:

@@ -41,15 +41,19 @@ def _start(options: dict[str, Any]) -> None:
     except OSError as err:  # disk full, read-only runs folder: one sentence, no traceback
         st.error(f"Could not start the run: {jobs.explain(err)}")
         return
-    st.session_state["form_open"] = False  # fold the form away: the new run is what matters now
-    select(run.id)
+    select(run.id)  # and fold the form away: the new run is what matters now
     st.rerun()
+
+
+def start_quick_demo() -> None:
+    """The library's quick-demo preset, by name (cvae.config.QUICK_DEMO)."""
+    _start(dict(jobs.QUICK_DEMO_OPTIONS))
 
 
 def quick_demo_button(primary: bool = True, key: str = "quick_demo") -> None:
     if st.button("Start the quick demo", icon=":material/rocket_launch:", type="primary" if primary else "secondary",
                  key=key, help="A small network on MNIST digits with a 2-D latent space: about a minute."):  # fmt: skip
-        _start(dict(jobs.QUICK_DEMO_OPTIONS))
+        start_quick_demo()
 
 
 def empty_state() -> None:
@@ -94,7 +98,6 @@ def _dataset(where: Any) -> str:
 
 def new_run_form() -> None:
     """Every option of the command line, with its defaults; checked before anything starts."""
-    quick_demo_button(primary=False, key="quick_demo_form")
     main = [o for o in OPTIONS if o.form == "main" and o.name != "dataset"]
     more = [o for o in OPTIONS if o.form == "more"]
     values: dict[str, Any] = {"dataset": _dataset(st)}

@@ -1,0 +1,86 @@
+"""A run's display name and note, kept in `<run>/meta.json` apart from everything the trainer writes.
+
+The trainer never reads or writes this file, so naming a run while it trains cannot race with it;
+the file is replaced atomically, so a reader sees the old or the new name, never half of one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cvae.errors import ConfigError
+from cvae.runs import read_json, write_json
+
+META_FILE = "meta.json"
+MAX_NAME = 80  # a name fits a picker and a legend
+MAX_NOTE = 2000
+
+
+def read_meta(run_dir: Path) -> dict[str, str]:
+    """{"name": ..., "note": ...} of a run folder; empty strings when unset or unreadable."""
+    raw = read_json(Path(run_dir) / META_FILE) or {}
+    return {key: str(raw.get(key) or "").strip() for key in ("name", "note")}
+
+
+def write_meta(run_dir: Path, *, name: str, note: str) -> dict[str, str]:
+    """Set a run's display name and note (empty = unset); raises ConfigError for text that does not fit."""
+    run_dir = Path(run_dir)
+    name, note = " ".join(name.split()), note.strip()  # one line for the name: it is shown in pickers and legends
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"a run name has at most {MAX_NAME} characters, got {len(name)}")
+    if len(note) > MAX_NOTE:
+        raise ConfigError(f"a run note has at most {MAX_NOTE} characters, got {len(note)}")
+    if not run_dir.is_dir():
+        raise ConfigError(f"no run folder at {run_dir}")
+    meta = {"name": name, "note": note}
+    write_json(run_dir / META_FILE, meta)
+    return meta
+
+
+def differing_config(configs: list[dict]) -> list[str]:
+    """The dotted config keys (e.g. "model.latent_dim") whose values differ between the runs' configs."""
+    flat = [_flatten(c) for c in configs]
+    keys = sorted(set().union(*flat)) if flat else []
+    return [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+
+
+def _flatten(obj: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# Settings that change how a run is carried out or logged, not what it learns: left out of "what differs".
+NOT_A_DIFFERENCE = {
+    "train.threads", "train.device", "train.print_every", "train.checkpoint_every", "train.latent_subset",
+    "train.grid_size", "data.data_dir",
+}  # fmt: skip
+SHORT = {
+    "model.latent_dim": "z", "model.likelihood": "decoder", "model.learn_sigma": "learned σ",
+    "model.arch": "arch", "train.learning_rate": "lr", "train.epochs": "epochs", "train.batch_size": "batch",
+    "train.lr_schedule": "schedule", "data.dataset": "data", "train.seed": "seed", "model.mlp_hidden": "hidden",
+    "data.train_subset": "train images", "data.binarize": "binarize", "model.fixed_sigma": "σ",
+}  # fmt: skip
+
+
+def what_differs(configs: list[dict]) -> list[str]:
+    """For each run, its values of the config keys that differ between the runs (learning, not logging):
+    ["z=2 · decoder=bernoulli", "z=10 · decoder=bernoulli", ...]; "" for a run when nothing differs."""
+    keys = [k for k in differing_config(configs) if k not in NOT_A_DIFFERENCE]
+    order = list(SHORT)  # the usual suspects first (latent size, decoder, ...), in this order
+    keys.sort(key=lambda k: (order.index(k) if k in order else len(order), k))
+    parts = {k: k.split(".")[-1] for k in keys}
+    flat = [_flatten(c) for c in configs]
+    return [" · ".join(f"{SHORT.get(k, short)}={_show(f.get(k))}" for k, short in parts.items()) for f in flat]
+
+
+def _show(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "×".join(str(v) for v in value)
+    return str(value)
