@@ -26,20 +26,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvae.checkpoints import load_checkpoint, save_checkpoint, validate_checkpoint
 from cvae.config import DataConfig, ModelConfig, RunConfig, TrainConfig, conv_preset
-from cvae.data import DatasetInfo, ImageData, load_data
+from cvae.data import DatasetInfo, ImageData, load_data, peek_info
 from cvae.errors import ConfigError, CVAEError
 from cvae.evaluate import autocast, evaluate_elbo, refined_nelbo
 from cvae.model import CVAE, count_parameters
 from cvae.runs import (
     RunDir,
     default_runs_root,
-    load_checkpoint,
+    fresh_run_path,
     new_run_id,
     process_identity,
     read_jsonl,
-    run_path,
-    save_checkpoint,
     write_atomic,
     write_json,
 )
@@ -229,6 +228,7 @@ class StopRequested:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # which signal asked: the exit code says it (130 or 143)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequested:
@@ -239,6 +239,7 @@ class StopRequested:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -250,6 +251,7 @@ class TrainResult:
     run_dir: Path
     metrics: list[dict] = field(default_factory=list)
     state: str = "finished"
+    stop_signal: int | None = None  # the signal that stopped it, when state is "stopped"
 
 
 def _save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
@@ -417,9 +419,10 @@ def fit(
                     if stop.requested:
                         break
                 if stop.requested:
-                    result.state = "stopped"
+                    result.state, result.stop_signal = "stopped", stop.signum
                     run.write_status(
                         state="stopped", epoch=epoch - 1, batch=0,
+                        signal=signal.Signals(stop.signum).name if stop.signum else None,
                         message=f"stopped during epoch {epoch}; the checkpoint of epoch {epoch - 1} is kept",
                     )  # fmt: skip
                     return result
@@ -481,7 +484,7 @@ EXTRA_DEFAULTS: dict[str, Any] = dict(
     precision="auto", fixed_sigma=1.0, sigma_min=1e-3, image_size=None, train_subset=None,
     test_subset=None, checkpoint_every=20, latent_subset=2000, threads=0, mlp_hidden=None, quiet=False,
     mlp_activation="relu", mlp_norm="none", lr_decay=1.0, lr_schedule="exponential", warmup_epochs=0.0,
-    refine_steps=0,
+    refine_steps=0, overwrite=False,
 )  # fmt: skip
 MODEL_KEYS = ("dataset", "decoder_type", "model_sigma", "latent_dim", "arch", "fixed_sigma", "binarize", "image_size")
 # The quick demo: a small MLP that trains in about a minute on 2 CPU cores (docs/benchmark.md has
@@ -572,13 +575,17 @@ def main(**kwargs: Any) -> TrainResult:
     if options.get("mlp_hidden") is not None:
         options["mlp_hidden"] = tuple(options["mlp_hidden"])
     quiet = bool(options.pop("quiet"))
+    overwrite = bool(options.pop("overwrite"))
     roots = Path(options["runs_root"]) if options["runs_root"] else default_runs_root()
 
     resume: dict | None = None
     run: RunDir | None = None
     if options["resume_path"]:
         checkpoint_path, run = _resume_target(Path(options["resume_path"]))
-        resume = load_checkpoint(checkpoint_path)
+        # Every field is checked before use; resuming into a folder that holds a run must be that run.
+        target = RunDir(Path(options["run_dir"])) if options["run_dir"] else run
+        resume = validate_checkpoint(load_checkpoint(checkpoint_path),
+                                     expect_config=target.read_config() if target else None)  # fmt: skip
         saved = RunConfig.from_dict(resume["config"])
         epoch = int(resume.get("epoch", -1))
         if options["resume_epoch"] is not None and options["resume_epoch"] != epoch:
@@ -605,28 +612,37 @@ def main(**kwargs: Any) -> TrainResult:
         ):
             raise ConfigError("the Bernoulli decoder models binary images and CIFAR-10 is colour: use -t Gaussian")
         _data_config(options).validate()
+        build_config(options, peek_info(_data_config(options)))  # refuse a bad model before decoding and caching
         data = load_data(_data_config(options))
         config = build_config(options, data.info)
 
     if options["run_dir"]:
         run = RunDir(Path(options["run_dir"]))
     elif run is None:
-        run = run_path(roots, new_run_id(config.data.dataset, config.model.likelihood, config.model.latent_dim))
-    run.path.mkdir(parents=True, exist_ok=True)
-    start_epoch = int(resume["epoch"]) if resume else 0
-    _prepare_run_folder(run, config, data.info, resume, start_epoch)
-    if not quiet:
-        model_desc = (
-            f"{config.model.arch} {config.model.likelihood}{' (learned sigma)' if config.model.learn_sigma else ''}"
-        )
-        print(
-            f"run {run.path}  |  {data.info.name} {data.info.channels}x{data.info.height}x{data.info.width}, "
-            f"{len(data.train_x)} train / {len(data.test_x)} test  |  {model_desc}, z={config.model.latent_dim}"
-            + (f"  |  resuming after epoch {start_epoch}" if resume else ""),
-            flush=True,
-        )
-    batches = max(1, math.ceil(len(data.train_x) / min(config.train.batch_size, len(data.train_x))))
-    return fit(config, run, data=data, resume=resume, callbacks=[ConsoleProgress(batches, quiet=quiet)])
+        run = fresh_run_path(roots, new_run_id(config.data.dataset, config.model.likelihood, config.model.latent_dim))
+    # One writer per run folder, for the trainer's whole life: the lock comes before any write.
+    with run.lock():
+        if resume is None and run.holds_run():
+            if not overwrite:
+                raise CVAEError(
+                    f"{run.path} already holds a run: continue it with python -m cvae.train -rp {run.path} -e N, "
+                    "or pass --overwrite to replace it"
+                )
+            run.clear_run()
+        start_epoch = int(resume["epoch"]) if resume else 0
+        _prepare_run_folder(run, config, data.info, resume, start_epoch)
+        if not quiet:
+            model_desc = (
+                f"{config.model.arch} {config.model.likelihood}{' (learned sigma)' if config.model.learn_sigma else ''}"
+            )
+            print(
+                f"run {run.path}  |  {data.info.name} {data.info.channels}x{data.info.height}x{data.info.width}, "
+                f"{len(data.train_x)} train / {len(data.test_x)} test  |  {model_desc}, z={config.model.latent_dim}"
+                + (f"  |  resuming after epoch {start_epoch}" if resume else ""),
+                flush=True,
+            )
+        batches = max(1, math.ceil(len(data.train_x) / min(config.train.batch_size, len(data.train_x))))
+        return fit(config, run, data=data, resume=resume, callbacks=[ConsoleProgress(batches, quiet=quiet)])
 
 
 def _check_same_model(given: dict[str, Any], saved: RunConfig) -> None:
@@ -787,7 +803,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     more.add_argument("--threads", type=_non_negative_int, default=None, help="CPU threads, 0 = all cores [0]")
     more.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    more.add_argument("--overwrite", action="store_true", default=None,
+                      help="start a new run in a --run-dir that already holds one, deleting its checkpoints, "
+                           "metrics and pictures (without it, that is refused)")  # fmt: skip
     return p
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Any:
+    """SIGTERM before or after the loop (loading data, say) exits 143; the loop itself stops cleanly."""
+
+    def exit_143(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, exit_143)
+    except ValueError:  # not the main thread: no signal handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -796,7 +833,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     if args.quick_demo:
         kwargs = {**QUICK_DEMO, **kwargs}
     try:
-        result = main(**kwargs)
+        with _sigterm_exits():
+            result = main(**kwargs)
     except CVAEError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -808,6 +846,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         return 130
     if result.state == "stopped":
         print(f"stopped; resume with: python -m cvae.train -rp {result.run_dir}", file=sys.stderr)
+        return 128 + int(result.stop_signal or signal.SIGINT)  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
     elif not kwargs.get("quiet") and result.metrics:
         last = result.metrics[-1]
         refined = (f" ({last['test_nelbo_refined']:.2f} with q refined per image by {last['refine_steps']} steps)"
