@@ -241,8 +241,17 @@ class RunDir:
         return self.path / LOCK_FILE
 
     def holds_run(self) -> bool:
-        """True if a run was started here: its config or a checkpoint (the app's queue files do not count)."""
-        return self.config_path.exists() or any(self.checkpoints.glob("*.pt"))
+        """True if a run here has finished an epoch: a checkpoint or a metrics line.
+
+        A folder with only a config.json (a run killed during its first epoch)
+        or only the app's queue files has nothing to lose, so a new run may start there.
+        """
+        if any(self.checkpoints.glob("*.pt")):
+            return True
+        try:
+            return self.metrics_path.stat().st_size > 0
+        except OSError:
+            return False
 
     def lock(self) -> RunLock:
         """Take the folder's writer lock (a context manager); `CVAEError` if another process holds it."""
