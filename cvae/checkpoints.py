@@ -11,7 +11,7 @@ A checkpoint is plain data and tensors (see docs/run-folder.md):
     scheduler       ReduceLROnPlateau's state_dict
     metrics         the last epoch's metrics record (numbers)
     rng_cpu         torch.get_rng_state(), uint8 (5056,)
-    rng_cuda        torch.cuda.get_rng_state(), uint8 (16,), when trained on a GPU
+    rng_cuda        torch.cuda.get_rng_state(), uint8, when trained on a GPU
 
 `torch.load(..., weights_only=True)` makes loading safe (no code runs), not
 the values sane: an Adam moment of the wrong shape makes the fused kernel read
@@ -44,7 +44,7 @@ MAX_CHECKPOINT_BYTES = 2 << 30  # refuse anything larger than 2 GiB before readi
 MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights: far above any cvae model
 MAX_EPOCH = 10_000_000  # a resumed run adds at most 100000 epochs at a time
 MAX_ADAM_STEP = 1e15  # Adam's bias correction is exactly 1 long before this
-CUDA_RNG_STATE_BYTES = 16  # the CUDA (Philox) generator's state: seed and offset, 8 bytes each
+MAX_RNG_STATE_BYTES = 1 << 20  # a generator state we cannot try here (CUDA on a CPU machine) is at most this
 # The trainer's Adam never sets these; True would make the fused kernel refuse to step, or
 # need state (max_exp_avg_sq) that our checkpoints never hold.
 ADAM_FLAGS_OFF = ("amsgrad", "maximize", "capturable", "differentiable")
@@ -411,6 +411,17 @@ def check_rng_state(field: str, value: Any, length: int, *, try_cpu: bool = Fals
     return value
 
 
+def _check_cuda_rng_state(value: Any) -> torch.Tensor:
+    """The CUDA generator's state: its exact length where a GPU is here to ask (the only place it is
+    used); elsewhere a 1-D uint8 tensor of sane size, kept for a later resume on a GPU."""
+    if torch.cuda.is_available():
+        return check_rng_state("rng_cuda", value, torch.cuda.get_rng_state().numel())
+    value = _plain_tensor("rng_cuda", value)
+    if value.dtype != torch.uint8 or value.dim() != 1 or not 0 < value.numel() <= MAX_RNG_STATE_BYTES:
+        raise _bad("rng_cuda", f"must be a 1-D torch.uint8 tensor, got a {value.dtype} tensor of shape {_shape(value)}")
+    return value
+
+
 def check_metrics(value: Any, epoch: int) -> dict:
     """The last epoch's metrics record: numbers only, for this epoch (it may be appended to metrics.jsonl)."""
     value = _dict("metrics", value)
@@ -478,7 +489,7 @@ def validate_checkpoint(payload: Any, *, expect_config: Any = None, max_paramete
     if "rng_cpu" in payload:
         checked["rng_cpu"] = check_rng_state("rng_cpu", payload["rng_cpu"], torch.get_rng_state().numel(), try_cpu=True)
     if "rng_cuda" in payload:
-        checked["rng_cuda"] = check_rng_state("rng_cuda", payload["rng_cuda"], CUDA_RNG_STATE_BYTES)
+        checked["rng_cuda"] = _check_cuda_rng_state(payload["rng_cuda"])
     if expect_config is not None:
         check_same_run(config, expect_config)
     return checked
