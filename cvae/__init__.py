@@ -37,7 +37,8 @@ _LAZY = {
     "load_data": "cvae.data",
     "RunDir": "cvae.runs",
     "list_runs": "cvae.runs",
-    "load_checkpoint": "cvae.runs",
+    "load_checkpoint": "cvae.checkpoints",
+    "validate_checkpoint": "cvae.checkpoints",
 }
 
 

@@ -394,6 +394,8 @@ class LaunchOptions:
     quick_demo: bool = option(False, "the fast preset for class demos: MNIST, an MLP, z=2, 12 epochs on a cosine "
                               "schedule and a refined test ELBO, under a minute on 2 cores; options given with "
                               "it win", form=None)  # fmt: skip
+    overwrite: bool = option(False, "start a new run in a --run-dir that already holds one, deleting its "
+                             "checkpoints, metrics and pictures (without it, that is refused)", form=None)  # fmt: skip
     quiet: bool = option(False, "print nothing but errors", short="-q", form=None)
 
 

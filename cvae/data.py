@@ -19,8 +19,12 @@ import hashlib
 import os
 import socket
 import struct
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +40,7 @@ CIFAR10_CLASSES = (
 )  # fmt: skip
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_FOLDER_IMAGES = 500_000
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own limit (1024 * 1024 * 1024 // 4 // 3), if it is switched off
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,26 @@ def builtin_info(dataset: str) -> DatasetInfo | None:
     if name == "CIFAR10":
         return DatasetInfo("CIFAR10", 3, 32, 32, CIFAR10_CLASSES)
     return None
+
+
+def peek_info(config: DataConfig) -> DatasetInfo:
+    """The `DatasetInfo` that `load_data(config)` would give, cheaply: no pixel is decoded, nothing cached.
+
+    MNIST and CIFAR-10 have fixed shapes; an image folder is scanned for its
+    classes and its first image's mode and size are read from the file's
+    header. The trainer checks the model against this before loading, so a
+    refused data set (an RGB folder for the Bernoulli decoder) costs nothing.
+    """
+    config.validate()
+    name = config.dataset.strip()
+    if name.upper() == "MNIST":
+        return DatasetInfo("MNIST", 1, 28, 28, MNIST_CLASSES)
+    if name.upper().replace("-", "") == "CIFAR10":
+        return DatasetInfo("CIFAR10", 3, 32, 32, CIFAR10_CLASSES)
+    if not Path(name).expanduser().is_dir():
+        raise DataError(f"unknown dataset {name!r}: use MNIST, CIFAR10 or the path of an existing image folder")
+    plan = _plan_folder(Path(name).expanduser(), config.image_size, config.test_fraction, config.split_seed)
+    return plan.info
 
 
 def load_data(config: DataConfig) -> ImageData:
@@ -244,21 +269,56 @@ def _scan(root: Path, class_names: list[str]) -> list[tuple[Path, int]]:
     return items
 
 
-def load_image_folder(
-    root: Path,
-    *,
-    image_size: int | None = None,
-    test_fraction: float = 0.1,
-    split_seed: int = 0,
-    cache_dir: Path | None = None,
-) -> ImageData:
-    """Read ROOT/<class>/*.png (or ROOT/train/<class>, ROOT/test/<class>) into tensors.
+def max_image_pixels() -> int:
+    """Pillow's decompression-bomb limit (pixels per image), or its default if someone switched it off."""
+    from PIL import Image
 
-    Images are converted to greyscale if the first one is greyscale, else RGB,
-    and resized to `image_size` squared (default: the first image's size).
+    return Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_IMAGE_PIXELS
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator[Any]:
+    """`PIL.Image.open`, with a picture over the pixel limit a one-line `DataError`, wherever it is.
+
+    Pillow only warns between 1x and 2x its limit and raises its own error
+    above; both become the same DataError here, checked from the header
+    before a single pixel is decoded.
     """
     from PIL import Image
 
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, for every image
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise DataError(f"image {path} has more than {limit:,} pixels (a decompression bomb?)") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+    with im:
+        width, height = im.size
+        if width * height > limit:
+            raise DataError(f"image {path} has {width}x{height} pixels, more than {limit:,} (a decompression bomb?)")
+        yield im
+
+
+@dataclass
+class _FolderPlan:
+    root: Path
+    class_names: list[str]
+    train_items: list[tuple[Path, int]]
+    test_items: list[tuple[Path, int]]
+    mode: str  # "L" or "RGB"
+    size: tuple[int, int]  # (W, H)
+
+    @property
+    def info(self) -> DatasetInfo:
+        channels = 1 if self.mode == "L" else 3
+        return DatasetInfo(self.root.name, channels, self.size[1], self.size[0], tuple(self.class_names))
+
+
+def _plan_folder(root: Path, image_size: int | None, test_fraction: float, split_seed: int) -> _FolderPlan:
+    """Classes, the train/test split, and the mode and size every image will be converted to (from the first)."""
     root = root.resolve()
     split_dirs = (root / "train").is_dir() and (root / "test").is_dir()
     base = root / "train" if split_dirs else root
@@ -280,14 +340,32 @@ def load_image_folder(
         raise DataError(f"image folder {root} has more than {MAX_FOLDER_IMAGES} images")
 
     first = train_items[0][0]
-    try:
-        with Image.open(first) as im:
-            mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-            size = (image_size, image_size) if image_size else im.size  # (W, H)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read image {first}: {err}") from None
+    with open_image(first) as im:
+        mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+        size = (image_size, image_size) if image_size else im.size  # (W, H)
     if size[0] > 512 or size[1] > 512:
         raise DataError(f"images of {size[0]}x{size[1]} are too large; pass --image-size 64 or less")
+    return _FolderPlan(root, class_names, train_items, test_items, mode, size)
+
+
+def load_image_folder(
+    root: Path,
+    *,
+    image_size: int | None = None,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    cache_dir: Path | None = None,
+) -> ImageData:
+    """Read ROOT/<class>/*.png (or ROOT/train/<class>, ROOT/test/<class>) into tensors.
+
+    Images are converted to greyscale if the first one is greyscale, else RGB,
+    and resized to `image_size` squared (default: the first image's size).
+    """
+    from PIL import Image
+
+    plan = _plan_folder(root, image_size, test_fraction, split_seed)
+    root, train_items, test_items = plan.root, plan.train_items, plan.test_items
+    mode, size = plan.mode, plan.size
 
     stats = [(str(p), st.st_mtime_ns, st.st_size) for p, _ in train_items + test_items for st in [p.stat()]]
     key = hashlib.sha256(repr((str(root), mode, size, test_fraction, split_seed, stats)).encode()).hexdigest()[:16]
@@ -306,20 +384,20 @@ def load_image_folder(
     def read(items: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         arrays = np.empty((len(items), size[1], size[0], 1 if mode == "L" else 3), np.uint8)
         for i, (path, _) in enumerate(items):
-            try:
-                with Image.open(path) as im:
+            with open_image(path) as im:
+                try:
                     im = im.convert(mode)
                     if im.size != size:
                         im = im.resize(size, Image.Resampling.BILINEAR)
                     arrays[i] = np.asarray(im).reshape(arrays.shape[1:])
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                raise DataError(f"cannot read image {path}: {err}") from None
+                except (OSError, ValueError) as err:
+                    raise DataError(f"cannot read image {path}: {err}") from None
         images = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W) uint8
         return images, torch.tensor([label for _, label in items], dtype=torch.int64)
 
     train_x, train_y = read(train_items)
     test_x, test_y = read(test_items)
-    info = DatasetInfo(root.name, 1 if mode == "L" else 3, size[1], size[0], tuple(class_names))
+    info = plan.info
     if cache:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)

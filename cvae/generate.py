@@ -18,34 +18,15 @@ from typing import NamedTuple
 import torch
 
 from cvae.artifacts import grid_png
+from cvae.checkpoints import MAX_PARAMETERS, checked_config, load_checkpoint, state_dict_problem  # noqa: F401
 from cvae.cli import OneLineParser
 from cvae.config import RunConfig
 from cvae.data import DatasetInfo
 from cvae.errors import CheckpointError, CVAEError
 from cvae.model import CVAE
-from cvae.runs import load_checkpoint
 
-MAX_PARAMETERS = 200_000_000  # 800 MB of float32 weights: far above any cvae model
-
-
-def checked_config(payload: dict, max_parameters: int = MAX_PARAMETERS) -> tuple[RunConfig, DatasetInfo]:
-    """The checkpoint's config, refused if unusable or if its network would be huge.
-
-    The network is built on PyTorch's "meta" device first (shapes only, no
-    memory), so a hostile config claiming 10^12 parameters cannot exhaust memory.
-    """
-    try:
-        config = RunConfig.from_dict(payload["config"])
-        info = DatasetInfo.from_dict(payload["dataset_info"])
-        with torch.device("meta"):
-            parameters = sum(p.numel() for p in CVAE(config.model).parameters())
-    except (CVAEError, KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"the checkpoint's config is unusable ({str(err).splitlines()[0][:160]})") from None
-    if parameters > max_parameters:
-        raise CheckpointError(
-            f"the checkpoint's network would have {parameters:,} parameters (at most {max_parameters:,})"
-        )
-    return config, info
+# MAX_PARAMETERS and checked_config moved to cvae.checkpoints (every path that builds a model from a
+# file sizes it on the meta device there); they stay importable from here for the app.
 
 
 class LoadedModel(NamedTuple):
@@ -62,6 +43,9 @@ def load_model(path: Path | str, device: torch.device | str = "cpu") -> LoadedMo
     payload = load_checkpoint(path)
     config, info = checked_config(payload)
     model = CVAE(config.model)
+    problem = state_dict_problem(payload["model"], model)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, AttributeError) as err:

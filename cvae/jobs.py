@@ -228,7 +228,9 @@ def start(
 
 
 def is_active(run: RunDir) -> bool:
-    return run.read_status().get("state") in ACTIVE_STATES
+    """Queued or training: by its status, or because a trainer holds the folder's lock (one started
+    from a command line, say), so the app neither resumes nor deletes it."""
+    return run.read_status().get("state") in ACTIVE_STATES or run.is_locked()
 
 
 def resume(run: RunDir, more_epochs: int) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from cvae.artifacts import save_fixed_inputs, write_epoch_artifacts
+from cvae.checkpoints import save_checkpoint
 from cvae.config import RunConfig
 from cvae.cuda_graph import GraphStep, portable_optimizer_state, prepare_graph_step
 from cvae.data import ImageData
@@ -29,7 +30,7 @@ from cvae.errors import CVAEError
 from cvae.evaluate import evaluate_elbo, refined_nelbo
 from cvae.model import CVAE, count_parameters
 from cvae.progress import Callback
-from cvae.runs import RunDir, process_identity, save_checkpoint
+from cvae.runs import RunDir, process_identity
 from cvae.runtime import (
     autocast,
     make_optimizer,
@@ -52,6 +53,7 @@ class TrainResult:
     run_dir: Path
     metrics: list[dict] = field(default_factory=list)
     state: str = "finished"  # finished or stopped
+    stop_signal: int | None = None  # the signal that stopped it, when state is "stopped"
 
 
 class StopRequested:
@@ -59,6 +61,7 @@ class StopRequested:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # which signal asked: the exit code says it (130 or 143)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequested:
@@ -69,6 +72,7 @@ class StopRequested:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -170,9 +174,12 @@ def fit(
                 step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=dynamic, graph=graph)
                 train = step.epoch(epoch, cfg, run, batch_log, callbacks, stop, t_run)
                 if stop.requested:
-                    result.state = "stopped"
-                    run.write_status(state="stopped", epoch=epoch - 1, batch=0,
-                                     message=f"stopped in epoch {epoch}: the checkpoint of epoch {epoch - 1} is kept")  # fmt: skip
+                    result.state, result.stop_signal = "stopped", stop.signum
+                    run.write_status(
+                        state="stopped", epoch=epoch - 1, batch=0,
+                        signal=signal.Signals(stop.signum).name if stop.signum else None,
+                        message=f"stopped in epoch {epoch}: the checkpoint of epoch {epoch - 1} is kept",
+                    )  # fmt: skip
                     return result
                 schedule.after_epoch(train[0])
                 test = evaluate_elbo(model, d.test_x, d.test_y, amp_dtype=amp_dtype)

@@ -16,27 +16,30 @@ append whole lines; readers skip a torn last line. See docs/run-folder.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from cvae.errors import CheckpointError, CVAEError
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a run folder is then not protected
+    fcntl = None  # type: ignore[assignment]
+from cvae.errors import CVAEError
 
-FORMAT_VERSION = 1
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ACTIVE_STATES = ("queued", "starting", "running", "stopping")
 OWNER_FILE = "owner.json"  # {"owner": name, "created": time}: who started the run, when sign-in is on
-MAX_CHECKPOINT_BYTES = 2 << 30  # refuse anything larger than 2 GiB before reading it
+LOCK_FILE = ".lock"  # flock()ed by the one trainer writing the folder; holds its pid
+LOCK_RETRY_S = 0.5  # an `is_locked` probe holds the lock for microseconds: retry that long before refusing
 
 
 def default_runs_root() -> Path:
@@ -234,6 +237,54 @@ class RunDir:
         status.update(fields, updated=time.time())
         write_json(self.status_path, status)
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def holds_run(self) -> bool:
+        """True if a run here has finished an epoch: a checkpoint or a metrics line.
+
+        A folder with only a config.json (a run killed during its first epoch)
+        or only the app's queue files has nothing to lose, so a new run may start there.
+        """
+        if any(self.checkpoints.glob("*.pt")):
+            return True
+        try:
+            return self.metrics_path.stat().st_size > 0
+        except OSError:
+            return False
+
+    def lock(self) -> RunLock:
+        """Take the folder's writer lock (a context manager); `CVAEError` if another process holds it."""
+        return RunLock(self).acquire()
+
+    def is_locked(self) -> bool:
+        """True while a trainer holds this folder's lock (so the app neither resumes nor deletes it)."""
+        if fcntl is None:
+            return False
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts with the trainer's LOCK_EX only
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # closing drops our shared lock at once
+        return False
+
+    def clear_run(self) -> None:
+        """Remove a previous run's files (for --overwrite); the app's queue files and train.log stay."""
+        import shutil
+
+        for path in (self.config_path, self.metrics_path, self.batches_path):
+            path.unlink(missing_ok=True)
+        for folder in (self.artifacts, self.checkpoints, self.path / "generated"):
+            shutil.rmtree(folder, ignore_errors=True)
+
     def epochs_with(self, name: str) -> list[int]:
         """Epochs that have an artifact called `name` (e.g. 'recon_mean.png')."""
         found = []
@@ -243,6 +294,58 @@ class RunDir:
             except ValueError:
                 continue
         return sorted(found)
+
+
+class RunLock:
+    """An exclusive advisory lock (flock) on `<run>/.lock`, held by one trainer for its whole life.
+
+    The kernel drops it when the process exits, however it dies (kill -9, a
+    segfault, out of memory), so a crash never leaves a stale lock. Closing
+    the file releases it; the file itself stays (deleting it would let a
+    second trainer lock a new file while the first still holds the old one).
+    """
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        if fcntl is None:
+            return self
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + LOCK_RETRY_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                who = f"pid {holder}" if holder.isdigit() else "pid unknown"
+                raise CVAEError(f"run {self.run.id} is training in another process ({who})") from None
+            except OSError:  # a file system without flock (some network mounts): train unprotected
+                os.close(fd)
+                return self
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def run_path(root: Path, run_id: str) -> RunDir:
@@ -278,48 +381,18 @@ def list_runs(root: Path, *, started: bool = False) -> list[RunDir]:
     return [run for *_, run in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
 
 
+def fresh_run_path(root: Path, run_id: str) -> RunDir:
+    """A newly made, empty run folder: `run_id`, or `run_id-2`, `-3`, ... when two runs start in one second."""
+    for n in range(1, 1000):
+        run = run_path(root, run_id if n == 1 else f"{run_id}-{n}")
+        try:
+            run.path.mkdir(parents=True)  # fails if it exists: two trainers never share a new folder
+        except FileExistsError:
+            continue
+        return run
+    raise CVAEError(f"cannot find a free run folder name for {run_id} under {root}")
+
+
 def new_run_id(dataset: str, likelihood: str, latent_dim: int) -> str:
     stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(dataset).name or dataset).strip("-")[:30] or "data"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}-{likelihood}-z{latent_dim}"
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Save plain data and tensors only (loadable with weights_only=True), atomically."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **payload}, buffer)
-    write_atomic(Path(path), buffer.getvalue())
-
-
-def load_checkpoint(path: Path | str) -> dict:
-    """Load a checkpoint safely: weights_only (no code runs), with one-line errors."""
-    path = Path(path)
-    if path.is_dir():
-        path = RunDir(path).latest_checkpoint
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"checkpoint {path} is larger than 2 GiB; refusing to load it")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every failure is the file's fault
-        text = str(err)
-        if "GLOBAL" in text or "Unsupported global" in text:
-            raise CheckpointError(
-                f"refusing {path}: it holds Python objects, not plain weights (loading it would run code)"
-            ) from None
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: corrupt, truncated or not a PyTorch weights file"
-        ) from None
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        raise CheckpointError(f"{path} is not a cvae checkpoint (no model weights and config)")
-    version = payload.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {version!r}; this cvae reads {FORMAT_VERSION}")
-    return payload

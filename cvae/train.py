@@ -9,8 +9,10 @@ name for the same function (`cvae.train_model`).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cvae.cli import OneLineParser, add_options, given, run_main
@@ -36,13 +38,33 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM before or after the loop (loading data, say) exits 143; the loop itself stops cleanly."""
+
+    def exit_143(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, exit_143)
+    except ValueError:  # not the main thread: no signal handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     args = given(build_parser().parse_args(argv))
 
     def body() -> int:
-        result = train_model(**args)
+        with _sigterm_exits():
+            result = train_model(**args)
         if result.state == "stopped":
             print(f"stopped; resume with: python -m cvae.train -rp {result.run_dir}", file=sys.stderr)
+            return 128 + int(result.stop_signal or signal.SIGINT)  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
         elif not args.get("quiet") and result.metrics:
             last = result.metrics[-1]
             refined = (f" ({last['test_nelbo_refined']:.2f} with q refined per image by {last['refine_steps']} steps)"

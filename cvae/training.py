@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cvae.checkpoints import load_checkpoint, validate_checkpoint
 from cvae.config import (
     BY_NAME,
     DEFAULTS,
@@ -31,17 +32,16 @@ from cvae.config import (
     TrainConfig,
     conv_preset,
 )
-from cvae.data import DatasetInfo, builtin_info, load_data
+from cvae.data import DatasetInfo, load_data, peek_info
 from cvae.errors import ConfigError, CVAEError
 from cvae.loop import TrainResult, fit
 from cvae.progress import ConsoleProgress
 from cvae.runs import (
     RunDir,
     default_runs_root,
-    load_checkpoint,
+    fresh_run_path,
     new_run_id,
     read_jsonl,
-    run_path,
     write_atomic,
     write_json,
 )
@@ -55,28 +55,31 @@ def train_model(**options: Any) -> TrainResult:
     flush_denormals()  # before any parallel op, so torch's worker threads inherit it
     opts = resolve_options(options)
     if opts["resume_path"]:
-        config, data, resume, run = _resume(opts, given_names=set(options) - {"quiet"})
+        config, data, resume, run = _resume(opts, given_names=set(options) - {"quiet", "overwrite"})
     else:
         if opts["resume_epoch"] not in (None, 0):
             raise ConfigError("--resume_epoch needs --resume_path")
         data_config = section_config(DataConfig, opts)
-        info = builtin_info(data_config.dataset)
-        if info is not None:  # refuse a misfit (Bernoulli with colour images) before loading anything
-            _model_config(opts, info).validate()
+        build_config(opts, peek_info(data_config))  # refuse a misfit from the headers: nothing decoded or cached
         data = load_data(data_config)
         config, resume, run = build_config(opts, data.info), None, None
     if opts["run_dir"]:
         run = RunDir(Path(opts["run_dir"]))
     elif run is None:
         root = Path(opts["runs_root"]) if opts["runs_root"] else default_runs_root()
-        run = run_path(root, new_run_id(config.data.dataset, config.model.likelihood, config.model.latent_dim))
-    run.path.mkdir(parents=True, exist_ok=True)
-    start_epoch = int(resume["epoch"]) if resume else 0
-    prepare_run_folder(run, config, data.info, resume, start_epoch)
-    if not opts["quiet"]:
-        print(_describe(run, config, data, start_epoch if resume else None), flush=True)
-    batches = max(1, math.ceil(len(data.train_x) / min(config.train.batch_size, len(data.train_x))))
-    return fit(config, run, data=data, resume=resume, callbacks=[ConsoleProgress(batches, quiet=opts["quiet"])])
+        run = fresh_run_path(root, new_run_id(config.data.dataset, config.model.likelihood, config.model.latent_dim))
+    with run.lock():  # one writer per run folder for the trainer's whole life; the kernel drops it if we die
+        if resume is None and run.holds_run():
+            if not opts["overwrite"]:
+                raise CVAEError(f"{run.path} already holds a run: continue it with python -m cvae.train -rp {run.path} "
+                                "-e N, or pass --overwrite to replace it")  # fmt: skip
+            run.clear_run()
+        start_epoch = int(resume["epoch"]) if resume else 0
+        prepare_run_folder(run, config, data.info, resume, start_epoch)
+        if not opts["quiet"]:
+            print(_describe(run, config, data, start_epoch if resume else None), flush=True)
+        batches = max(1, math.ceil(len(data.train_x) / min(config.train.batch_size, len(data.train_x))))
+        return fit(config, run, data=data, resume=resume, callbacks=[ConsoleProgress(batches, quiet=opts["quiet"])])
 
 
 def _signature_and_doc() -> tuple[inspect.Signature, str]:
@@ -145,7 +148,11 @@ def _resume_target(resume_path: Path) -> tuple[Path, RunDir | None]:
 def _resume(opts: dict[str, Any], given_names: set[str]) -> tuple[RunConfig, Any, dict, RunDir | None]:
     """The checkpoint's config with what may change on resume (the options marked resume="override")."""
     checkpoint_path, run = _resume_target(Path(opts["resume_path"]))
-    resume = load_checkpoint(checkpoint_path)
+    # Every field is checked before use; resuming into a folder that holds a run must be that run.
+    target = RunDir(Path(opts["run_dir"])) if opts["run_dir"] else run
+    resume = validate_checkpoint(
+        load_checkpoint(checkpoint_path), expect_config=target.read_config() if target else None
+    )
     saved = RunConfig.from_dict(resume["config"])
     epoch = int(resume.get("epoch", -1))
     if opts["resume_epoch"] is not None and opts["resume_epoch"] != epoch:

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from cvae.runs import RunDir, load_checkpoint, read_json
+from cvae.checkpoints import load_checkpoint
+from cvae.runs import RunDir, read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["-z", "2", "--arch", "mlp", "--train-subset", "256", "--test-subset", "128", "--latent-subset", "64",

@@ -46,7 +46,7 @@ def test_cli_writes_one_grid_per_class(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_checkpoint_claiming_a_huge_network_is_refused_before_allocating(tiny_run: Path, tmp_path: Path) -> None:
-    from cvae.runs import load_checkpoint
+    from cvae.checkpoints import load_checkpoint
 
     payload = load_checkpoint(tiny_run)
     payload["config"]["model"]["mlp_hidden"] = [1_000_000, 1_000_000]  # 10^12 weights if ever built

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from cvae.checkpoints import load_checkpoint
 from cvae.errors import CVAEError
 from cvae.generate import checked_config
 from cvae.model import CVAE
-from cvae.runs import load_checkpoint, write_atomic
+from cvae.runs import write_atomic
 from ui.models import cached_model
 from ui.runs import stamp
 
