@@ -256,7 +256,7 @@ def test_the_issue_cases_name_the_field(real_run: RunDir) -> None:
         "issue-many": "checkpoint field epoch must be an integer, got 'many'",
         "issue-float-rng": "checkpoint field rng_cpu must be a torch.uint8 tensor",
         "issue-2e12-parameters": "would have 2,000,142,000,068 parameters",
-        "issue-rgb-config": "the Bernoulli decoder models binary",
+        "issue-rgb-config": "the Bernoulli decoder models black-and-white",
     }
     for kind, text in expect.items():
         with pytest.raises(CheckpointError, match=text):

@@ -235,7 +235,7 @@ def test_a_refused_data_set_is_not_cached(tmp_path: Path) -> None:
     rgb = _pictures(tmp_path / "rgb", mode="RGB")
     proc = _cli("-d", str(rgb), "--arch", "mlp", "-e", "1", "--data-dir", str(tmp_path / "data"),
                 "--run-dir", str(tmp_path / "r"))  # fmt: skip
-    _one_line_exit_2(proc, "the Bernoulli decoder models binary")
+    _one_line_exit_2(proc, "the Bernoulli decoder models black-and-white")
     assert not (tmp_path / "data").exists() and not (tmp_path / "r").exists()
 
 

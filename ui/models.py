@@ -10,6 +10,7 @@ import numpy as np
 import streamlit as st
 import torch
 
+from cvae.artifacts import grid_png
 from cvae.config import DataConfig
 from cvae.data import load_data
 from cvae.generate import load_model
@@ -54,17 +55,7 @@ def test_images(run: Run, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 def upscale(images: torch.Tensor | np.ndarray, nrow: int = 8, scale: int = 3, padding: int = 2) -> bytes:
     """A PNG of an image grid, (N, C, H, W) in [0, 1], enlarged with sharp pixels for a projector."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    images = torch.as_tensor(images).float().clamp(0, 1)
-    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
-    array = grid.mul(255).round().byte().permute(1, 2, 0).numpy()
-    picture = Image.fromarray(array)
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return grid_png(images, nrow=nrow, padding=padding, scale=scale)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
