@@ -206,7 +206,7 @@ def test_form_validates_and_starts_a_run(tmp_path: Path, monkeypatch: pytest.Mon
     at.number_input(key="f_test_subset").set_value(64)
     at.number_input(key="f_threads").set_value(1)
     at.radio(key="f_arch").set_value("mlp")
-    at.radio(key="f_lr_schedule").set_value("cosine").run()  # the warm-up box opens for cosine
+    at.selectbox(key="f_lr_schedule").set_value("cosine").run()  # the warm-up box opens for cosine
     at.number_input(key="f_warmup_epochs").set_value(0.5)
     at.number_input(key="f_refine_steps").set_value(3)
     at.button(key="start").click().run()

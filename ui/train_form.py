@@ -70,7 +70,7 @@ def _widget(opt: Option, where: Any, values: dict[str, Any]) -> Any:
     common = dict(label=opt.label, help=opt.help, key=f"f_{opt.name}", disabled=disabled)
     if opt.choices:
         shown = dict(zip(opt.choices, opt.user_choices(), strict=True))
-        if len(opt.choices) <= 3:
+        if len(opt.choices) <= 2:  # a radio reads at a glance; more choices wrap: a select box
             return where.radio(options=list(opt.choices), format_func=shown.get, horizontal=True,
                                index=opt.choices.index(opt.default), **common)  # fmt: skip
         return where.selectbox(options=list(opt.choices), format_func=shown.get, index=opt.choices.index(opt.default),
