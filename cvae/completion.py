@@ -36,6 +36,7 @@ baseline's is exact (its cross-entropy). Both estimators are upper bounds on
 
     python -m cvae.completion --quadrants 1 --epochs 5 --threads 2
     python -m cvae.completion --evaluate checkpoints/<run> --eval-samples 100
+    python -m cvae.completion --evaluate checkpoints/<run> --eval-samples 0 --figure digit.png --figure-index 7
 """
 
 from __future__ import annotations
@@ -839,6 +840,27 @@ def evaluate_run(
     return evaluate_models(models, test_x, samples=samples)
 
 
+def figure_run(
+    path: Path | str,
+    *,
+    index: int = 0,
+    samples: int = 8,
+    seed: int = 0,
+    quadrants: int | None = None,
+    data_dir: str | None = None,
+) -> bytes:
+    """PNG bytes: test digit `index`, given | truth | baseline | `samples` CVAE completions (see completion_png)."""
+    payload = load_completion_checkpoint(path)
+    models = load_models(path)
+    saved = CompletionTrainConfig.from_dict(payload["config"].get("train", {}))
+    _, test_x = _load_images(CompletionTrainConfig(data_dir=saved.data_dir if data_dir is None else data_dir))
+    if not 0 <= index < len(test_x):
+        raise CVAEError(f"--figure-index must be between 0 and {len(test_x) - 1}, got {index}")
+    k = models.config.quadrants or quadrants or 1
+    gen = torch.Generator().manual_seed(seed)
+    return completion_png(complete(models, test_x[index], quadrants=k, samples=samples, generator=gen), test_x[index])
+
+
 # ------------------------------------------------------------------ command line
 
 
@@ -878,6 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN", help="continue this run folder up to --epochs")
     p.add_argument("--evaluate", default=None, metavar="RUN", help="only evaluate this trained run folder")
     p.add_argument("--json", action="store_true", help="with --evaluate: print one JSON object")
+    p.add_argument("--figure", default=None, metavar="PNG",
+                   help="with --evaluate: also write one test digit's completions (given | truth | baseline | "
+                        "CVAE samples) to this PNG")  # fmt: skip
+    p.add_argument("--figure-index", type=_non_negative_int, default=0, help="test digit for --figure [0]")
+    p.add_argument("--figure-samples", type=_positive(int), default=8, help="CVAE samples in --figure [8]")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     return p
 
@@ -889,12 +916,18 @@ def cli(argv: Sequence[str] | None = None) -> int:
     try:
         _set_threads(args.threads)
         if args.evaluate:
-            report = evaluate_run(
-                args.evaluate, samples=args.eval_samples or 100, test_subset=args.test_subset, data_dir=args.data_dir
-            )
-            print(
-                json.dumps(_clean(report), indent=2) if args.json else "\n".join(map(format_summary, report.values()))
-            )
+            if args.figure:
+                png = figure_run(
+                    args.evaluate, index=args.figure_index, samples=args.figure_samples, seed=args.seed,
+                    quadrants=args.quadrants, data_dir=args.data_dir,
+                )  # fmt: skip
+                write_atomic(Path(args.figure), png)
+            if args.eval_samples:  # --eval-samples 0: the figure only
+                report = evaluate_run(
+                    args.evaluate, samples=args.eval_samples, test_subset=args.test_subset, data_dir=args.data_dir
+                )
+                text = "\n".join(map(format_summary, report.values()))
+                print(json.dumps(_clean(report), indent=2) if args.json else text)
             return 0
         config = CompletionConfig(
             quadrants=args.quadrants, latent_dim=args.latent_dim, hidden=tuple(args.hidden), alpha=args.alpha,

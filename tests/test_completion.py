@@ -283,11 +283,15 @@ def test_the_command_line_trains_evaluates_and_refuses_bad_input(tmp_path: Path,
     assert cli(["--evaluate", str(run_dir), "--eval-samples", "2", "--test-subset", "8", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["q3"]["images"] == 8
+    figure = tmp_path / "figures" / "digit.png"
+    assert cli(["--evaluate", str(run_dir), "--eval-samples", "0", "--figure", str(figure), "--figure-index", "3"]) == 0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and capsys.readouterr().out == ""
 
     for bad, message in (
         (["--quadrants", "5"], "quadrants must be 1, 2 or 3"),
         (["--alpha", "1.5"], "alpha must be between 0 and 1"),
         (["--evaluate", str(tmp_path / "nowhere")], "checkpoint not found"),
+        (["--evaluate", str(run_dir), "--figure", str(figure), "--figure-index", "10000"], "between 0 and 9999"),
     ):
         assert cli(bad) == 2, bad
         err = capsys.readouterr().err
