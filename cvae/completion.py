@@ -46,6 +46,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +60,16 @@ from torch import nn
 
 from cvae.errors import CheckpointError, ConfigError, CVAEError
 from cvae.evaluate import mean_se
-from cvae.runs import RunDir, default_runs_root, load_checkpoint, run_path, save_checkpoint, write_atomic, write_json
+from cvae.runs import (
+    RunDir,
+    default_runs_root,
+    load_checkpoint,
+    process_identity,
+    run_path,
+    save_checkpoint,
+    write_atomic,
+    write_json,
+)
 
 KIND = "quadrant-completion"  # config.json's and the checkpoint's "kind": what built this run
 QUADRANT_ORDER = ("bottom-left", "top-left", "top-right", "bottom-right")
@@ -662,8 +672,8 @@ def train_completion(
 ) -> CompletionResult:
     """Train the CVAE and its baseline; write config.json, metrics.jsonl, status.json and checkpoints.
 
-    Resuming (`resume` = a run folder or checkpoint) continues to `train.epochs`
-    epochs in total with the saved model config, optimizer and RNG state.
+    Resuming (`resume` = a run folder or checkpoint) trains `train.epochs` more
+    epochs with the saved model config, optimizer and RNG state (as cvae.train does).
     """
     train.validate()
     payload: dict | None = None
@@ -699,8 +709,7 @@ def train_completion(
             group["lr"] = train.learning_rate
         start_epoch = int(payload.get("epoch", 0))
         torch.set_rng_state(payload["rng_cpu"])
-        if start_epoch >= train.epochs:
-            raise ConfigError(f"the checkpoint has {start_epoch} epochs already; ask for more with --epochs")
+    end_epoch = start_epoch + train.epochs  # as cvae.train: on resume, --epochs means that many more
     full_config = {"kind": KIND, "model": config.to_dict(), "train": asdict(train),
                    "quadrant_order": list(QUADRANT_ORDER), "binarize": "static",
                    "dataset_info": {"name": "MNIST", "channels": 1, "height": config.height, "width": config.width},
@@ -711,7 +720,15 @@ def train_completion(
         write_atomic(run.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
     else:
         write_atomic(run.metrics_path, b"")
-    run.write_status(state="running", epoch=start_epoch, pid=None, message="")
+    # pid and process identity, as cvae.train writes them, so that readers can tell a dead trainer
+    run.write_status(
+        state="running",
+        pid=os.getpid(),
+        process=process_identity(os.getpid()),
+        epoch=start_epoch,
+        epochs=end_epoch,
+        message="",
+    )
     result = CompletionResult(run.path)
     gen = torch.Generator().manual_seed(train.seed * 1000 + start_epoch)
     if not quiet:
@@ -720,7 +737,7 @@ def train_completion(
               f"alpha={config.alpha}", flush=True)  # fmt: skip
     t_run = time.time()
     try:
-        for epoch in range(start_epoch + 1, train.epochs + 1):
+        for epoch in range(start_epoch + 1, end_epoch + 1):
             t0 = time.time()
             models.train()
             order = torch.randperm(len(train_x), generator=gen)
@@ -754,7 +771,7 @@ def train_completion(
             run.write_status(epoch=epoch, last=record)
             if not quiet:
                 tests = "  ".join(f"{k} {v:.2f}" for k, v in record.items() if k.startswith("test_"))
-                print(f"epoch {epoch}/{train.epochs}  train -ELBO {record['train_nelbo']:.2f} "
+                print(f"epoch {epoch}/{end_epoch}  train -ELBO {record['train_nelbo']:.2f} "
                       f"(KL {record['train_kl']:.2f}), baseline {record['train_baseline']:.2f}  |  {tests}  "
                       f"|  {record['seconds']:.1f} s", flush=True)  # fmt: skip
         if train.eval_samples:
@@ -897,7 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw [data/]")
     p.add_argument("--run-dir", default=None, help="run folder to write [checkpoints/<time>-MNIST-completion-...]")
     p.add_argument("--runs-root", default=None, help="folder that holds run folders [checkpoints]")
-    p.add_argument("--resume", default=None, metavar="RUN", help="continue this run folder up to --epochs")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue this run folder for --epochs more epochs")
     p.add_argument("--evaluate", default=None, metavar="RUN", help="only evaluate this trained run folder")
     p.add_argument("--json", action="store_true", help="with --evaluate: print one JSON object")
     p.add_argument("--figure", default=None, metavar="PNG",
