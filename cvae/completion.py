@@ -50,7 +50,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -673,13 +673,20 @@ def train_completion(
     """Train the CVAE and its baseline; write config.json, metrics.jsonl, status.json and checkpoints.
 
     Resuming (`resume` = a run folder or checkpoint) trains `train.epochs` more
-    epochs with the saved model config, optimizer and RNG state (as cvae.train does).
+    epochs (as cvae.train does) with the saved model config, optimizer, RNG state,
+    seed and data subsets; `config` is then ignored.
     """
     train.validate()
     payload: dict | None = None
     if resume is not None:
         payload = load_completion_checkpoint(resume)
-        config = CompletionConfig.from_dict(payload["config"]["model"])
+        config = CompletionConfig.from_dict(payload["config"]["model"])  # the saved model wins over `config`
+        saved = CompletionTrainConfig.from_dict(payload["config"].get("train", {}))
+        # the data and the seed define the experiment: kept; the optimisation knobs come from `train`
+        train = replace(
+            train, seed=saved.seed, data_dir=saved.data_dir, train_subset=saved.train_subset,
+            test_subset=saved.test_subset,
+        )  # fmt: skip
         resume_path = Path(resume)
         run_dir = run_dir or (resume_path if resume_path.is_dir() else resume_path.parent.parent)
     config.validate()
@@ -703,12 +710,12 @@ def train_completion(
         try:
             models.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
+            torch.set_rng_state(payload["rng_cpu"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"checkpoint does not fit this model: {str(err).splitlines()[0][:200]}") from None
         for group in optimizer.param_groups:
             group["lr"] = train.learning_rate
         start_epoch = int(payload.get("epoch", 0))
-        torch.set_rng_state(payload["rng_cpu"])
     end_epoch = start_epoch + train.epochs  # as cvae.train: on resume, --epochs means that many more
     full_config = {"kind": KIND, "model": config.to_dict(), "train": asdict(train),
                    "quadrant_order": list(QUADRANT_ORDER), "binarize": "static",

@@ -256,8 +256,10 @@ def test_two_step_train_checkpoint_round_trip_evaluate_and_resume(tmp_path: Path
     assert again["q1"]["baseline_nll"] == pytest.approx(result.evaluation["q1"]["baseline_nll"], rel=1e-6)
 
     # resume for one more epoch (--epochs counts the new ones, as cvae.train): two metric lines, the model moved
-    train2 = CompletionTrainConfig(epochs=1, batch_size=32, train_subset=64, test_subset=40, eval_samples=0, threads=1)
-    train_completion(config, train2, resume=run_dir, quiet=True)
+    train2 = CompletionTrainConfig(epochs=1, batch_size=32, eval_samples=0, threads=1)  # subsets come from the run
+    train_completion(CompletionConfig(quadrants=2), train2, resume=run_dir, quiet=True)  # the saved model wins
+    resumed = json.loads(run.config_path.read_text())
+    assert resumed["train"]["train_subset"] == 64 and resumed["model"]["quadrants"] == 1
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
     assert run.read_status()["state"] == "finished" and run.read_status()["epochs"] == 2
     moved = load_models(run_dir)
