@@ -58,15 +58,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvae.checkpoints import load_checkpoint, save_checkpoint
+from cvae.cli import OneLineParser, number
 from cvae.errors import CheckpointError, ConfigError, CVAEError
 from cvae.evaluate import mean_se
 from cvae.runs import (
     RunDir,
+    clean_json,
     default_runs_root,
-    load_checkpoint,
     process_identity,
     run_path,
-    save_checkpoint,
     write_atomic,
     write_json,
 )
@@ -889,33 +890,31 @@ def figure_run(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cvae.train import OneLineParser, _non_negative_int, _positive
-
     d, t = CompletionConfig(), CompletionTrainConfig()
     p = OneLineParser(
         prog="python -m cvae.completion",
         description="Train a CVAE (and the paper's deterministic baseline) to complete MNIST digits from 1-3 "
         "given quadrants (Sohn et al. 2015, section 5.1), or evaluate one with --evaluate.",
     )
-    p.add_argument("--quadrants", type=_non_negative_int, default=d.quadrants,
+    p.add_argument("--quadrants", type=number(int, low_open=False), default=d.quadrants,
                    help="quadrants given, in the order bottom-left, top-left, top-right (1-3); 0 = a random count "
                         f"per training image (with --mask-channel) [{d.quadrants}]")  # fmt: skip
-    p.add_argument("--epochs", "-e", type=_positive(int), default=t.epochs, help=f"[{t.epochs}]")
-    p.add_argument("--batch-size", "-b", type=_positive(int), default=t.batch_size, help=f"[{t.batch_size}]")
-    p.add_argument("--learning-rate", "-lr", type=_positive(float), default=t.learning_rate,
+    p.add_argument("--epochs", "-e", type=number(int), default=t.epochs, help=f"[{t.epochs}]")
+    p.add_argument("--batch-size", "-b", type=number(int), default=t.batch_size, help=f"[{t.batch_size}]")
+    p.add_argument("--learning-rate", "-lr", type=number(float), default=t.learning_rate,
                    help=f"Adam's learning rate [{t.learning_rate}]")  # fmt: skip
-    p.add_argument("--latent-dim", "-z", type=_positive(int), default=d.latent_dim, help=f"[{d.latent_dim}]")
-    p.add_argument("--hidden", type=_positive(int), nargs="+", default=list(d.hidden),
+    p.add_argument("--latent-dim", "-z", type=number(int), default=d.latent_dim, help=f"[{d.latent_dim}]")
+    p.add_argument("--hidden", type=number(int), nargs="+", default=list(d.hidden),
                    help=f"hidden widths of every network [{' '.join(map(str, d.hidden))}]")  # fmt: skip
     p.add_argument("--alpha", type=float, default=d.alpha,
                    help="hybrid objective: alpha * (-ELBO) + (1 - alpha) * GSNN loss; 1 = the CVAE's ELBO "
                         f"alone [{d.alpha}]")  # fmt: skip
     p.add_argument("--mask-channel", action="store_true", help="also feed the mask of given pixels to every network")
-    p.add_argument("--seed", type=_non_negative_int, default=t.seed, help=f"[{t.seed}]")
-    p.add_argument("--threads", type=_non_negative_int, default=t.threads, help="CPU threads, 0 = all [0]")
-    p.add_argument("--train-subset", type=_positive(int), default=None, help="train on the first N images only")
-    p.add_argument("--test-subset", type=_positive(int), default=None, help="test on the first N images only")
-    p.add_argument("--eval-samples", "-S", type=_non_negative_int, default=t.eval_samples,
+    p.add_argument("--seed", type=number(int, low_open=False), default=t.seed, help=f"[{t.seed}]")
+    p.add_argument("--threads", type=number(int, low_open=False), default=t.threads, help="CPU threads, 0 = all [0]")
+    p.add_argument("--train-subset", type=number(int), default=None, help="train on the first N images only")
+    p.add_argument("--test-subset", type=number(int), default=None, help="test on the first N images only")
+    p.add_argument("--eval-samples", "-S", type=number(int, low_open=False), default=t.eval_samples,
                    help=f"samples S for the -log p(y | x) estimates after training; 0 skips them "
                         f"[{t.eval_samples}]")  # fmt: skip
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw [data/]")
@@ -927,15 +926,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", default=None, metavar="PNG",
                    help="with --evaluate: also write one test digit's completions (given | truth | baseline | "
                         "CVAE samples) to this PNG")  # fmt: skip
-    p.add_argument("--figure-index", type=_non_negative_int, default=0, help="test digit for --figure [0]")
-    p.add_argument("--figure-samples", type=_positive(int), default=8, help="CVAE samples in --figure [8]")
+    p.add_argument("--figure-index", type=number(int, low_open=False), default=0, help="test digit for --figure [0]")
+    p.add_argument("--figure-samples", type=number(int), default=8, help="CVAE samples in --figure [8]")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     return p
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    from cvae.runs import _clean
-
     args = build_parser().parse_args(argv)
     try:
         _set_threads(args.threads)
@@ -951,7 +948,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
                     args.evaluate, samples=args.eval_samples, test_subset=args.test_subset, data_dir=args.data_dir
                 )
                 text = "\n".join(map(format_summary, report.values()))
-                print(json.dumps(_clean(report), indent=2) if args.json else text)
+                print(json.dumps(clean_json(report), indent=2) if args.json else text)
             return 0
         config = CompletionConfig(
             quadrants=args.quadrants, latent_dim=args.latent_dim, hidden=tuple(args.hidden), alpha=args.alpha,

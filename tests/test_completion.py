@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
+from cvae.checkpoints import load_checkpoint, save_checkpoint
 from cvae.completion import (
     CompletionConfig,
     CompletionModels,
@@ -29,7 +30,7 @@ from cvae.completion import (
     train_completion,
 )
 from cvae.errors import CheckpointError, ConfigError
-from cvae.runs import RunDir, load_checkpoint, save_checkpoint
+from cvae.runs import RunDir
 
 TINY = dict(latent_dim=3, hidden=(16,))
 
