@@ -60,13 +60,16 @@ from torch import nn
 
 from cvae.checkpoints import load_checkpoint, save_checkpoint
 from cvae.cli import OneLineParser, number
+from cvae.config import DEFAULTS
 from cvae.errors import CheckpointError, ConfigError, CVAEError
-from cvae.evaluate import mean_se
+from cvae.likelihoods import mean_se
 from cvae.runs import (
     RunDir,
     clean_json,
     default_runs_root,
+    fresh_run_path,
     process_identity,
+    read_json,
     run_path,
     write_atomic,
     write_json,
@@ -718,7 +721,7 @@ def train_completion(
             group["lr"] = train.learning_rate
         start_epoch = int(payload.get("epoch", 0))
     end_epoch = start_epoch + train.epochs  # as cvae.train: on resume, --epochs means that many more
-    full_config = {"kind": KIND, "model": config.to_dict(), "train": asdict(train),
+    full_config = {"kind": KIND, "condition": "quadrants", "model": config.to_dict(), "train": asdict(train),
                    "quadrant_order": list(QUADRANT_ORDER), "binarize": "static",
                    "dataset_info": {"name": "MNIST", "channels": 1, "height": config.height, "width": config.width},
                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
@@ -744,6 +747,7 @@ def train_completion(
               f"{config.quadrants or '1-3 at random'}, z={config.latent_dim}, hidden={list(config.hidden)}, "
               f"alpha={config.alpha}", flush=True)  # fmt: skip
     t_run = time.time()
+    epoch = start_epoch
     try:
         for epoch in range(start_epoch + 1, end_epoch + 1):
             t0 = time.time()
@@ -787,6 +791,11 @@ def train_completion(
             result.evaluation = evaluate_models(models, test_x, samples=train.eval_samples)
             write_json(run.path / "evaluation.json", result.evaluation)
         _write_samples(models, test_x, run)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM under cvae.train (exit 130 / 143)
+        with contextlib.suppress(OSError):
+            run.write_status(state="stopped", message=f"stopped in epoch {epoch}: the last finished epoch's "
+                             "checkpoint is kept")  # fmt: skip
+        raise
     except BaseException as err:
         message = str(err) if isinstance(err, CVAEError) else f"{type(err).__name__}: {err}"
         with contextlib.suppress(OSError):
@@ -824,6 +833,76 @@ def _write_samples(models: CompletionModels, test_x: torch.Tensor, run: RunDir, 
         buffer = io.BytesIO()
         sheet.save(buffer, format="PNG")
         write_atomic(run.artifacts / f"completions_q{k}.png", buffer.getvalue())
+
+
+# ------------------------------------------------------------------ as cvae.train_model(condition="quadrants")
+
+# The train_model options this trainer uses. Any other given with a value other than its default is refused, so
+# that nothing is silently ignored (cvae.training validates dataset, arch, decoder and binarize before this).
+USED_OPTIONS = frozenset({
+    "condition", "quadrants", "dataset", "data_dir", "binarize", "train_subset", "test_subset", "latent_dim",
+    "decoder_type", "arch", "mlp_hidden", "epochs", "batch_size", "learning_rate", "seed", "threads", "resume_path",
+    "run_dir", "runs_root", "overwrite", "quiet",
+})  # fmt: skip
+
+
+def is_completion_run(path: Path | str) -> bool:
+    """True if `path`, a run folder or a checkpoint file, holds a quadrant-completion run."""
+    path = Path(path)
+    if path.is_dir():
+        return (read_json(RunDir(path).config_path) or {}).get("kind") == KIND
+    try:
+        return load_checkpoint(path).get("kind") == KIND
+    except CVAEError:
+        return False
+
+
+def train_from_options(opts: dict[str, Any], given: set[str]) -> CompletionResult:
+    """`cvae.train_model(condition="quadrants", ...)` and `python -m cvae.train --condition quadrants`.
+
+    `opts`: the resolved options (cvae.training.resolve_options: defaults, the completion preset
+    cvae.config.COMPLETION, then what was given); `given`: the names the caller set. The run folder is
+    a normal one (config.json says kind and condition, status.json, metrics.jsonl, checkpoints/latest.pt,
+    the writer lock); the -log p(y | x) estimates are left to `python -m cvae.evaluate RUN`.
+    """
+    unused = sorted(n for n in given if n not in USED_OPTIONS and opts[n] != DEFAULTS[n])
+    if unused:
+        raise ConfigError(f"condition quadrants trains cvae.completion's model, which has no {', '.join(unused)}: "
+                          "drop it")  # fmt: skip
+    resume = Path(opts["resume_path"]) if opts["resume_path"] else None
+    q = opts["quadrants"]
+    config = CompletionConfig(quadrants=q, latent_dim=opts["latent_dim"], hidden=tuple(opts["mlp_hidden"]),
+                              mask_channel=q == 0).validate()  # fmt: skip
+    train = CompletionTrainConfig(
+        epochs=opts["epochs"], batch_size=opts["batch_size"], learning_rate=opts["learning_rate"], seed=opts["seed"],
+        threads=opts["threads"], data_dir=opts["data_dir"], train_subset=opts["train_subset"],
+        test_subset=opts["test_subset"], eval_samples=0,
+    ).validate()  # fmt: skip
+    if resume is not None:  # the saved run's model and optimisation, unless given (train_completion keeps the data)
+        saved = load_completion_checkpoint(resume)["config"]
+        saved_model = CompletionConfig.from_dict(saved["model"])
+        for name, field_name in (("quadrants", "quadrants"), ("latent_dim", "latent_dim"), ("mlp_hidden", "hidden")):
+            if name in given and getattr(config, field_name) != getattr(saved_model, field_name):
+                raise ConfigError(f"the checkpoint was trained with {name}={getattr(saved_model, field_name)}; "
+                                  "drop that option or start a new run")  # fmt: skip
+        kept = CompletionTrainConfig.from_dict(saved.get("train", {}))
+        train = replace(train, **{k: getattr(kept, k) for k in ("batch_size", "learning_rate") if k not in given})
+    if opts["run_dir"]:
+        run = RunDir(Path(opts["run_dir"]))
+    elif resume is not None:
+        run = RunDir(resume if resume.is_dir() else resume.parent.parent)
+    else:
+        root = Path(opts["runs_root"]) if opts["runs_root"] else default_runs_root()
+        run = fresh_run_path(
+            root, f"{time.strftime('%Y%m%d-%H%M%S')}-MNIST-completion-q{q or 'mixed'}-z{config.latent_dim}"
+        )
+    with run.lock():  # one writer per run folder, as cvae.train
+        if resume is None and run.holds_run():
+            if not opts["overwrite"]:
+                raise CVAEError(f"{run.path} already holds a run: continue it with python -m cvae.train -rp "
+                                f"{run.path} -e N, or pass --overwrite to replace it")  # fmt: skip
+            run.clear_run()
+        return train_completion(config, train, run_dir=run.path, resume=resume, quiet=opts["quiet"])
 
 
 # ------------------------------------------------------------------ loading
