@@ -636,6 +636,14 @@ def _load_images(train: CompletionTrainConfig) -> tuple[torch.Tensor, torch.Tens
     return (train_x >= 0.5).float(), (test_x >= 0.5).float()
 
 
+def test_digits(data_dir: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The binarized MNIST test digits (N, 1, 28, 28) as the completion models see them, and their labels (N,)."""
+    from cvae.data import load_mnist, resolve_data_dir
+
+    data = load_mnist(resolve_data_dir(data_dir))
+    return (data.test_x >= 0.5).float(), data.test_y
+
+
 def _batch_counts(config: CompletionConfig, n: int, gen: torch.Generator) -> torch.Tensor:
     if config.quadrants:
         return torch.full((n,), config.quadrants)
