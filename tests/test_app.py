@@ -164,6 +164,18 @@ def test_latent_page(runs: Path) -> None:
     assert "PCA" in spec["layout"]["title"]["text"]
 
 
+def test_latent_page_shows_a_plain_vae_beside_the_cvae(runs: Path) -> None:
+    at = open_page("app_pages/latent.py", "finished")
+    assert len(at.get("plotly_chart")) == 1  # the toggle starts off
+    at.toggle(key="latent_vae").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 3 and "VAE, no label<br><sup>vae" in charts[2]["layout"]["title"]["text"]
+    assert not charts[2].get("frames") and not charts[2]["layout"].get("updatemenus") and "Why they differ" in texts(at)
+    at = open_page("app_pages/latent.py", "vae")  # a VAE's own page: no toggle, clusters explained
+    assert not at.toggle and "form clusters" in str([e.label for e in at.expander])
+
+
 def test_generate_page(runs: Path) -> None:
     for kind in ("finished", "gauss", "rgb"):
         at = open_page("app_pages/generate.py", kind)
