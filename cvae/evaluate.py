@@ -583,7 +583,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m cvae.evaluate", description="Test-set likelihoods of a trained CVAE, in nats.")
     p.add_argument("checkpoint", help="a run folder or a checkpoint file")
     p.add_argument("--iw-samples", "-k", type=number(int, low_open=False), default=DEFAULT_IW_SAMPLES,
-                   help=f"importance samples K for the IWAE bound, at most {MAX_IW_SAMPLES}; 0 skips it "
+                   help=f"importance samples K for the IWAE bound, at most {MAX_IW_SAMPLES}; 0 skips it; for a "
+                        f"digit-completion run (condition quadrants), the samples S of its -log p(y | x) "
                         f"[{DEFAULT_IW_SAMPLES}]")  # fmt: skip
     p.add_argument("--test-subset", type=number(int), default=None, help="evaluate the first N test images only")
     p.add_argument("--batch-size", type=number(int), default=1000, help="images per ELBO batch [1000]")
