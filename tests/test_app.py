@@ -238,6 +238,11 @@ def test_complete_page_preset_starts_the_one_quadrant_model(tmp_path: Path, monk
     at.button(key="complete_preset").click().run()
     assert started == [{"condition": "quadrants", "quadrants": 1, "epochs": 1}]
     jobs.check_options(started[0])  # the preset is valid as it is
+    queued = tmp_path / "queued-q1"  # queued by the app: no config.json yet, its flags in launch.json
+    write_json(queued / "launch.json", {"argv": jobs.build_argv(started[0]), "epochs": 1})
+    RunDir(queued).write_status(state="queued", pid=os.getpid())
+    at = open_page("app_pages/complete.py")
+    assert "One is training" in texts(at) and not at.button(key="complete_refresh").disabled
 
 
 def test_bad_run_id_in_url(runs: Path) -> None:

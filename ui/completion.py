@@ -10,6 +10,7 @@ import torch
 from cvae import jobs
 from cvae.completion import QUADRANT_ORDER, CompletionModels, Completions, complete, load_models, test_digits
 from cvae.errors import CVAEError
+from cvae.runs import read_json
 from ui.auth import current_user
 from ui.models import upscale
 from ui.runs import Run, open_run, run_ids, stamp
@@ -28,9 +29,16 @@ def completion_runs(root: Path) -> list[Run]:
             run = open_run(root, run_id)
         except CVAEError:
             continue
-        if run.completion:
+        if run.completion or run.raw_config is None and _launched_as_completion(run):
             found.append(run)
     return found
+
+
+def _launched_as_completion(run: Run) -> bool:
+    """A run the app queued with condition quadrants that has not written its config.json yet."""
+    argv = (read_json(run.dir.path / jobs.LAUNCH_FILE) or {}).get("argv")
+    pairs = zip(argv[:-1], argv[1:], strict=True) if isinstance(argv, list) and argv else ()
+    return ("--condition", "quadrants") in pairs
 
 
 def start_preset(root: Path) -> None:
