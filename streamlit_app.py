@@ -27,6 +27,7 @@ def main() -> None:
         st.Page("app_pages/reconstructions.py", title="Reconstructions", icon=":material/compare:"),
         st.Page("app_pages/latent.py", title="Latent space", icon=":material/scatter_plot:"),
         st.Page("app_pages/generate.py", title="Generate", icon=":material/palette:"),
+        st.Page("app_pages/complete.py", title="Complete a digit", icon=":material/extension:"),
         st.Page("app_pages/compare.py", title="Compare runs", icon=":material/stacked_line_chart:"),
     ]
     st.html(f"<style>{(STATIC / 'app.css').read_text()}</style>")

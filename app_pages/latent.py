@@ -4,7 +4,7 @@ import time
 
 import streamlit as st
 
-from ui import plots
+from ui import plots, versus
 from ui.pick import show_reconstruction
 from ui.runs import latents, open_run, runs_root, stamp
 from ui.sidebar import current_run, require_config
@@ -73,7 +73,9 @@ with side:
         show_reconstruction(run, int(data[0] if isinstance(data, list) else data), shown)
     else:
         st.info(":material/touch_app: Click a dot to see that test image and how the model reconstructs it.")
-    with st.expander("Why do the classes mix?", expanded=not picked, icon=":material/school:"):
+    vae = run.config.model.condition == "none"
+    why = "Why do the classes form clusters?" if vae else "Why do the classes mix?"
+    with st.expander(why, expanded=not picked, icon=":material/school:"):
         st.markdown(
             "A **conditional** VAE gives the label y to the decoder as well. So z does not have to say which "
             "class an image is: the decoder already knows. The encoder is free to use z for what the label does "
@@ -82,3 +84,6 @@ with side:
             "clusters, one per class. The **Generate** page shows the other side: one z, decoded under every class, "
             "keeps its style."
         )
+vaes = [] if vae else versus.vae_runs(runs_root())
+if vaes and st.toggle("Show a plain VAE's latent space beside this one", key="latent_vae"):
+    versus.show_beside(run, z[-1], labels, names, vaes)

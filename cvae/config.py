@@ -33,12 +33,14 @@ LRSchedule = Literal["plateau", "cosine", "exponential"]
 CudaGraph = Literal["auto", "on", "off"]
 Activation = Literal["relu", "silu", "gelu", "elu", "tanh"]
 Norm = Literal["none", "batch", "layer"]
+Condition = Literal["label", "none", "quadrants"]
 
 ARCHS: tuple[str, ...] = get_args(Arch)
 LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
 CUDA_GRAPH_MODES: tuple[str, ...] = get_args(CudaGraph)
+CONDITIONS: tuple[str, ...] = get_args(Condition)
 
 # Where an option appears: the reference's flags first, then the rest (command line and form alike).
 REFERENCE, MORE = "the reference's options", "more options"
@@ -246,6 +248,14 @@ class ModelConfig:
     height: int
     width: int
     num_classes: int
+    condition: Condition = option("label", "what the model is given besides z: label (the class, the reference), "
+                                  "none (a plain VAE: no label anywhere, so z must hold the class too) or "
+                                  "quadrants (the CVAE paper's digit completion: MNIST with 1-3 quadrants given, "
+                                  "the rest drawn; trained by cvae.completion, see docs/completion.md)",
+                                  label="Condition")  # fmt: skip
+    quadrants: int = option(1, "condition quadrants: how many quadrants are given (bottom-left, then top-left, "
+                            "then top-right); 0 = a random 1-3 per training image", low=0, high=3,
+                            label="Quadrants given")  # fmt: skip
     latent_dim: int = option(10, "latent dimension (2 gives a latent space you can see directly)", short="-z",
                              low=1, high=1024, group=REFERENCE, label="Latent size z", form="main")  # fmt: skip
     likelihood: Likelihood = option("bernoulli", "the decoder p(x | z, y): Bernoulli (black-and-white pixels) or "
@@ -284,6 +294,9 @@ class ModelConfig:
         for name in ("enc_channels", "enc_hidden", "dec_hidden", "dec_channels"):
             if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in getattr(self, name)):
                 raise ConfigError(f"{name} must be positive integers, got {getattr(self, name)!r}")
+        if self.condition == "quadrants" and (self.arch, self.likelihood, self.channels) != ("mlp", "bernoulli", 1):
+            raise ConfigError("condition quadrants trains the completion MLPs on black-and-white digits: it needs "
+                              "arch mlp, decoder_type Bernoulli and MNIST")  # fmt: skip
         if self.likelihood == "bernoulli" and self.learn_sigma:
             raise ConfigError("learned sigma needs the Gaussian decoder (-t Gaussian)")
         if self.likelihood == "bernoulli" and self.channels != 1:
@@ -300,6 +313,11 @@ class ModelConfig:
                     f"the conv architecture needs image sides divisible by {down}, got "
                     f"{self.height}x{self.width}: resize (--image-size) or use --arch mlp"
                 )
+
+    @property
+    def label_width(self) -> int:
+        """Width of the label's one-hot code that the networks get: num_classes, or 0 for condition none."""
+        return self.num_classes if self.condition == "label" else 0
 
     @property
     def out_channels(self) -> int:
@@ -417,6 +435,9 @@ class RunConfig:
             raise ConfigError("the Bernoulli decoder needs binarized images (static or dynamic)")
         if self.model.likelihood == "gaussian" and self.data.binarize != "none":
             raise ConfigError("the Gaussian decoder models grey levels: binarize must be none")
+        data = (self.data.dataset.upper(), self.data.binarize)
+        if self.model.condition == "quadrants" and data != ("MNIST", "static"):
+            raise ConfigError("condition quadrants is the paper's MNIST experiment: dataset MNIST, binarize static")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -461,3 +482,7 @@ QUICK_DEMO: dict[str, Any] = dict(
     arch="mlp", latent_dim=2, mlp_hidden=(512, 512), batch_size=128, learning_rate=5e-3, lr_schedule="cosine",
     warmup_epochs=1.0, epochs=12, refine_steps=10,
 )  # fmt: skip
+
+# condition quadrants: the completion model's own settings (docs/completion.md measured these), applied like the
+# quick demo's: options given win. cvae.completion trains it with Adam at a constant rate.
+COMPLETION: dict[str, Any] = dict(arch="mlp", latent_dim=32, mlp_hidden=(500, 500), batch_size=128, learning_rate=1e-3)

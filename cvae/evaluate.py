@@ -48,10 +48,12 @@ from typing import NamedTuple
 import torch
 
 from cvae.cli import OneLineParser, number
+from cvae.completion import evaluate_run, format_summary, is_completion_run
 from cvae.config import PRECISIONS
 from cvae.data import ImageData, load_data
 from cvae.errors import CVAEError
 from cvae.generate import load_model
+from cvae.likelihoods import mean_se
 from cvae.model import CVAE, ENCODER_STD_FLOOR
 from cvae.runs import clean_json
 from cvae.runtime import autocast, select_amp_dtype, select_device
@@ -403,14 +405,6 @@ def refined_nelbo(model: CVAE, x: torch.Tensor, y: torch.Tensor, *, steps: int, 
 # ------------------------------------------------------------- the report
 
 
-def mean_se(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and its standard error (sample std / sqrt(N)); SE is NaN below 2 values."""
-    n = len(values)
-    mean = float(values.mean()) if n else math.nan
-    se = float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
-    return mean, se
-
-
 def evaluate_model(
     model: CVAE,
     x: torch.Tensor,
@@ -589,7 +583,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m cvae.evaluate", description="Test-set likelihoods of a trained CVAE, in nats.")
     p.add_argument("checkpoint", help="a run folder or a checkpoint file")
     p.add_argument("--iw-samples", "-k", type=number(int, low_open=False), default=DEFAULT_IW_SAMPLES,
-                   help=f"importance samples K for the IWAE bound, at most {MAX_IW_SAMPLES}; 0 skips it "
+                   help=f"importance samples K for the IWAE bound, at most {MAX_IW_SAMPLES}; 0 skips it; for a "
+                        f"digit-completion run (condition quadrants), the samples S of its -log p(y | x) "
                         f"[{DEFAULT_IW_SAMPLES}]")  # fmt: skip
     p.add_argument("--test-subset", type=number(int), default=None, help="evaluate the first N test images only")
     p.add_argument("--batch-size", type=number(int), default=1000, help="images per ELBO batch [1000]")
@@ -612,6 +607,13 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     try:
+        if is_completion_run(args.checkpoint):  # condition quadrants: the paper's -log p(y | x) table
+            completion = evaluate_run(
+                args.checkpoint, samples=args.iw_samples, test_subset=args.test_subset, data_dir=args.data_dir
+            )
+            text = "\n".join(map(format_summary, completion.values()))
+            print(json.dumps(clean_json(completion), indent=2) if args.json else text)
+            return 0
         report = evaluate_checkpoint(
             args.checkpoint, iw_samples=args.iw_samples, test_subset=args.test_subset, batch_size=args.batch_size,
             max_rows=args.max_rows, seed=args.seed, data_dir=args.data_dir, precision=args.precision,

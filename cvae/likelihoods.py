@@ -87,3 +87,11 @@ class Likelihood:
             return torch.bernoulli(mean, generator=generator)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return (mean + self.std(out) * noise).clamp(0, 1)
+
+
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and its standard error (sample std / sqrt(N)); SE is NaN below 2 values."""
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    se = float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
+    return mean, se

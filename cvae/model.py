@@ -9,6 +9,10 @@ Two architectures, both built from a `ModelConfig` alone:
   decoder gets [z, one-hot].
 - mlp: a small fully connected network for fast class demos; it gets
   [flattened x, one-hot] and [z, one-hot].
+
+With `condition="none"` the one-hot code has width 0 (`ModelConfig.label_width`):
+the same layers without the label's inputs, a plain VAE, and the label passed
+in is ignored. (`condition="quadrants"` is another model: cvae.completion.)
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        c_in, h, w = config.channels, config.height, config.width + config.num_classes
+        c_in, h, w = config.channels, config.height, config.width + config.label_width
         for i, c_out in enumerate(config.enc_channels):
             layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1))
             if i > 0:
@@ -87,7 +91,7 @@ class ConvDecoder(nn.Module):
         ups = len(config.dec_channels) + 1
         self.start = (config.dec_start_channels, config.height >> ups, config.width >> ups)
         layers: list[nn.Module] = []
-        features = config.latent_dim + config.num_classes
+        features = config.latent_dim + config.label_width
         for width in config.dec_hidden:
             layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU()]
             features = width
@@ -123,7 +127,7 @@ def _mlp_block(config: ModelConfig, features: int, width: int) -> list[nn.Module
 class MLPEncoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        features = config.channels * config.height * config.width + config.num_classes
+        features = config.channels * config.height * config.width + config.label_width
         layers: list[nn.Module] = []
         for width in config.mlp_hidden:
             layers += _mlp_block(config, features, width)
@@ -138,7 +142,7 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        features = config.latent_dim + config.num_classes
+        features = config.latent_dim + config.label_width
         layers: list[nn.Module] = []
         for width in reversed(config.mlp_hidden):
             layers += _mlp_block(config, features, width)
@@ -175,7 +179,8 @@ class CVAE(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def one_hot(self, labels: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(labels, self.config.num_classes).float()  # (B, K)
+        """(B, K) one-hot codes of the labels; (B, 0) for condition none, so the networks never see the class."""
+        return F.one_hot(labels, self.config.num_classes).float()[:, : self.config.label_width]
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor) -> Posterior:
         h = self.encoder(x, self.one_hot(labels)).float()  # (B, 2Z)

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from cvae.checkpoints import load_checkpoint, validate_checkpoint
+from cvae.completion import is_completion_run, train_from_options
 from cvae.config import (
     BY_NAME,
+    COMPLETION,
     DEFAULTS,
     OPTIONS,
     QUICK_DEMO,
@@ -54,6 +56,13 @@ def train_model(**options: Any) -> TrainResult:
     # The signature and docstring are generated from cvae.config's options below.
     flush_denormals()  # before any parallel op, so torch's worker threads inherit it
     opts = resolve_options(options)
+    if opts["resume_path"] and is_completion_run(opts["resume_path"]) or \
+            opts["condition"] == "quadrants" and not opts["resume_path"]:  # fmt: skip
+        # The paper's digit completion is cvae.completion's model and loop, in the same kind of run folder.
+        if not opts["resume_path"]:
+            build_config(opts, peek_info(section_config(DataConfig, opts)))  # MNIST, mlp, Bernoulli, static
+        done = train_from_options(opts, given={k for k, v in options.items() if v is not None})
+        return TrainResult(done.run_dir, done.metrics)
     if opts["resume_path"]:
         config, data, resume, run = _resume(opts, given_names=set(options) - {"quiet", "overwrite"})
     else:
@@ -105,7 +114,8 @@ def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
     chosen = {k: BY_NAME[k].check(v) for k, v in options.items() if v is not None}
-    preset = QUICK_DEMO if chosen.get("quick_demo") else {}
+    preset = {**(QUICK_DEMO if chosen.get("quick_demo") else {}),
+              **(COMPLETION if chosen.get("condition") == "quadrants" else {})}  # fmt: skip
     return {**DEFAULTS, **preset, **chosen}
 
 

@@ -2,7 +2,8 @@
 
 Runs: finished (the shared tiny MNIST run), still training, failed, stopped,
 half-written (status but no config), corrupt config, a Gaussian learned-sigma
-run with z=3 (PCA on the latent page) and an RGB image-folder run.
+run with z=3 (PCA on the latent page), an RGB image-folder run, a plain VAE
+(condition none) and a digit-completion run (condition quadrants).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from cvae.runs import RunDir, write_json
 from cvae.train import main as train
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py"]
-KINDS = ["finished", "running", "failed", "stopped", "half", "corrupt", "gauss", "rgb"]
+PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py",
+         "app_pages/complete.py"]  # fmt: skip
+KINDS = ["finished", "running", "failed", "stopped", "half", "corrupt", "gauss", "rgb", "vae", "completion"]
 
 
 def _copy(src: Path, dst: Path, **status: object) -> None:
@@ -65,6 +67,10 @@ def runs(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
           test_subset=64, latent_subset=64, run_dir=str(root / "gauss"), refine_steps=3, **common)  # fmt: skip
     folder = _image_folder(tmp_path_factory.mktemp("images"))
     train(dataset=str(folder), decoder_type="Gaussian", latent_dim=2, run_dir=str(root / "rgb"), **common)
+    train(dataset="MNIST", condition="none", latent_dim=2, train_subset=128, test_subset=64, latent_subset=64,
+          run_dir=str(root / "vae"), **common)  # fmt: skip
+    train(dataset="MNIST", condition="quadrants", quadrants=1, latent_dim=3, train_subset=128, test_subset=64,
+          run_dir=str(root / "completion"), **common)  # fmt: skip
     old = os.environ.get("CVAE_RUNS_DIR")
     os.environ["CVAE_RUNS_DIR"] = str(root)
     yield root
@@ -102,7 +108,8 @@ def test_every_page_every_run(runs: Path, page: str, kind: str) -> None:
     at = open_page(page, kind)
     assert at.session_state["current_run"] == kind
     assert at.query_params["run"] == kind
-    if kind in ("half", "corrupt") and page != "app_pages/train.py":
+    # (the Complete a digit page shows completion runs only, whichever run the sidebar has)
+    if kind in ("half", "corrupt") and page not in ("app_pages/train.py", "app_pages/complete.py"):
         assert at.error or at.info, "a half-written run needs a message"
 
 
@@ -157,6 +164,18 @@ def test_latent_page(runs: Path) -> None:
     assert "PCA" in spec["layout"]["title"]["text"]
 
 
+def test_latent_page_shows_a_plain_vae_beside_the_cvae(runs: Path) -> None:
+    at = open_page("app_pages/latent.py", "finished")
+    assert len(at.get("plotly_chart")) == 1  # the toggle starts off
+    at.toggle(key="latent_vae").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 3 and "VAE, no label<br><sup>vae" in charts[2]["layout"]["title"]["text"]
+    assert not charts[2].get("frames") and not charts[2]["layout"].get("updatemenus") and "Why they differ" in texts(at)
+    at = open_page("app_pages/latent.py", "vae")  # a VAE's own page: no toggle, clusters explained
+    assert not at.toggle and "form clusters" in str([e.label for e in at.expander])
+
+
 def test_generate_page(runs: Path) -> None:
     for kind in ("finished", "gauss", "rgb"):
         at = open_page("app_pages/generate.py", kind)
@@ -185,6 +204,45 @@ def test_no_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jobs, "start", lambda root, opts, **kw: started.append(opts) or RunDir(root / "x"))
     at.button(key="quick_demo").click().run()
     assert started == [jobs.QUICK_DEMO_OPTIONS]
+
+
+def test_complete_page(runs: Path) -> None:
+    def images(at: AppTest) -> list[tuple[str, str]]:  # (caption, url: named by the picture's bytes) per image
+        return [(e.proto.imgs[0].caption, e.proto.imgs[0].url) for e in of_type(at, "Image")]
+
+    at = open_page("app_pages/complete.py", "completion")
+    assert at.selectbox(key="complete_run").value == 0  # the picked run, the only completion run
+    assert at.segmented_control(key="complete_k").options == ["1"]  # trained for 1 quadrant: only 1 offered
+    shown = images(at)
+    assert len(shown) == 4  # given, baseline, the samples' grid, the latent walk
+    assert "blur" in texts(at) and shown[0][0] == "Given: the bottom-left quadrant of test digit #1"
+    at.button(key="complete_again").click().run()
+    assert not at.exception and at.session_state["complete_seed"] == 1
+    assert images(at)[2][1] != shown[2][1] and images(at)[0][1] == shown[0][1]  # new draws, the same input
+    at.selectbox(key="complete_class").select(7).run()
+    at.button(key="complete_random").click().run()
+    index = at.number_input(key="complete_index").value
+    assert not at.exception and images(at)[0][0].endswith(f"digit #{index}")
+    walk = images(at)[3][1]
+    at.slider(key="complete_t").set_value(1.5).run()
+    assert not at.exception and images(at)[3][1] != walk
+    at = open_page("app_pages/latent.py", "completion")  # other pages send it here
+    assert "Complete a digit" in texts(at)
+
+
+def test_complete_page_preset_starts_the_one_quadrant_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path))
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda root, opts, **kw: started.append(opts) or RunDir(root / "x"))
+    at = open_page("app_pages/complete.py")
+    at.button(key="complete_preset").click().run()
+    assert started == [{"condition": "quadrants", "quadrants": 1, "epochs": 1}]
+    jobs.check_options(started[0])  # the preset is valid as it is
+    queued = tmp_path / "queued-q1"  # queued by the app: no config.json yet, its flags in launch.json
+    write_json(queued / "launch.json", {"argv": jobs.build_argv(started[0]), "epochs": 1})
+    RunDir(queued).write_status(state="queued", pid=os.getpid())
+    at = open_page("app_pages/complete.py")
+    assert "One is training" in texts(at) and not at.button(key="complete_refresh").disabled
 
 
 def test_bad_run_id_in_url(runs: Path) -> None:

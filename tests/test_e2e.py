@@ -309,3 +309,36 @@ def _click_a_dot_and_watch_an_epoch_end(url: str, run: RunDir) -> None:
         page.wait_for_timeout(1500)
         assert shown.is_visible(), "the clicked image vanished when the plot was redrawn for a new epoch"
         browser.close()
+
+
+def test_complete_a_digit_in_a_browser(server, tmp_path: Path) -> None:
+    """The preset button queues the 1-quadrant model; a trained one shows the given part, the baseline,
+    the samples and the walk on the first screen, and Draw again draws new samples."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}")
+    from cvae.train import main
+
+    url, runs = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                                   "--disable-background-networking"])  # fmt: skip
+        page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+        page.goto(f"{url}/complete")
+        page.get_by_text("No run completes digits yet").wait_for(timeout=30_000)
+        _title(page, "Complete a digit · CVAE lab")
+        page.get_by_role("button", name="Train the 1-quadrant model (about a minute)").click()
+        page.get_by_text("One is training").wait_for(timeout=30_000)  # the server fixture stops it at the end
+        main(dataset="MNIST", condition="quadrants", quadrants=1, epochs=1, train_subset=512, test_subset=128,
+             latent_dim=4, mlp_hidden=(64,), run_dir=str(runs / "tiny-q1"), quiet=True, threads=1)  # fmt: skip
+        page.goto(f"{url}/complete?run=tiny-q1")
+        page.get_by_text("Walk through z").wait_for(timeout=60_000)
+        images = page.locator('[data-testid="stImage"] img')
+        for k, what in enumerate(["the given part", "the baseline", "the CVAE samples", "the latent walk"]):
+            _on_first_screen(images.nth(k), what)
+        grid = images.nth(2).get_attribute("src")
+        page.get_by_role("button", name="Draw again").click()
+        page.wait_for_function(
+            "s => document.querySelectorAll('[data-testid=\"stImage\"] img')[2].src !== s", arg=grid, timeout=30_000
+        )
+        browser.close()

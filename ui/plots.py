@@ -232,3 +232,15 @@ def epoch_of_point(fig: go.Figure, point: dict) -> int | None:
         if d < best_d:
             best, best_d = int(frame.name), d
     return best if best_d < 1e-6 else None
+
+
+def latent_snapshot(
+    z: np.ndarray, labels: np.ndarray, class_names: list[str], title: str, *, legend: bool = False, height: int = 430
+) -> go.Figure:
+    """One epoch's latent means (N, Z) as a still scatter, coloured by class (PCA above 2-D): for side by side."""
+    fig, note = latent_animation([0], z[None], labels, class_names, height)
+    fig.frames = ()
+    fig.layout.updatemenus, fig.layout.sliders = (), ()
+    fig.update_layout(showlegend=legend, margin=dict(l=10, r=10, t=60, b=10),
+                      title=dict(text=title + (f"<br><sup>{note}</sup>" if note else "")))  # fmt: skip
+    return fig

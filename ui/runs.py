@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from cvae.completion import KIND as COMPLETION_KIND
 from cvae.config import RunConfig
 from cvae.errors import CVAEError
 from cvae.runs import ACTIVE_STATES, OWNER_FILE, RunDir, default_runs_root, list_runs, live_status, read_json, run_path
@@ -85,22 +86,39 @@ class Run:
         return [str(c) for c in info.get("class_names", [])]
 
     @property
+    def completion(self) -> bool:
+        """A digit-completion run (condition quadrants, cvae.completion): its config.json says so."""
+        return (self.raw_config or {}).get("kind") == COMPLETION_KIND
+
+    @property
+    def quadrants(self) -> int:
+        """Completion runs: the quadrants given in training (1-3; 0 = a random count per image)."""
+        value = ((self.raw_config or {}).get("model") or {}).get("quadrants")
+        return value if value in (0, 1, 2, 3) else 1
+
+    @property
     def description(self) -> str:
-        """What was trained: MNIST · bernoulli · mlp · z=2."""
+        """What was trained: MNIST · bernoulli · mlp · z=2 (· VAE, no label)."""
+        if self.completion:
+            z = ((self.raw_config or {}).get("model") or {}).get("latent_dim")
+            return f"MNIST · completes digits from {self.quadrants or '1-3'} quadrant(s) · z={z}"
         if self.config is None:
             return self.problem or "no config yet"
         m = self.config.model
         sigma = " (learned σ)" if m.learn_sigma else ""
+        vae = " · VAE (no label)" if m.condition == "none" else ""
         info = (self.raw_config or {}).get("dataset_info") or {}
-        return f"{info.get('name', self.config.data.dataset)} · {m.likelihood}{sigma} · {m.arch} · z={m.latent_dim}"
+        return (
+            f"{info.get('name', self.config.data.dataset)} · {m.likelihood}{sigma} · {m.arch} · z={m.latent_dim}{vae}"
+        )
 
     @property
     def label(self) -> str:
         """A short description for pickers: MNIST · bernoulli · mlp · z=2 · 3/5 epochs."""
-        if self.config is None:
+        if self.config is None and not self.completion:
             return self.description
-        epochs = f"{self.status.get('epoch') or 0}/{self.status.get('epochs') or self.config.train.epochs} epochs"
-        return f"{self.description} · {epochs}"
+        total = self.status.get("epochs") or (self.config.train.epochs if self.config else "?")
+        return f"{self.description} · {self.status.get('epoch') or 0}/{total} epochs"
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -114,6 +132,8 @@ def _config(path: str, version: tuple[int, int]) -> tuple[dict | None, RunConfig
     raw = read_json(Path(path))
     if raw is None:
         return None, None, "config.json is corrupt" if version[1] >= 0 else "config.json is not written yet"
+    if raw.get("kind") == COMPLETION_KIND:
+        return raw, None, "it completes digits from some of their quadrants (condition quadrants)"
     try:
         return raw, RunConfig.from_dict(raw), None
     except (CVAEError, TypeError, ValueError, AttributeError) as err:

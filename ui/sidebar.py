@@ -118,7 +118,11 @@ def require_config(run: Run) -> bool:
     """True if the run's config is readable; otherwise say why on the page."""
     if run.config is not None:
         return True
-    if run.active:
+    if run.completion:
+        st.info(f"Run **{run.id}** completes digits from some of their quadrants: it is shown on the "
+                "**Complete a digit** page.")  # fmt: skip
+        st.page_link("app_pages/complete.py", label="Go to Complete a digit", icon=":material/extension:")
+    elif run.active:
         st.info(f"Run **{run.id}** is starting (loading data); this page fills in once its first epoch is done.")
     else:
         st.error(

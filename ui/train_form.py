@@ -29,6 +29,7 @@ RELEVANT = {
     "image_size": lambda v: v["dataset"] not in BUILTIN,
     "warmup_epochs": lambda v: v["lr_schedule"] == "cosine",
     "lr_decay": lambda v: v["lr_schedule"] == "exponential",
+    "quadrants": lambda v: v["condition"] == "quadrants",
 }
 
 
