@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from ui.auth import gate
+from ui.profiling import profiled
 from ui.sidebar import run_picker
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -35,8 +36,9 @@ def main() -> None:
     gate()  # sign-in, when the server's secrets turn it on; nothing below shows before it
     page = st.navigation(pages)
     st.set_page_config(page_title=f"{page.title} · CVAE lab")  # each page its own browser-tab title
-    run_picker()
-    page.run()
+    with profiled(page.url_path or "train"):
+        run_picker()
+        page.run()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def watch_new_epochs() -> None:
 @st.cache_resource(max_entries=8, show_spinner=False)
 def animation(folder: str, shown: tuple[int, ...], version: tuple[int, int], names: tuple[str, ...], _z, _labels):
     """The animated scatter, built once per new epoch and shared by every tab looking at this run."""
-    return plots.latent_animation(list(shown), _z, _labels, list(names))
+    fig, note = plots.latent_animation(list(shown), _z, _labels, list(names))
+    return plots.freeze(fig), note
 
 
 if run.active:

@@ -51,8 +51,10 @@ def show_reconstruction(run: Run, index: int, epoch: int | None = None) -> None:
     names = run.class_names
     a, b = st.columns(2)
     name = names[int(label)] if names else int(label)
-    a.image(upscale(image, 1, scale), width="stretch", caption=f"#{index} · class {name}")
-    b.image(upscale(recon, 1, scale), width="stretch", caption=f"reconstructed, epoch {decoded_by}")
+    a.image(upscale(image, 1, scale), width="stretch", caption=f"#{index} · class {name}", output_format="PNG")
+    b.image(
+        upscale(recon, 1, scale), width="stretch", caption=f"reconstructed, epoch {decoded_by}", output_format="PNG"
+    )
     if epoch is not None and decoded_by != epoch:
         st.caption(f"No checkpoint was kept for epoch {epoch} (one every {_every(run)} epochs, and the last): "
                    f"decoded by the model of epoch {decoded_by}.")  # fmt: skip
