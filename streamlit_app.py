@@ -22,6 +22,11 @@ ICON = str(STATIC / "icon.png")
 
 
 def main() -> None:
+    with profiled("script"):  # the whole script run, around the page's own
+        _main()
+
+
+def _main() -> None:
     st.set_page_config(page_title="CVAE lab", page_icon=ICON, layout="wide")
     pages = [
         st.Page("app_pages/train.py", title="Train", icon=":material/model_training:", default=True),
