@@ -56,7 +56,8 @@ if other_id:
     else:
         e = max([x for x in other_epochs if x <= epoch] or other_epochs[:1])
         image = png_file(other.dir.artifact(e, f"recon_{kind}.png"), 3)
-        b.image(image, caption=f"{other_id} · epoch {e}", width="stretch", output_format="PNG") if image else b.warning(
-            "unreadable"
-        )
+        if image:
+            b.image(image, caption=f"{other_id} · epoch {e}", width="stretch", output_format="PNG")
+        else:
+            b.warning("unreadable")
         b.caption(other.label)
