@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from ui.auth import gate
+from ui.profiling import profiled
 from ui.sidebar import run_picker
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -21,6 +22,11 @@ ICON = str(STATIC / "icon.png")
 
 
 def main() -> None:
+    with profiled("script"):  # the whole script run, around the page's own
+        _main()
+
+
+def _main() -> None:
     st.set_page_config(page_title="CVAE lab", page_icon=ICON, layout="wide")
     pages = [
         st.Page("app_pages/train.py", title="Train", icon=":material/model_training:", default=True),
@@ -36,8 +42,9 @@ def main() -> None:
     gate()  # sign-in, when the server's secrets turn it on; nothing below shows before it
     page = st.navigation(pages)
     st.set_page_config(page_title=f"{page.title} · CVAE lab")  # each page its own browser-tab title
-    run_picker()
-    page.run()
+    with profiled(page.url_path or "train"):
+        run_picker()
+        page.run()
 
 
 if __name__ == "__main__":

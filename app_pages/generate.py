@@ -43,7 +43,7 @@ with grids:
 with sliders:
     gen.sliders(str(ckpt), stamp(ckpt), net, label, names[label])
 with style:
-    gen.same_style(net, names, x, y, label)
+    gen.same_style(str(ckpt), stamp(ckpt), net, names, x, y, label)
 with morph:
     if x is None:
         st.info("The interpolation walks between two test images of a run: pick **The picked run** above.")

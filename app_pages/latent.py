@@ -5,7 +5,7 @@ import time
 import streamlit as st
 
 from ui import plots, versus
-from ui.pick import show_reconstruction
+from ui.pick import held_epochs, remembered_pick, show_reconstruction
 from ui.runs import latents, open_run, runs_root, stamp
 from ui.sidebar import current_run, require_config
 
@@ -28,6 +28,9 @@ if not epochs or not len(labels):
 
 REDRAW_S = 10  # while training, the plot is redrawn with the new epochs at most this often
 drawn_at = time.time()
+# A click reruns the page: it keeps the epochs on screen (a new figure would drop the selection); only the
+# timer below takes in new ones.
+epochs, z = held_epochs(run, epochs, z, take_new=st.session_state.pop("latent_take_new", False))
 
 
 @st.fragment(run_every=3 if run.active else None)
@@ -37,13 +40,15 @@ def watch_new_epochs() -> None:
     if not fresh.active or (
         fresh.dir.epochs_with("latent.npy")[-1:] != epochs[-1:] and time.time() - drawn_at >= REDRAW_S
     ):
+        st.session_state["latent_take_new"] = True
         st.rerun()
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def animation(folder: str, shown: tuple[int, ...], version: tuple[int, int], names: tuple[str, ...], _z, _labels):
     """The animated scatter, built once per new epoch and shared by every tab looking at this run."""
-    return plots.latent_animation(list(shown), _z, _labels, list(names))
+    fig, note = plots.latent_animation(list(shown), _z, _labels, list(names))
+    return plots.freeze(fig), note
 
 
 if run.active:
@@ -66,11 +71,9 @@ with side:
     if run.active:
         st.caption(f"Training: showing epochs 1–{epochs[-1]}; the plot takes in new epochs as they end.")
     points = event.selection.points if event and event.selection else []
-    picked = [p for p in points if p.get("customdata") is not None]
+    picked = remembered_pick(run, fig, [p for p in points if p.get("customdata") is not None])
     if picked:
-        data = picked[0]["customdata"]
-        shown = plots.epoch_of_point(fig, picked[0])  # the epoch on screen when the dot was clicked
-        show_reconstruction(run, int(data[0] if isinstance(data, list) else data), shown)
+        show_reconstruction(run, *picked)  # by the model of the epoch on screen when the dot was clicked
     else:
         st.info(":material/touch_app: Click a dot to see that test image and how the model reconstructs it.")
     vae = run.config.model.condition == "none"

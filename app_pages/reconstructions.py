@@ -27,11 +27,11 @@ left, right = st.columns(2)
 truth = png_file(run.dir.artifacts / "truth.png", 3)
 recon = png_file(run.dir.artifact(epoch, f"recon_{kind}.png"), 3)
 if truth is not None:
-    left.image(truth, caption="Test images", width="stretch")
+    left.image(truth, caption="Test images", width="stretch", output_format="PNG")
 if recon is None:
     right.warning(f"The {kind} reconstruction of epoch {epoch} cannot be read (still being written?).")
 else:
-    right.image(recon, caption=f"Reconstructions after epoch {epoch} ({kind})", width="stretch")
+    right.image(recon, caption=f"Reconstructions after epoch {epoch} ({kind})", width="stretch", output_format="PNG")
 
 st.subheader("Over the epochs")
 wanted = [e for e in (1, 2, 5, 10, 20, 30, 40, 50, 75, 100) if e in epochs] or epochs[:: max(1, len(epochs) // 6)]
@@ -41,7 +41,7 @@ for start in range(0, len(picked), 4):
     for col, e in zip(cols, sorted(picked)[start : start + 4], strict=False):
         image = png_file(run.dir.artifact(e, f"recon_{kind}.png"), 2)
         if image is not None:
-            col.image(image, caption=f"epoch {e}", width="stretch")
+            col.image(image, caption=f"epoch {e}", width="stretch", output_format="PNG")
 
 st.subheader("Two runs side by side")
 others = [i for i in run_ids(runs_root()) if i != run.id]
@@ -50,11 +50,14 @@ if other_id:
     other = open_run(runs_root(), other_id)
     other_epochs = other.dir.epochs_with(f"recon_{kind}.png")
     a, b = st.columns(2)
-    a.image(recon, caption=f"{run.id} · epoch {epoch}", width="stretch") if recon else a.info("–")
+    a.image(recon, caption=f"{run.id} · epoch {epoch}", width="stretch", output_format="PNG") if recon else a.info("–")
     if not other_epochs:
         b.info(f"{other_id} has no reconstructions yet.")
     else:
         e = max([x for x in other_epochs if x <= epoch] or other_epochs[:1])
         image = png_file(other.dir.artifact(e, f"recon_{kind}.png"), 3)
-        b.image(image, caption=f"{other_id} · epoch {e}", width="stretch") if image else b.warning("unreadable")
+        if image:
+            b.image(image, caption=f"{other_id} · epoch {e}", width="stretch", output_format="PNG")
+        else:
+            b.warning("unreadable")
         b.caption(other.label)

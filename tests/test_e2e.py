@@ -75,9 +75,11 @@ def _number(page, label: str, value: int) -> None:
 
 
 def _points(page, index: int) -> int:
-    """Number of points in the first trace of the index-th plotly chart on the page."""
+    """Number of points in the first trace of the index-th plotly chart on the page (as plotly drew them: the
+    figure may send its arrays as base64 typed arrays, which only the drawn data holds decoded)."""
     return page.evaluate(
-        "i => { const p = document.querySelectorAll('.js-plotly-plot')[i]; return p && p.data ? p.data[0].x.length : 0 }",
+        "i => { const p = document.querySelectorAll('.js-plotly-plot')[i];"
+        " return p && p._fullData && p._fullData[0] ? p._fullData[0].x.length : 0 }",
         index,
     )
 
@@ -161,8 +163,8 @@ def test_app_in_a_browser(server, tmp_path: Path) -> None:
         _number(page, "Epochs", 4)
         page.get_by_text("More options").click()
         _number(page, "Batch size", 16)
-        _number(page, "Train images (0 = all)", 4000)
-        _number(page, "Test images (0 = all)", 500)
+        _number(page, "Train images", 4000)
+        _number(page, "Test images", 500)
         _number(page, "CPU threads (0 = all)", 1)
         _number(page, "Refine q at the end: steps", 5)
         page.get_by_role("button", name="Start training").click()
@@ -246,6 +248,7 @@ def test_app_in_a_browser(server, tmp_path: Path) -> None:
         page.goto(f"{url}/compare?runs={run_id},cmp-z3,cmp-z5")
         page.get_by_text("Final figures").wait_for(timeout=60_000)
         _title(page, "Compare runs · CVAE lab")
+        page.locator(".js-plotly-plot").first.locator(".legendtext").first.wait_for(timeout=30_000)  # drawn
         legend = (
             page.locator(".js-plotly-plot").first.locator(".legendtext").evaluate_all("l => l.map(e => e.textContent)")
         )

@@ -29,11 +29,12 @@ def decode_png(net, z: list[float], label: int) -> bytes:
     return upscale(images, 1, max(4, 2 * scale_for(net.config.height) * 2))
 
 
-@torch.no_grad()
-def restyle_png(net, x: np.ndarray, label: int) -> bytes:
-    """The image's code decoded under every class, in one row."""
-    images = restyle(net, torch.from_numpy(x), int(label))
-    return upscale(images, len(images), 2 * scale_for(net.config.height))
+@st.cache_data(max_entries=64, show_spinner=False)
+def restyle_png(checkpoint: str, version: tuple[int, int], _net, x: np.ndarray, label: int) -> bytes:
+    """The image's code decoded under every class, in one row (cached per model, image and class)."""
+    with torch.no_grad():
+        images = restyle(_net, torch.from_numpy(x), int(label))
+    return upscale(images, len(images), 2 * scale_for(_net.config.height))
 
 
 def _blend(net, xa: np.ndarray, ya: int, xb: np.ndarray, yb: int, steps: int) -> torch.Tensor:
@@ -48,10 +49,19 @@ def _blend(net, xa: np.ndarray, ya: int, xb: np.ndarray, yb: int, steps: int) ->
     return net.likelihood.mean(net.decoder(torch.cat([z, c], dim=1)).float())  # as CVAE.decode, mixed labels
 
 
-@torch.no_grad()
-def interpolate_png(net, xa: np.ndarray, ya: int, xb: np.ndarray, yb: int, steps: int) -> bytes:
-    """The blend from image a to image b in one row."""
-    return upscale(_blend(net, xa, ya, xb, yb, steps), steps, 2 * scale_for(net.config.height))
+@st.cache_data(max_entries=64, show_spinner=False)
+def interpolate_png(checkpoint: str, version: tuple[int, int], _net, ia: int, ib: int, _x: np.ndarray,
+                    _y: np.ndarray, steps: int) -> bytes:  # fmt: skip
+    """The blend from test image ia to ib in one row (cached per model and pair, like blend_sprite)."""
+    with torch.no_grad():
+        images = _blend(_net, _x[ia], int(_y[ia]), _x[ib], int(_y[ib]), steps)
+    return upscale(images, steps, 2 * scale_for(_net.config.height))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def thumbnail_png(image: np.ndarray, scale: int) -> bytes:
+    """One (C, H, W) image enlarged, cached by its pixels: the same thumbnails are drawn on every rerun."""
+    return upscale(image[None], 1, scale)
 
 
 @st.cache_data(max_entries=32, show_spinner="Decoding every slider position…")
@@ -88,8 +98,10 @@ def grids(checkpoint: str, version: tuple[int, int], label: int, name: str, stem
     seed = c2.number_input("Random seed", 0, 10**6, 0, key="gen_seed")
     uniform = grid_png(checkpoint, version, "uniform", label, 20, span, 0)
     rand = grid_png(checkpoint, version, "random", label, 20, 2.0, int(seed))
-    images[0].image(uniform, caption=f"20×20 grid over z₁ (→) and z₂ (↑), class {name}", width="stretch")
-    images[1].image(rand, caption=f"400 random codes z ~ N(0, I), class {name}", width="stretch")
+    images[0].image(
+        uniform, caption=f"20×20 grid over z₁ (→) and z₂ (↑), class {name}", width="stretch", output_format="PNG"
+    )
+    images[1].image(rand, caption=f"400 random codes z ~ N(0, I), class {name}", width="stretch", output_format="PNG")
     c1.download_button("Grid PNG", uniform, f"{stem}_uniform_{label}.png", "image/png", key="dl_uniform",
                        icon=":material/download:")  # fmt: skip
     c2.download_button("Random PNG", rand, f"{stem}_random_{label}.png", "image/png", key="dl_random",
@@ -122,7 +134,7 @@ def _thumbnails(x: np.ndarray, indices: list[int], key: str, caption) -> int:
         st.session_state[key] = indices[0]
     cols = st.columns(len(indices))
     for col, i in zip(cols, indices, strict=True):
-        col.image(upscale(x[i][None], 1, 2), width="stretch")
+        col.image(thumbnail_png(x[i], 2), width="stretch", output_format="PNG")
         chosen = st.session_state[key] == i
         if col.button(caption(i), key=f"{key}_{i}", type="primary" if chosen else "secondary", width="stretch"):
             st.session_state[key] = i
@@ -147,11 +159,19 @@ def interpolation(checkpoint: str, version: tuple[int, int], net, x: np.ndarray,
                [scrub.Axis("t", t, 0)], size=220,
                caption=f"t = 0: image #{ia} (class {names[int(y[ia])]}); t = 1: image #{ib} (class "
                        f"{names[int(y[ib])]}). The code and the label are blended; drag t.")  # fmt: skip
-    st.image(interpolate_png(net, x[ia], int(y[ia]), x[ib], int(y[ib]), 10),
-             caption=f"class {names[int(y[ia])]} → class {names[int(y[ib])]} in 10 steps", width="stretch")  # fmt: skip
+    st.image(interpolate_png(checkpoint, version, net, ia, ib, x, y, 10),
+             caption=f"class {names[int(y[ia])]} → class {names[int(y[ib])]} in 10 steps", width="stretch", output_format="PNG")  # fmt: skip
 
 
-def same_style(net, names: list[str], x: np.ndarray | None, y: np.ndarray | None, label: int) -> None:
+def same_style(
+    checkpoint: str,
+    version: tuple[int, int],
+    net,
+    names: list[str],
+    x: np.ndarray | None,
+    y: np.ndarray | None,
+    label: int,
+) -> None:
     """Encode a test image (or the user's picture) under its class, decode the code under every class."""
     from ui.upload import MAX_IMAGE_MB, picture_for
 
@@ -179,5 +199,5 @@ def same_style(net, names: list[str], x: np.ndarray | None, y: np.ndarray | None
         k = st.number_input(f"Test image of class {names[label]}: number", 0, len(own) - 1, 0, key="style_index")
         image, cls = x[own[k]], int(y[own[k]])
     a, b = st.columns([1, 6])
-    a.image(upscale(image[None], 1, 2 * scale_for(image.shape[-2])), caption=f"class {names[cls]}")
-    b.image(restyle_png(net, image, cls), caption=" · ".join(names))
+    a.image(thumbnail_png(image, 2 * scale_for(image.shape[-2])), caption=f"class {names[cls]}", output_format="PNG")
+    b.image(restyle_png(checkpoint, version, net, image, cls), caption=" · ".join(names), output_format="PNG")

@@ -23,6 +23,7 @@ import streamlit as st
 from cvae.jobs import max_active
 from ui import plots
 from ui.models import png_file
+from ui.profiling import profiled
 from ui.runs import Run, batches_versioned, format_seconds, log_tail, metrics, open_run, runs_root, stamp
 
 POLL_S = 1.5  # seconds between refreshes of a live run's tab while few tabs watch one
@@ -84,9 +85,10 @@ def live_panel(run: Run) -> None:
             st.rerun()  # started, configured or ended: redraw the whole page (header, buttons, timer)
         if every is not None and not every / 1.5 <= poll_interval(viewers().beat(viewer)) <= every * 1.5:
             st.rerun()  # many more (or fewer) tabs watch now: restart the timer at the new pace
-        _status(fresh)
-        _curves(fresh)
-        _pictures(fresh)
+        with profiled("live-refresh"):
+            _status(fresh)
+            _curves(fresh)
+            _pictures(fresh)
 
     # A fresh fragment id for each drawing of the page: a refresh timer left from an
     # earlier visit to this page in the same session can then never update this one.
@@ -224,12 +226,12 @@ def _nats(value: float | None) -> str:
 def _batch_figure(path: str, version: tuple[int, int], smoothing: float, recent: float, _rows: list[dict]) -> go.Figure:
     """The batch-loss chart, built once per change of the batch log (and view) and shared by every tab (never
     mutated)."""
-    return plots.batch_loss(_rows, smoothing=smoothing, recent=recent)
+    return plots.freeze(plots.batch_loss(_rows, smoothing=smoothing, recent=recent))
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _epoch_figure(path: str, version: tuple[int, int], _rows: list[dict]) -> go.Figure:
-    return plots.epoch_curves(_rows)
+    return plots.freeze(plots.epoch_curves(_rows))
 
 
 SMOOTHING = {0.0: "off", 0.6: "a little", 0.9: "more", 0.99: "a lot"}
@@ -245,7 +247,10 @@ def _curves(run: Run) -> None:
     smoothing, recent = st.session_state.get("loss_smoothing"), st.session_state.get("loss_recent")
     smoothing = 0.9 if smoothing is None else smoothing  # None: the user un-picked the chosen option
     recent = 1.0 if recent is None else recent
-    chart = _batch_figure(str(run.dir.batches_path), version, smoothing, recent, brows)
+    # Redrawn once at least 1 % more batches are in (every new batch early on): the chart shows at most 1,500
+    # points, so a newer one would look the same, and every tab refreshing would rebuild it for nothing.
+    shown = len(brows) - len(brows) % max(1, len(brows) // 100)
+    chart = _batch_figure(str(run.dir.batches_path), (version[0], shown), smoothing, recent, brows[:shown])
     st.plotly_chart(chart, key="batch_chart", config={"displayModeBar": False})
     with st.container(horizontal=True, vertical_alignment="center"):
         st.segmented_control("Smoothing", list(SMOOTHING), format_func=SMOOTHING.get, key="loss_smoothing",
@@ -267,6 +272,6 @@ def _pictures(run: Run) -> None:
         return
     newest = png_file(run.dir.artifact(epochs[-1], "recon_mean.png"), 2)
     left, right = st.columns(2)
-    left.image(truth, caption="Test images (the fixed batch)")
+    left.image(truth, caption="Test images (the fixed batch)", output_format="PNG")
     if newest is not None:
-        right.image(newest, caption=f"Their reconstructions after epoch {epochs[-1]} (mean)")
+        right.image(newest, caption=f"Their reconstructions after epoch {epochs[-1]} (mean)", output_format="PNG")

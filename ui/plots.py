@@ -5,12 +5,39 @@ from __future__ import annotations
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
+from _plotly_utils.utils import convert_to_base64
 from plotly.subplots import make_subplots
 
 TRAIN, TEST = "#1f77b4", "#d62728"
 INK = "#1f2230"  # tick labels and titles: about 15:1 on white (Streamlit's chart theme draws a light grey)
 FONT = dict(size=15, color=INK)
 TICKS = dict(size=15, color=INK)
+
+
+class FrozenFigure(go.Figure):
+    """A figure that is built once, cached, and drawn by many reruns and tabs, never changed again.
+
+    `st.plotly_chart` turns a figure into a dict (a deep copy) and then into JSON (numpy arrays into base64) on
+    every rerun; for the latent animation (up to 50 frames of 1,000 points) that was most of a page view's CPU.
+    A frozen figure makes its dict once, arrays already encoded, and hands that out; everything else
+    (`fig.frames`, `fig.layout`) reads as on any figure.
+    """
+
+    _spec: dict
+
+    def to_dict(self) -> dict:
+        return dict(self._spec)  # a shallow copy: the drawing code reads it, and never changes what is inside
+
+
+def freeze(fig: go.Figure) -> FrozenFigure:
+    """`fig` as a FrozenFigure (the same object; do not change it after this)."""
+    spec = go.Figure.to_dict(fig)
+    for trace in spec.get("data", []):
+        trace.pop("uid", None)
+    convert_to_base64(spec)
+    fig.__class__ = FrozenFigure  # no second copy of the figure's data
+    fig._spec = spec
+    return fig
 
 
 def _layout(fig: go.Figure, height: int, title: str | None = None) -> go.Figure:
@@ -58,7 +85,7 @@ def batch_loss(rows: list[dict], smoothing: float = 0.9, recent: float = 1.0, ma
     smooth_all = ema(y_all, smoothing)  # on every point, before thinning, so thinning cannot change it
     step = max(1, len(rows) // max_points)
     keep = list(range(0, len(rows), step)) + ([len(rows) - 1] if rows and (len(rows) - 1) % step else [])
-    x = [rows[i].get("step") for i in keep]
+    x = np.array([rows[i].get("step") for i in keep], dtype=float)  # arrays: plotly keeps them as they are
     y, smooth = y_all[keep], smooth_all[keep]
     fig = go.Figure()
     fig.add_scatter(x=x, y=y, mode="lines", name="each batch", line=dict(color="#9ecae1", width=1))
