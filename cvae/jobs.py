@@ -385,7 +385,7 @@ def plan_slots(device: str, cpu_slots: int, gpus: list[Gpu]) -> tuple[str, list[
 
 def requested_device(train_args: list[str], run: RunDir) -> str:
     """The device option a queued run asks for: its --device flag, else (resuming) the one its run was
-    trained with, else the default (auto)."""
+    trained with (any GPU if that was a GPU the queue chose for an app's run), else the default (auto)."""
     parser = OneLineParser(add_help=False, allow_abbrev=False)
     parser.add_argument(*BY_NAME["device"].flags, dest="device", default=None)
     parser.add_argument(*BY_NAME["resume_path"].flags, dest="resume_path", default=None)
@@ -394,8 +394,12 @@ def requested_device(train_args: list[str], run: RunDir) -> str:
         return str(args.device)
     if args.resume_path:
         folder = Path(args.resume_path)
-        saved = RunDir(folder if folder.is_dir() else folder.parent.parent).read_config() or {}
+        folder = folder if folder.is_dir() else folder.parent.parent
+        saved = RunDir(folder).read_config() or {}
         device = (saved.get("train") or {}).get("device") if isinstance(saved, dict) else None
+        launch = (read_json(folder / LAUNCH_FILE) or {}).get("argv")
+        if isinstance(device, str) and device.startswith("cuda:") and isinstance(launch, list) and device not in launch:
+            return "cuda"  # the queue picked that GPU, the person did not: any GPU will do
         if isinstance(device, str):
             return device
     return str(DEFAULTS["device"])

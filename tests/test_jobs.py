@@ -188,6 +188,14 @@ def test_requested_device_from_flags_or_the_resumed_run(tmp_path: Path) -> None:
     (run.path / "config.json").write_text(json.dumps({"train": {"device": "cpu"}}))
     assert jobs.requested_device(["--resume_path", str(run.path), "--epochs", "2"], run) == "cpu"
     assert jobs.requested_device(["-rp", str(run.path), "--device", "cuda"], run) == "cuda"
+    # The app's run that the queue put on cuda:1: resumed, it may take any GPU; one the person pinned stays.
+    (run.path / "config.json").write_text(json.dumps({"train": {"device": "cuda:1"}}))
+    (run.path / jobs.LAUNCH_FILE).write_text(json.dumps({"argv": ["-z", "2"], "epochs": 3}))
+    assert jobs.requested_device(["--resume_path", str(run.path), "--epochs", "2"], run) == "cuda"
+    (run.path / jobs.LAUNCH_FILE).write_text(json.dumps({"argv": ["--device", "cuda:1"], "epochs": 3}))
+    assert jobs.requested_device(["--resume_path", str(run.path), "--epochs", "2"], run) == "cuda:1"
+    (run.path / jobs.LAUNCH_FILE).unlink()  # started from a command line with --device cuda:1
+    assert jobs.requested_device(["--resume_path", str(run.path), "--epochs", "2"], run) == "cuda:1"
 
 
 def test_a_missing_gpu_fails_the_run_in_one_line(tmp_path: Path) -> None:
