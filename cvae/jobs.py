@@ -14,6 +14,14 @@ ends (kill -9 included), so a slot is never leaked. The queue order is each
 waiting run's `queued_at` in its status.json, so it lives on disk and survives
 a restart of the app; the waiting run's status shows its position.
 
+GPUs: a run that may train on a GPU (device auto or cuda, with CUDA
+present) waits for a GPU slot instead, `<root>/.slots/gpu<N>-<K>.lock`: K
+runs share GPU N (`runs_per_gpu`: $CVAE_RUNS_PER_GPU, else what its memory and
+the host's cores allow), and the run trains with `--device cuda:N`. Slots are
+tried K by K across the GPUs, so runs spread over a multi-GPU server before
+they share one. `--device cuda:N` waits for GPU N's slots only; CPU (and MPS)
+runs keep the CPU slots. status.json says which device a run got.
+
 A run's options are the same dictionary `cvae.train_model` takes (option name
 -> value, see cvae.config.OPTIONS); `check_options` validates them with the
 config's own checks, so the app shows the sentence the command line prints.
@@ -31,11 +39,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
 from cvae.cli import OneLineParser, format_argv
-from cvae.config import DEFAULTS, QUICK_DEMO, DataConfig
+from cvae.config import BY_NAME, DEFAULTS, QUICK_DEMO, DataConfig
 from cvae.data import builtin_info, resolve_data_dir
 from cvae.errors import ConfigError
 from cvae.runs import (
@@ -303,51 +314,145 @@ def stop(run: RunDir) -> bool:
 # ---------------------------------------------------------------- the queue
 
 POLL_S = 1.0
+# What one run is taken to need on a GPU, to share a GPU out by memory: an estimate, not a measurement: the
+# CUDA context (about 0.5 GB), the training set held on the device (MNIST 0.19 GB, CIFAR-10 0.61 GB), the
+# reference's conv model with its gradients and Adam's moments (15 M parameters x 4 copies x 4 bytes = 0.24 GB),
+# and the graph's and the activations' memory, with room to spare. $CVAE_RUNS_PER_GPU overrides it.
+GPU_RUN_BYTES = 2 << 30
 
 
-def waiting_runs(root: Path) -> list[RunDir]:
-    """Runs waiting for a slot, in queue order (live processes only)."""
+@dataclass(frozen=True)
+class Gpu:
+    """A CUDA GPU this process can use: `index` as torch numbers it (cuda:<index>), its name and memory."""
+
+    index: int
+    name: str
+    memory: int  # bytes
+
+
+def list_gpus() -> list[Gpu]:
+    """The CUDA GPUs this process sees (after CUDA_VISIBLE_DEVICES), with their memory; [] without CUDA.
+
+    Reads the devices' properties only: nothing is allocated on a GPU. Tests replace this function with a
+    fake list (tests/test_jobs.py), which is how the GPU accounting is tested on machines without one.
+    """
+    if not torch.cuda.is_available():
+        return []
+    found = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        found.append(Gpu(index, props.name, int(props.total_memory)))
+    return found
+
+
+def runs_per_gpu(gpu: Gpu, gpus: int, cores: int | None = None) -> int:
+    """How many runs share `gpu` (one of `gpus`): $CVAE_RUNS_PER_GPU, else as many as its memory holds
+    (GPU_RUN_BYTES each) and the host's cores drive (each run's process needs a core to launch its GPU
+    work: the cores are shared out among the GPUs); at least 1."""
+    raw = os.environ.get("CVAE_RUNS_PER_GPU", "")
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    cores = available_cores() if cores is None else cores
+    return max(1, min(gpu.memory // GPU_RUN_BYTES, cores // max(1, gpus)))
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One place to train: its lock file under `<root>/.slots`, and the device it gives the run
+    ("cuda:N" for a GPU slot; None for a CPU slot, where the run keeps its own device option)."""
+
+    lock: str
+    device: str | None = None
+
+
+def plan_slots(device: str, cpu_slots: int, gpus: list[Gpu]) -> tuple[str, list[Slot]]:
+    """The queue a run with option `device` waits in ("cpu", "gpu" or "cuda:N") and its slots, in the order
+    tried: GPU slots K by K across the GPUs (each GPU's first run before any GPU's second)."""
+    if device in ("cpu", "mps") or not gpus:
+        return "cpu", [Slot(f"slot-{k}.lock") for k in range(cpu_slots)]
+    pool = "gpu"
+    chosen = gpus
+    if device.startswith("cuda:"):
+        pool, chosen = device, [g for g in gpus if g.index == int(device[5:])]
+        if not chosen:
+            names = ", ".join(f"cuda:{g.index}" for g in gpus)
+            raise ConfigError(f"--device {device} was asked for, but this server's GPUs are {names}")
+    per = {g.index: runs_per_gpu(g, len(gpus)) for g in chosen}
+    slots = [Slot(f"gpu{g.index}-{k}.lock", f"cuda:{g.index}")
+             for k in range(max(per.values())) for g in chosen if k < per[g.index]]  # fmt: skip
+    return pool, slots
+
+
+def requested_device(train_args: list[str], run: RunDir) -> str:
+    """The device option a queued run asks for: its --device flag, else (resuming) the one its run was
+    trained with (any GPU if that was a GPU the queue chose for an app's run), else the default (auto)."""
+    parser = OneLineParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(*BY_NAME["device"].flags, dest="device", default=None)
+    parser.add_argument(*BY_NAME["resume_path"].flags, dest="resume_path", default=None)
+    args, _ = parser.parse_known_args(train_args)
+    if args.device:
+        return str(args.device)
+    if args.resume_path:
+        folder = Path(args.resume_path)
+        folder = folder if folder.is_dir() else folder.parent.parent
+        saved = RunDir(folder).read_config() or {}
+        device = (saved.get("train") or {}).get("device") if isinstance(saved, dict) else None
+        launch = (read_json(folder / LAUNCH_FILE) or {}).get("argv")
+        if isinstance(device, str) and device.startswith("cuda:") and isinstance(launch, list) and device not in launch:
+            return "cuda"  # the queue picked that GPU, the person did not: any GPU will do
+        if isinstance(device, str):
+            return device
+    return str(DEFAULTS["device"])
+
+
+def waiting_runs(root: Path, pool: str | None = None) -> list[RunDir]:
+    """Runs waiting for a slot, in queue order (live processes only); with `pool`, only those waiting in it."""
     waiting = []
     runs = [RunDir(p) for p in Path(root).iterdir() if RUN_ID_PATTERN.match(p.name) and (p / "status.json").is_file()]
     for run in runs:  # queued runs have no config.json yet, so not list_runs
         status = run.read_status()
-        if status.get("state") == "queued" and process_is(status.get("pid"), status.get("process")):
+        if status.get("state") != "queued" or not process_is(status.get("pid"), status.get("process")):
+            continue
+        if pool is None or status.get("pool", "cpu") == pool:
             waiting.append((float(status.get("queued_at") or 0), run.id, run))
     return [run for _, _, run in sorted(waiting, key=lambda t: (t[0], t[1]))]
 
 
-def _try_slot(slots: Path, max_active: int) -> IO | None:
-    slots.mkdir(parents=True, exist_ok=True)
-    for k in range(max_active):
-        handle = open(slots / f"slot-{k}.lock", "a")  # noqa: SIM115 - kept open while training
+def try_slot(folder: Path, slots: list[Slot]) -> tuple[IO, Slot] | None:
+    """Take the first free slot of `slots` (an exclusive flock on its file in `folder`); None if all are held."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for slot in slots:
+        handle = open(folder / slot.lock, "a")  # noqa: SIM115 - kept open while training
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             continue
-        return handle
+        return handle, slot
     return None
 
 
 def wait_for_slot(
-    run: RunDir, root: Path, max_active: int, *, should_stop: Callable[[], bool] = lambda: False
-) -> IO | None:
-    """Block until this run holds a slot; return the lock (keep it open) or None if stopped."""
+    run: RunDir, root: Path, slots: list[Slot], *, pool: str = "cpu", should_stop: Callable[[], bool] = lambda: False
+) -> tuple[IO, Slot] | None:
+    """Block until this run holds one of `slots` (the first in queue order in `pool` takes the next free one);
+    return the lock (keep it open) and the slot, or None if stopped."""
     status = run.read_status()
     queued_at = status.get("queued_at") or time.time()
-    run.write_status(state="queued", pid=os.getpid(), process=process_identity(os.getpid()), queued_at=queued_at)
+    run.write_status(state="queued", pid=os.getpid(), process=process_identity(os.getpid()), queued_at=queued_at,
+                     pool=pool, slots=len(slots))  # fmt: skip
     shown = None
     while not should_stop():
-        order = waiting_runs(root)
-        ids = [r.id for r in order]
+        ids = [r.id for r in waiting_runs(root, pool)]
         position = ids.index(run.id) + 1 if run.id in ids else 1
         if position == 1:
-            handle = _try_slot(Path(root) / ".slots", max_active)
-            if handle is not None:
-                return handle
+            taken = try_slot(Path(root) / ".slots", slots)
+            if taken is not None:
+                return taken
         if position != shown:
             shown = position
-            ahead = "a free training slot" if position == 1 else f"{position - 1} run(s) ahead"
+            ahead = ("a free GPU slot" if pool != "cpu" else "a free training slot") if position == 1 else (
+                f"{position - 1} run(s) ahead")  # fmt: skip
             run.write_status(state="queued", position=position, message=f"waiting in the queue: {ahead}")
         time.sleep(POLL_S)
     return None
@@ -358,15 +463,15 @@ def cli(argv: list[str] | None = None) -> int:
 
     parser = OneLineParser(prog="python -m cvae.jobs", description="Queue a training run, then train it.")
     parser.add_argument(
-        "--max-active", type=int, default=None, help="runs training at once [$CVAE_MAX_RUNS or cores/2]"
+        "--max-active", type=int, default=None, help="CPU runs training at once [$CVAE_MAX_RUNS or cores/2]"
     )
     parser.add_argument("--run-dir", required=True, help="the run folder (its parent is the queue)")
     parser.add_argument(
         "--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so pages stay quick [0]"
     )
     args, train_args = parser.parse_known_args(argv)
-    slots = args.max_active or max_active()
-    if slots < 1:
+    cpu_slots = args.max_active or max_active()
+    if cpu_slots < 1:
         parser.error("--max-active must be at least 1")
     if not 0 <= args.nice <= 19:
         parser.error("--nice must be between 0 and 19")
@@ -374,17 +479,29 @@ def cli(argv: list[str] | None = None) -> int:
         os.nice(args.nice)  # before torch starts its threads: they inherit it
     run = RunDir(Path(args.run_dir).resolve())
     run.path.mkdir(parents=True, exist_ok=True)
+    device = requested_device(train_args, run)
+    try:
+        pool, slots = plan_slots(device, cpu_slots, list_gpus() if device not in ("cpu", "mps") else [])
+    except ConfigError as err:
+        run.write_status(state="failed", pid=None, message=str(err))
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     stop = {"requested": False}
 
     def request_stop(signum: int, frame: object) -> None:
         stop["requested"] = True
 
     previous = signal.signal(signal.SIGTERM, request_stop)
-    handle = wait_for_slot(run, run.path.parent, slots, should_stop=lambda: stop["requested"])
+    taken = wait_for_slot(run, run.path.parent, slots, pool=pool, should_stop=lambda: stop["requested"])
     signal.signal(signal.SIGTERM, previous)
-    if handle is None:
+    if taken is None:
         run.write_status(state="stopped", message="taken out of the queue before it started")
         return 0
+    handle, slot = taken
+    if slot.device is not None:  # a GPU slot: this run trains on that GPU (the last --device flag wins)
+        train_args = [*train_args, "--device", slot.device]
+        gpu = next((g for g in list_gpus() if f"cuda:{g.index}" == slot.device), None)
+        run.write_status(device=slot.device, device_name=gpu.name if gpu else "")
     run.write_status(state="starting", position=None, message="")
     with handle:  # the slot is held until training ends, and freed by the kernel if we die
         return train_cli([*train_args, "--run-dir", str(run.path)])

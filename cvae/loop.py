@@ -40,6 +40,7 @@ from cvae.runtime import (
     select_amp_dtype,
     select_device,
     set_threads,
+    use_device,
 )
 from cvae.schedule import LearningRate
 
@@ -136,6 +137,7 @@ def fit(
     cfg = config.train
     set_threads(cfg.threads)
     device = device or select_device(cfg.device)
+    use_device(device)
     amp_dtype = select_amp_dtype(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":

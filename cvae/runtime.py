@@ -37,6 +37,17 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_device(device: torch.device) -> None:
+    """Make a numbered GPU (cuda:N) this process's current CUDA device.
+
+    Streams, CUDA graphs' capture streams, `torch.cuda.get_rng_state()` and
+    bf16 checks default to the current device (cuda:0); a run the queue put on
+    cuda:1 must capture, draw and save its RNG state there. Nothing on a CPU.
+    """
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX)."""
     try:

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from cvae import jobs
 from cvae.errors import ConfigError
-from cvae.runs import RunDir, write_json
+from cvae.runs import RunDir, process_identity, write_json
 from cvae.train import main as train
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
@@ -150,6 +150,25 @@ def test_train_page_running_and_failed(runs: Path) -> None:
     assert "lower the learning rate" in texts(at)
     at = open_page("app_pages/train.py", "half")
     assert "interrupted" in texts(at) or at.error
+
+
+def test_train_page_shows_the_gpu_a_run_got_and_its_queue(runs: Path, tiny_run: Path) -> None:
+    gpu, waiting = runs / "on-gpu", runs / "waiting-gpu"
+    _copy(tiny_run, gpu, state="running", pid=os.getpid(), epoch=0, epochs=2, batch=3, batches=8,
+          device="cuda:1", device_name="Fake GPU 1")  # fmt: skip
+    waiting.mkdir()
+    write_json(waiting / "status.json", {"state": "queued", "pid": os.getpid(), "process": process_identity(os.getpid()),
+                                         "position": 2, "slots": 8, "pool": "gpu"})  # fmt: skip
+    try:
+        at = open_page("app_pages/train.py", "on-gpu")
+        progress = " ".join(p.proto.text for p in at.get("progress"))
+        assert "on cuda:1 (Fake GPU 1)" in progress, progress
+        at = open_page("app_pages/train.py", "waiting-gpu")
+        assert "at most 8 run(s) train at once on this server's GPUs" in texts(at)
+        assert "position 2" in texts(at)
+    finally:
+        shutil.rmtree(gpu)
+        shutil.rmtree(waiting)
 
 
 def test_latent_page(runs: Path) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from cvae.runs import RunDir
+from cvae import jobs
+from cvae.errors import ConfigError
+from cvae.runs import RunDir, process_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["-z", "2", "--arch", "mlp", "--train-subset", "512", "--test-subset", "128", "--latent-subset", "64",
@@ -79,3 +83,125 @@ def test_bad_nice_is_one_line_exit_2(tmp_path: Path, nice: str) -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "--nice" in lines[0], proc.stderr
+
+
+# ------------------------------------------------- GPUs: slots per (gpu, k), tested with a fake device list
+
+GIB = 1 << 30
+
+
+def fake_gpus(*memory_gib: int) -> list[jobs.Gpu]:
+    return [jobs.Gpu(i, f"Fake GPU {i}", m * GIB) for i, m in enumerate(memory_gib)]
+
+
+def queued(root: Path, name: str, pool: str, at: float) -> RunDir:
+    """A run folder waiting in `pool`, owned by this (live) process, as the queue process writes it."""
+    run = RunDir(root / name)
+    run.path.mkdir(parents=True)
+    run.write_status(state="queued", pid=os.getpid(), process=process_identity(os.getpid()), queued_at=at, pool=pool)
+    return run
+
+
+def test_two_gpus_two_runs_each_four_train_on_distinct_slots_the_fifth_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CVAE_RUNS_PER_GPU", "2")
+    monkeypatch.setattr(jobs, "list_gpus", lambda: fake_gpus(80, 80))
+    monkeypatch.setattr(jobs, "POLL_S", 0.02)
+    pool, slots = jobs.plan_slots("auto", 1, jobs.list_gpus())
+    assert pool == "gpu" and [s.device for s in slots] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    runs = [queued(tmp_path, f"run{i}", pool, at=100.0 + i) for i in range(5)]
+    held = []
+    for run in runs[:4]:  # each in queue order takes the next free slot, as `python -m cvae.jobs` does
+        handle, slot = jobs.wait_for_slot(run, tmp_path, slots, pool=pool)
+        held.append((handle, slot))
+        run.write_status(state="starting", device=slot.device)  # no longer waiting
+    assert sorted(s.lock for _, s in held) == ["gpu0-0.lock", "gpu0-1.lock", "gpu1-0.lock", "gpu1-1.lock"]
+    assert [s.device for _, s in held] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]  # spread before shared
+    # The fifth waits: every slot is held (by real flocks), so it stays queued at position 1.
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(jobs.wait_for_slot(runs[4], tmp_path, slots, pool=pool)))
+    waiter.start()
+    time.sleep(0.5)
+    assert not got and runs[4].read_status()["state"] == "queued" and runs[4].read_status()["position"] == 1
+    assert runs[4].read_status()["slots"] == 4
+    # A run on GPU 1 ends (its lock is freed): the fifth takes exactly that slot.
+    freed = next(i for i, (_, s) in enumerate(held) if s.lock == "gpu1-0.lock")
+    held[freed][0].close()
+    waiter.join(timeout=10)
+    assert got and got[0][1] == jobs.Slot("gpu1-0.lock", "cuda:1")
+    got[0][0].close()
+    for handle, _ in held:
+        handle.close()
+
+
+def test_cpu_runs_keep_their_slots_and_queue_beside_gpu_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVAE_RUNS_PER_GPU", "1")
+    gpus = fake_gpus(24)
+    assert jobs.plan_slots("cpu", 2, gpus) == ("cpu", [jobs.Slot("slot-0.lock"), jobs.Slot("slot-1.lock")])
+    assert jobs.plan_slots("auto", 2, []) == ("cpu", [jobs.Slot("slot-0.lock"), jobs.Slot("slot-1.lock")])
+    assert jobs.plan_slots("mps", 1, gpus)[0] == "cpu"
+    # A GPU run at the head of its own queue does not hold up a CPU run, nor the other way round.
+    gpu_run = queued(tmp_path, "g", "gpu", at=1.0)
+    cpu_run = queued(tmp_path, "c", "cpu", at=2.0)
+    assert jobs.waiting_runs(tmp_path, "cpu") == [cpu_run] and jobs.waiting_runs(tmp_path, "gpu") == [gpu_run]
+    first = jobs.wait_for_slot(gpu_run, tmp_path, jobs.plan_slots("auto", 1, gpus)[1], pool="gpu")
+    second = jobs.wait_for_slot(cpu_run, tmp_path, jobs.plan_slots("cpu", 1, gpus)[1], pool="cpu")
+    assert first[1].device == "cuda:0" and second[1] == jobs.Slot("slot-0.lock")
+    first[0].close()
+    second[0].close()
+
+
+def test_a_pinned_gpu_waits_for_that_gpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVAE_RUNS_PER_GPU", "3")
+    pool, slots = jobs.plan_slots("cuda:1", 1, fake_gpus(16, 16))
+    assert pool == "cuda:1" and [s.lock for s in slots] == ["gpu1-0.lock", "gpu1-1.lock", "gpu1-2.lock"]
+    with pytest.raises(ConfigError, match="cuda:0, cuda:1"):
+        jobs.plan_slots("cuda:2", 1, fake_gpus(16, 16))
+
+
+def test_runs_per_gpu_by_memory_and_cores_or_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CVAE_RUNS_PER_GPU", raising=False)
+    h100, small = jobs.Gpu(0, "big", 80 * GIB), jobs.Gpu(1, "small", 3 * GIB)
+    assert jobs.runs_per_gpu(h100, 1, cores=64) == 80 * GIB // jobs.GPU_RUN_BYTES  # memory decides
+    assert jobs.runs_per_gpu(h100, 1, cores=16) == 16  # one core per run: the cores decide
+    assert jobs.runs_per_gpu(h100, 8, cores=16) == 2  # shared out among 8 GPUs
+    assert jobs.runs_per_gpu(small, 1, cores=16) == 1  # at least one, even where one barely fits
+    assert jobs.runs_per_gpu(h100, 4, cores=1) == 1
+    monkeypatch.setenv("CVAE_RUNS_PER_GPU", "10")
+    assert jobs.runs_per_gpu(small, 1, cores=1) == 10
+    monkeypatch.setenv("CVAE_RUNS_PER_GPU", "zero")  # not a positive number: the default
+    assert jobs.runs_per_gpu(small, 1, cores=16) == 1
+    # Different cards on one server get their own counts.
+    monkeypatch.setenv("CVAE_RUNS_PER_GPU", "")
+    mixed = [jobs.Gpu(0, "a", 8 * GIB), jobs.Gpu(1, "b", 4 * GIB)]
+    monkeypatch.setattr(jobs, "available_cores", lambda: 64)
+    assert [s.lock for s in jobs.plan_slots("cuda", 1, mixed)[1]] == [
+        "gpu0-0.lock", "gpu1-0.lock", "gpu0-1.lock", "gpu1-1.lock", "gpu0-2.lock", "gpu0-3.lock"]  # fmt: skip
+
+
+def test_requested_device_from_flags_or_the_resumed_run(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    assert jobs.requested_device(["-z", "2", "--device", "cuda:1"], run) == "cuda:1"
+    assert jobs.requested_device(["-z", "2"], run) == "auto"
+    (run.path / "config.json").write_text(json.dumps({"train": {"device": "cpu"}}))
+    assert jobs.requested_device(["--resume_path", str(run.path), "--epochs", "2"], run) == "cpu"
+    assert jobs.requested_device(["-rp", str(run.path), "--device", "cuda"], run) == "cuda"
+    # The app's run that the queue put on cuda:1: resumed, it may take any GPU; one the person pinned stays.
+    (run.path / "config.json").write_text(json.dumps({"train": {"device": "cuda:1"}}))
+    (run.path / jobs.LAUNCH_FILE).write_text(json.dumps({"argv": ["-z", "2"], "epochs": 3}))
+    assert jobs.requested_device(["--resume_path", str(run.path), "--epochs", "2"], run) == "cuda"
+    (run.path / jobs.LAUNCH_FILE).write_text(json.dumps({"argv": ["--device", "cuda:1"], "epochs": 3}))
+    assert jobs.requested_device(["--resume_path", str(run.path), "--epochs", "2"], run) == "cuda:1"
+    (run.path / jobs.LAUNCH_FILE).unlink()  # started from a command line with --device cuda:1
+    assert jobs.requested_device(["--resume_path", str(run.path), "--epochs", "2"], run) == "cuda:1"
+
+
+def test_a_missing_gpu_fails_the_run_in_one_line(tmp_path: Path) -> None:
+    """`--device cuda:7` on a machine without that GPU: the run fails with a sentence, not a traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "cvae.jobs", "--run-dir", str(tmp_path / "r"), *TINY, "--device",
+                           "cuda:7"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "cuda" in proc.stderr and "Traceback" not in proc.stderr

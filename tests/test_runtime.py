@@ -295,3 +295,39 @@ def test_bench_table_shows_the_demo_with_and_without_refinement() -> None:
     rows = {line.split("  ")[0]: line for line in table.splitlines()}
     assert "121.30 nats (119.40 with q refined by 10 steps) after 13 epochs, 55 s" in rows["quick demo z=2"]
     assert "refined" not in rows["quick demo z=10"]
+
+
+def test_bench_baseline_reads_mnist_as_the_reference_does() -> None:
+    """torchvision's own MNIST class over the shipped files, thresholded per image: the same images and labels,
+    in the same order, as our statically binarized MNIST."""
+    from cvae.bench import baseline_loader
+    from cvae.config import DataConfig
+    from cvae.data import load_data
+
+    ours = load_data(DataConfig(dataset="MNIST", binarize="static"))
+    x, y = next(iter(baseline_loader(train=False)))  # the test loader is not shuffled
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
+    assert torch.equal(x, ours.test_x[:64]) and torch.equal(y, ours.test_y[:64])
+    train = baseline_loader(train=True)
+    assert len(train.dataset) == 60_000 and len(train) == 938
+
+
+def test_bench_reference_step_is_the_negative_elbo_where_no_pixel_saturates() -> None:
+    """The reference's loss (sigmoid, then summed BCE and KL over the batch, / batch) is our -ELBO in nats
+    while the decoder's probabilities stay off 0 and 1; it then trains the model (a step changes the weights)."""
+    from cvae.bench import reference_step
+
+    torch.manual_seed(0)
+    model = CVAE(reference_config())
+    with torch.no_grad():
+        model.decoder.net[-1].weight.mul_(0.01)  # logits near 0: sigmoid is exact, the BCE's log clamp never bites
+    x = (torch.rand(16, 1, 28, 28) >= 0.5).float()
+    y = torch.arange(16) % 10
+    torch.manual_seed(1)
+    ours = model.elbo_terms(x, y).loss.item()
+    before = model.encoder.net[0].weight.detach().clone()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    torch.manual_seed(1)
+    theirs = reference_step(model, optimizer, x, y).item()
+    assert theirs == pytest.approx(ours, rel=1e-5)
+    assert not torch.equal(before, model.encoder.net[0].weight)

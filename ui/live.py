@@ -103,17 +103,21 @@ def _status(run: Run) -> None:
     done = (epoch + (batch / per if per else 0)) / epochs if epochs else 0.0
     rows = metrics(run.dir)
     if run.state == "queued":
-        st.info(f":material/hourglass_top: **{run.state_text.capitalize()}**: at most {max_active()} run(s) train at "
-                f"once on this server; this one starts by itself when its turn comes. {s.get('message') or ''}")  # fmt: skip
+        slots, pool = s.get("slots") or max_active(), s.get("pool") or "cpu"
+        where = "on this server" if pool == "cpu" else "on this server's GPUs" if pool == "gpu" else f"on {pool}"
+        st.info(f":material/hourglass_top: **{run.state_text.capitalize()}**: at most {slots} run(s) train at "
+                f"once {where}; this one starts by itself when its turn comes. {s.get('message') or ''}")  # fmt: skip
     elif run.active:
         where = f"epoch {min(epoch + 1, epochs)} of {epochs}" + (f" · batch {batch} of {per}" if per else "")
         if run.state == "starting" and not per:
             where = "starting: loading the data and building the model"
         seconds = [r["seconds"] for r in rows if isinstance(r.get("seconds"), (int, float))]
         eta = eta_text(s, seconds, batches_versioned(run.dir)[0])
-        st.progress(min(max(done, 0.0), 1.0), text=f"**{where}** · {eta}")
+        device = f" · on {run.device_text}" if run.device_text else ""
+        st.progress(min(max(done, 0.0), 1.0), text=f"**{where}**{device} · {eta}")
     elif run.state == "finished":
-        st.caption(f":material/check_circle: Finished: {epochs} epochs.")  # the badge above says it too: one line
+        device = f" on {run.device_text}" if run.device_text else ""  # the badge above says "finished" too: one line
+        st.caption(f":material/check_circle: Finished: {epochs} epochs{device}.")
     elif run.state == "stopped":
         st.warning(stop_text(epoch, run.dir.latest_checkpoint.is_file()))
     elif run.state == "interrupted":

@@ -81,6 +81,12 @@ class Run:
         return self.state
 
     @property
+    def device_text(self) -> str:
+        """Where it trains (or trained): 'cuda:1 (NVIDIA H100)', 'cpu'; '' before the queue gives it a slot."""
+        device, name = self.status.get("device") or "", self.status.get("device_name") or ""
+        return f"{device} ({name})" if device and name else device
+
+    @property
     def class_names(self) -> list[str]:
         info = (self.raw_config or {}).get("dataset_info") or {}
         return [str(c) for c in info.get("class_names", [])]
@@ -168,6 +174,11 @@ def _sane_status(status: dict) -> dict:
     for key in ("epoch_started", "started", "updated", "queued_at"):
         if key in status and not _number(status[key]):
             status.pop(key)
+    for key in ("device", "device_name", "pool"):  # shown as text: a string of sane length, or nothing
+        if key in status and not (isinstance(status[key], str) and len(status[key]) <= 100):
+            status.pop(key)
+    if "slots" in status and not (isinstance(status["slots"], int) and 0 < status["slots"] < 10**6):
+        status.pop("slots")
     if not isinstance(status.get("message", ""), str):
         status["message"] = ""
     if not isinstance(status.get("last", {}), dict):
