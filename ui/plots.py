@@ -165,9 +165,7 @@ def project(z: np.ndarray) -> tuple[np.ndarray, str]:
     _, s, vt = np.linalg.svd(last, full_matrices=False)
     share = (s[:2] ** 2).sum() / max((s**2).sum(), 1e-12)
     centred = z - z[-1].mean(axis=0)
-    return centred @ vt[
-        :2
-    ].T, f"PCA of the {dim}-D latent means, fitted on the last epoch ({share:.0%} of its variance)"
+    return centred @ vt[:2].T, f"PCA of the {dim}-D means ({share:.0%} of the last epoch's variance)"
 
 
 MAX_FRAMES = 50  # animation frames at most: a long run shows every k-th epoch (and its last)

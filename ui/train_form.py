@@ -13,7 +13,7 @@ from typing import Any
 import streamlit as st
 
 from cvae import jobs
-from cvae.config import OPTIONS, Option
+from cvae.config import BY_NAME, OPTIONS, Option
 from cvae.errors import CVAEError
 from ui.auth import current_user, mode
 from ui.runs import metrics, open_run, run_ids, runs_root
@@ -110,7 +110,10 @@ def new_run_form() -> None:
         for k, opt in enumerate(more):
             values[opt.name] = _widget(opt, columns[k % 4], {**_current(), **values})
     if st.button("Start training", icon=":material/play_arrow:", type="primary", key="start"):
-        options = {k: v for k, v in values.items() if RELEVANT.get(k, lambda v: True)(values)}
+        # What the user changed, as on a command line: untouched options keep the trainer's defaults (for
+        # condition quadrants, the completion model's own settings).
+        options = {k: v for k, v in values.items()
+                   if RELEVANT.get(k, lambda v: True)(values) and v != BY_NAME[k].default}  # fmt: skip
         try:
             jobs.check_options(options, data_roots=jobs.data_roots())
         except CVAEError as err:
