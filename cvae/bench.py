@@ -694,13 +694,7 @@ def cli(argv: list[str] | None = None) -> int:
         print("error: --batches and --rounds must be positive, --warmup at least 1", file=sys.stderr)
         return 2
     report = bench(parts, batches=args.batches, warmup=args.warmup, rounds=args.rounds)
-    report["command"] = "python -m cvae.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(format_table(report))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0
+    return _publish(report, format_table, args, argv)
 
 
 def _cli_cuda(args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -716,8 +710,13 @@ def _cli_cuda(args: argparse.Namespace, argv: list[str] | None) -> int:
         print("error: --device cuda was asked for, but no CUDA GPU is available", file=sys.stderr)
         return 2
     report = bench_cuda(parts)
+    return _publish(report, format_cuda_table, args, argv)
+
+
+def _publish(report: dict[str, Any], table: Any, args: argparse.Namespace, argv: list[str] | None) -> int:
+    """The report with the command that made it: a table, then the JSON (also to --json)."""
     report["command"] = "python -m cvae.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(format_cuda_table(report))
+    print(table(report))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -533,6 +533,11 @@ def format_summary(r: dict[str, Any]) -> str:
     )
 
 
+def report_text(report: dict[str, dict[str, Any]], *, as_json: bool) -> str:
+    """`evaluate_run`'s report as the commands print it: one summary per quadrant count, or JSON."""
+    return json.dumps(clean_json(report), indent=2) if as_json else "\n".join(map(format_summary, report.values()))
+
+
 # ------------------------------------------------------------------ completions (for pictures and the app)
 
 
@@ -1034,8 +1039,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
                 report = evaluate_run(
                     args.evaluate, samples=args.eval_samples, test_subset=args.test_subset, data_dir=args.data_dir
                 )
-                text = "\n".join(map(format_summary, report.values()))
-                print(json.dumps(clean_json(report), indent=2) if args.json else text)
+                print(report_text(report, as_json=args.json))
             return 0
         config = CompletionConfig(
             quadrants=args.quadrants, latent_dim=args.latent_dim, hidden=tuple(args.hidden), alpha=args.alpha,

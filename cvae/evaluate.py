@@ -48,7 +48,7 @@ from typing import NamedTuple
 import torch
 
 from cvae.cli import OneLineParser, number
-from cvae.completion import evaluate_run, format_summary, is_completion_run
+from cvae.completion import evaluate_run, is_completion_run, report_text
 from cvae.config import PRECISIONS
 from cvae.data import ImageData, load_data
 from cvae.errors import CVAEError
@@ -611,8 +611,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
             completion = evaluate_run(
                 args.checkpoint, samples=args.iw_samples, test_subset=args.test_subset, data_dir=args.data_dir
             )
-            text = "\n".join(map(format_summary, completion.values()))
-            print(json.dumps(clean_json(completion), indent=2) if args.json else text)
+            print(report_text(completion, as_json=args.json))
             return 0
         report = evaluate_checkpoint(
             args.checkpoint, iw_samples=args.iw_samples, test_subset=args.test_subset, batch_size=args.batch_size,

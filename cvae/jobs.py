@@ -54,12 +54,12 @@ from cvae.runs import (
     OWNER_FILE,
     RUN_ID_PATTERN,
     RunDir,
+    fresh_run_path,
     new_run_id,
     pid_alive,
     process_identity,
     process_is,
     read_json,
-    run_path,
     write_json,
 )
 from cvae.runtime import available_cores
@@ -220,12 +220,7 @@ def start(
     run_id = run_id or new_run_id(str(opts["dataset"]).strip(), opts["decoder_type"], opts["latent_dim"])
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    run = run_path(root, run_id)
-    suffix = 2
-    while run.path.exists():  # two starts in the same second
-        run = run_path(root, f"{run_id}-{suffix}")
-        suffix += 1
-    run.path.mkdir(parents=True)
+    run = fresh_run_path(root, run_id)  # two starts in the same second get their own folders
     argv = build_argv(options)
     try:
         write_json(run.path / LAUNCH_FILE, {"argv": argv, "epochs": opts["epochs"]})

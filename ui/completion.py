@@ -13,7 +13,7 @@ from cvae.errors import CVAEError
 from cvae.runs import read_json
 from ui.auth import current_user
 from ui.models import upscale
-from ui.runs import Run, open_run, run_ids, stamp
+from ui.runs import Run, open_runs, stamp
 from ui.sidebar import select
 
 # The page's preset: the paper's 1-quadrant model, one epoch (docs/completion.md: distinct completions already).
@@ -23,15 +23,8 @@ SCALE = 6  # 28 px digits shown 168 px wide: readable from the back of a room
 
 def completion_runs(root: Path) -> list[Run]:
     """Runs with condition quadrants (their config.json says so), newest first."""
-    found = []
-    for run_id in run_ids(root):
-        try:
-            run = open_run(root, run_id)
-        except CVAEError:
-            continue
-        if run.completion or run.raw_config is None and _launched_as_completion(run):
-            found.append(run)
-    return found
+    return [run for run in open_runs(root)
+            if run.completion or run.raw_config is None and _launched_as_completion(run)]  # fmt: skip
 
 
 def _launched_as_completion(run: Run) -> bool:

@@ -161,6 +161,17 @@ def open_run(root: Path, run_id: str) -> Run:
     return Run(run, raw, config, problem, status, str(owner) if owner else None)
 
 
+def open_runs(root: Path) -> list[Run]:
+    """Every run under `root` that opens (newest first); a folder that cannot be read is left out."""
+    found = []
+    for run_id in run_ids(root):
+        try:
+            found.append(open_run(root, run_id))
+        except CVAEError:
+            continue
+    return found
+
+
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -16,7 +16,7 @@ from cvae import jobs
 from cvae.config import BY_NAME, OPTIONS, Option
 from cvae.errors import CVAEError
 from ui.auth import current_user, mode
-from ui.runs import metrics, open_run, run_ids, runs_root
+from ui.runs import metrics, open_runs, runs_root
 from ui.sidebar import select
 
 BUILTIN = {"MNIST": "MNIST (digits, 28×28, grey)", "CIFAR10": "CIFAR-10 (photos, 32×32, colour)"}
@@ -102,13 +102,14 @@ def new_run_form() -> None:
     main = [o for o in OPTIONS if o.form == "main" and o.name != "dataset"]
     more = [o for o in OPTIONS if o.form == "more"]
     values: dict[str, Any] = {"dataset": _dataset(st)}
+    before = _current()
     columns = st.columns(3)
     for k, opt in enumerate(main):
-        values[opt.name] = _widget(opt, columns[k % 3], {**_current(), **values})
+        values[opt.name] = _widget(opt, columns[k % 3], {**before, **values})
     with st.expander("More options"):
         columns = st.columns(4)
         for k, opt in enumerate(more):
-            values[opt.name] = _widget(opt, columns[k % 4], {**_current(), **values})
+            values[opt.name] = _widget(opt, columns[k % 4], {**before, **values})
     if st.button("Start training", icon=":material/play_arrow:", type="primary", key="start"):
         # What the user changed, as on a command line: untouched options keep the trainer's defaults (for
         # condition quadrants, the completion model's own settings).
@@ -131,11 +132,7 @@ def _current() -> dict[str, Any]:
 def runs_table() -> None:
     root = runs_root()
     rows = []
-    for run_id in run_ids(root):
-        try:
-            run = open_run(root, run_id)
-        except CVAEError:
-            continue
+    for run in open_runs(root):
         last = (metrics(run.dir) or [{}])[-1]
         rows.append({"state": run.state_text, "run": run.id, "what": run.label,
                      "test −ELBO (nats)": last.get("test_nelbo")} | ({"owner": run.owner or "–"} if mode() else {}))  # fmt: skip

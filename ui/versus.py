@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cvae.errors import CVAEError
 from ui import plots
-from ui.runs import Run, latents, open_run, run_ids
+from ui.runs import Run, latents, open_runs
 
 WHY = ("**Why they differ:** the VAE is not given the label, so z must say which digit it is, and its classes form "
        "clusters; the CVAE is given the label, so z only has to hold the style (slant, width), and its classes "
@@ -18,15 +17,8 @@ WHY = ("**Why they differ:** the VAE is not given the label, so z must say which
 
 def vae_runs(root: Path) -> list[Run]:
     """Runs with condition none that have saved latent codes, newest first."""
-    found = []
-    for run_id in run_ids(root):
-        try:
-            run = open_run(root, run_id)
-        except CVAEError:
-            continue
-        if run.config is not None and run.config.model.condition == "none" and run.dir.epochs_with("latent.npy"):
-            found.append(run)
-    return found
+    return [run for run in open_runs(root) if run.config is not None and run.config.model.condition == "none"
+            and run.dir.epochs_with("latent.npy")]  # fmt: skip
 
 
 def show_beside(run: Run, z: np.ndarray, labels: np.ndarray, names: list[str], vaes: list[Run]) -> None:
