@@ -22,6 +22,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,9 @@ def live_status(status: dict) -> dict:
     return status
 
 
+_STATUS_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths and readers for one run folder."""
@@ -232,10 +236,12 @@ class RunDir:
         return live_status(read_json(self.status_path) or {})
 
     def write_status(self, **fields: Any) -> None:
-        """Merge `fields` into status.json, atomically."""
-        status = read_json(self.status_path) or {}
-        status.update(fields, updated=time.time())
-        write_json(self.status_path, status)
+        """Merge `fields` into status.json, atomically (one merge at a time in this process: the trainer's
+        epoch writer thread and its loop both write it)."""
+        with _STATUS_LOCK:
+            status = read_json(self.status_path) or {}
+            status.update(fields, updated=time.time())
+            write_json(self.status_path, status)
 
     @property
     def lock_path(self) -> Path:
