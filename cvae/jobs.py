@@ -309,10 +309,11 @@ def stop(run: RunDir) -> bool:
 # ---------------------------------------------------------------- the queue
 
 POLL_S = 1.0
-# What one run is taken to need on a GPU, to share a GPU out by memory: an estimate, not a measurement: the
-# CUDA context (about 0.5 GB), the training set held on the device (MNIST 0.19 GB, CIFAR-10 0.61 GB), the
-# reference's conv model with its gradients and Adam's moments (15 M parameters x 4 copies x 4 bytes = 0.24 GB),
-# and the graph's and the activations' memory, with room to spare. $CVAE_RUNS_PER_GPU overrides it.
+# What one run is taken to need on a GPU, to share a GPU out by memory. Measured on an H200 (docs/benchmark.md,
+# `python -m cvae.bench --device cuda --only queue`): 10 quick demos at once through this queue held 1.30 GiB of
+# GPU memory each, CUDA context included, of which PyTorch's allocator reserved at most 0.50-0.56 GiB. A conv
+# run holds more: the reference's 15 M parameters with gradients and Adam's moments (0.24 GB), CIFAR-10 on the
+# device (0.61 GB) and larger activations; 2 GiB leaves it room. $CVAE_RUNS_PER_GPU overrides it.
 GPU_RUN_BYTES = 2 << 30
 
 

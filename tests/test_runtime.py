@@ -297,6 +297,34 @@ def test_bench_table_shows_the_demo_with_and_without_refinement() -> None:
     assert "refined" not in rows["quick demo z=10"]
 
 
+def test_bench_gpu_table_reports_the_demo_breakdown_the_queue_and_torch_compile() -> None:
+    from cvae.bench import format_cuda_table
+
+    machine = dict(cpu="test CPU", cores=16, torch="2", date="today", gpu="Test GPU")
+    graph = dict(cuda_graph=True, warning="", precision="float32", graph_setup_seconds=0.5,
+                 epoch_train_seconds=[5.0, 0.9], epoch_seconds_with_eval=[5.1, 1.0], test_nelbo=[144.3, 140.0])  # fmt: skip
+    demo = dict(cuda_graph=True, graph_setup_seconds=0.4, warning="", epochs=12, train_seconds=2.6,
+                optimisation_seconds=2.3, refine_seconds=0.1, per_epoch_rest_seconds=0.0167, seconds_with_loading=7.0,
+                test_nelbo=121.3, test_nelbo_refined=119.3, gpu_memory_mb=410.0)  # fmt: skip
+    queue = dict(count=10, seconds_until_last=30.0, devices=["cuda:0"] * 10, cuda_graph=[True] * 10,
+                 train_seconds=[20.0, 22.0], test_nelbo=[121.3, 121.3], gpu_memory_used_mb=6000.0,
+                 gpu_memory_per_run_mb=600.0)  # fmt: skip
+    compiled = dict(epoch_train_seconds=[60.0, 1.8], test_nelbo=[144.4])
+    report = {"machine": machine, "graph_fp32": graph, "demo_graph": demo, "queue": queue, "compile": compiled,
+              "errors": {"eager_fp32": "RuntimeError: bench worker failed\nout of memory"}}  # fmt: skip
+    rows = {line.split("  ")[0]: line for line in format_cuda_table(report).splitlines()}
+    assert (
+        "optimisation 2.30 s, test pass and pictures 17 ms/epoch, refinement 0.10 s"
+        in rows["quick demo, graph (cuda_graph=True)"]
+    )
+    assert "GPU memory peak 410 MiB" in rows["quick demo, graph (cuda_graph=True)"]
+    assert "last finished after 30.0 s" in rows["10 quick demos at once through the queue, one GPU"]
+    assert "['cuda:0']" in rows["10 quick demos at once through the queue, one GPU"]
+    assert "600 MiB per run" in rows["10 quick demos at once through the queue, one GPU"]
+    assert rows["speed-up, CUDA graph vs torch.compile (epoch 2)"].endswith("2.00x")
+    assert rows["eager_fp32: failed"].endswith("out of memory")
+
+
 def test_bench_baseline_reads_mnist_as_the_reference_does() -> None:
     """torchvision's own MNIST class over the shipped files, thresholded per image: the same images and labels,
     in the same order, as our statically binarized MNIST."""
