@@ -50,35 +50,48 @@ if not runs:
     st.info("Pick runs with at least one finished epoch.")
     st.stop()
 
-configs = [{k: run.raw_config.get(k) or {} for k in ("data", "model", "train")} for run, _ in runs]
-differs = what_differs(configs) if len(runs) > 1 else [""]
-legend = []
-for (run, _), diff in zip(runs, differs, strict=True):
-    name = display_name(root, run.id)
-    legend.append(f"{diff} ({name})" if diff and name != run.id else diff or name)
-series = [(name, rows) for name, (_, rows) in zip(legend, runs, strict=True)]
-st.plotly_chart(plots.compare_curves(series, "nelbo", "Test −ELBO per epoch (nats per image; lower is better)"),
-                key="compare_nelbo", config={"displayModeBar": False})  # fmt: skip
-st.caption("The legend names what differs between the chosen runs' settings; the rest is the same for all.")
-left, right = st.columns(2)
-left.plotly_chart(plots.compare_curves(series, "recon", "Reconstruction", legend=False), key="compare_recon",
-                  config={"displayModeBar": False})  # fmt: skip
-right.plotly_chart(
-    plots.compare_curves(series, "kl", "KL", legend=False), key="compare_kl", config={"displayModeBar": False}
-)
+# A completion run (condition quadrants) scores the hidden pixels given the shown ones, not the whole image:
+# another quantity in nats, so it gets its own charts rather than a line among whole-image ELBOs.
+GROUPS = (  # (completion runs?, the main chart's title, the smaller charts, the table's extra columns)
+    (False, "Test −ELBO per epoch (nats per image; lower is better)", (("recon", "Reconstruction"), ("kl", "KL")),
+     {"reconstruction": "test_recon", "KL": "test_kl", "refined −ELBO": "test_nelbo_refined"}),
+    (True, "Completion runs: test −ELBO of the hidden pixels given the shown ones (nats per image)",
+     (("baseline_nll", "The baseline network (no z) on the same pixels"),), {"baseline NLL": "test_baseline_nll"}),
+)  # fmt: skip
 
-table = []
-for (run, rows), what in zip(runs, legend, strict=True):
-    last = rows[-1]
-    table.append({
-        "run": display_name(root, run.id), "what differs": what, "state": run.state_text, "epochs": last.get("epoch"),
-        "test −ELBO": last.get("test_nelbo"), "reconstruction": last.get("test_recon"), "KL": last.get("test_kl"),
-        "refined −ELBO": last.get("test_nelbo_refined"),
-        "minutes": sum(r.get("seconds") or 0 for r in rows) / 60,
-    })  # fmt: skip
-st.subheader("Final figures")
+
+present = [group for group in GROUPS if any(run.completion == group[0] for run, _ in runs)]
+if len(present) > 1:
+    st.caption("Whole-image and completion runs measure different things, so each kind has its own charts.")
 nats = st.column_config.NumberColumn(format="%.2f")
-st.dataframe(table, hide_index=True, width="stretch", column_config={
-    "test −ELBO": nats, "reconstruction": nats, "KL": nats, "refined −ELBO": nats,
-    "minutes": st.column_config.NumberColumn("training minutes", format="%.1f"),
-})  # fmt: skip
+for completion, title, smaller, columns in present:
+    group = [(run, rows) for run, rows in runs if run.completion == completion]
+    key = "completion" if completion else "whole"
+    configs = [{k: run.raw_config.get(k) or {} for k in ("data", "model", "train")} for run, _ in group]
+    differs = what_differs(configs) if len(group) > 1 else [""]
+    legend = []
+    for (run, _), diff in zip(group, differs, strict=True):
+        name = display_name(root, run.id)
+        legend.append(f"{diff} ({name})" if diff and name != run.id else diff or name)
+    series = [(name, rows) for name, (_, rows) in zip(legend, group, strict=True)]
+    st.plotly_chart(plots.compare_curves(series, "nelbo", title), key=f"compare_nelbo_{key}",
+                    config={"displayModeBar": False})  # fmt: skip
+    if len(group) > 1:
+        st.caption("The legend names what differs between the chosen runs' settings; the rest is the same for all.")
+    for column, (metric, name) in zip(st.columns(2), smaller, strict=False):
+        column.plotly_chart(plots.compare_curves(series, metric, name, legend=False),
+                            key=f"compare_{metric}_{key}", config={"displayModeBar": False})  # fmt: skip
+    table = []
+    for (run, rows), what in zip(group, legend, strict=True):
+        last = rows[-1]
+        table.append({
+            "run": display_name(root, run.id), "what differs": what, "state": run.state_text,
+            "epochs": last.get("epoch"), "test −ELBO": last.get("test_nelbo"),
+            **{label: last.get(field) for label, field in columns.items()},
+            "minutes": sum(r.get("seconds") or 0 for r in rows) / 60,
+        })  # fmt: skip
+    st.subheader("Final figures" + (" of the completion runs" if completion and len(present) > 1 else ""))
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "test −ELBO": nats, **dict.fromkeys(columns, nats),
+        "minutes": st.column_config.NumberColumn("training minutes", format="%.1f"),
+    })  # fmt: skip

@@ -321,6 +321,24 @@ def test_compare_page(runs: Path) -> None:
     assert at.query_params["runs"] == ["finished,gauss"] or at.query_params["runs"] == "finished,gauss"
 
 
+def test_compare_page_keeps_completion_runs_apart(runs: Path) -> None:
+    """A completion run's -ELBO is of the hidden pixels only: its own charts and table, not a line among others."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["runs"] = "finished,completion"
+    at.run()
+    at.switch_page("app_pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [c["layout"]["title"]["text"] for c in charts]
+    assert len(charts) == 5, titles  # whole image: -ELBO, reconstruction, KL; completion: -ELBO, baseline
+    assert [len(c["data"]) for c in charts] == [1, 1, 1, 1, 1]
+    assert "hidden pixels" in titles[3] and "baseline" in titles[4]
+    whole, completion = (t.value for t in at.dataframe)
+    assert list(whole["run"]) == ["finished"] and "KL" in whole.columns
+    assert list(completion["run"]) == ["completion"] and completion["baseline NLL"].notna().all()
+    assert any("measure different things" in c.value for c in at.caption)
+
+
 def test_run_name_and_note(runs: Path, tmp_path: Path) -> None:
     """A name set on the Train page goes to meta.json only, and the picker and compare page show it."""
     import shutil
