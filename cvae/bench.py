@@ -287,6 +287,7 @@ def run_queued_demos(count: int = PARALLEL_DEMOS) -> dict[str, Any]:
     import torch
 
     from cvae import jobs
+    from cvae.runs import ACTIVE_STATES
 
     torch.cuda.init()
     free_before, total_memory = torch.cuda.mem_get_info()
@@ -299,8 +300,7 @@ def run_queued_demos(count: int = PARALLEL_DEMOS) -> dict[str, Any]:
         while len(finished) < count and time.perf_counter() - t < 600:
             low = min(low, torch.cuda.mem_get_info()[0])
             for run in runs:
-                if run.id not in finished and run.read_status().get("state") in ("finished", "failed", "stopped",
-                                                                                   "interrupted"):  # fmt: skip
+                if run.id not in finished and run.read_status().get("state") not in ACTIVE_STATES:
                     finished[run.id] = time.perf_counter() - t
             time.sleep(0.1)
         statuses = [run.read_status() for run in runs]

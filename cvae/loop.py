@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import queue
 import signal
 import sys
 import threading
@@ -227,38 +228,29 @@ class EpochWriter:
     """Writes each finished epoch's files on one background thread, in order, while training goes on.
 
     An epoch's checkpoint (a few MB written with fsync), its pictures and its
-    metrics line are CPU work that the next epoch need not wait for: on a GPU
-    they were a third of the quick demo's time. The loop hands over CPU copies
-    (`checkpoint_payload`), so training may change the weights at once. An
-    error in the writer (a full disk) is raised in the loop at its next
-    `submit` or `wait`; `wait` returns once everything handed over is on disk.
+    metrics line are CPU work that the next epoch need not wait for. The loop
+    hands over CPU copies (`checkpoint_payload`), so training may change the
+    weights at once. An error in the writer (a full disk) is raised in the loop
+    at its next `submit` or `wait`; `wait` returns once everything handed over
+    is on disk.
     """
 
     def __init__(self) -> None:
-        self._jobs: list[Callable[[], None]] = []
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._error: BaseException | None = None
-        self._cv = threading.Condition()
-        self._busy = False
-        self._closed = False
         self._thread = threading.Thread(target=self._work, name="cvae-epoch-writer", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
-        while True:
-            with self._cv:
-                while not self._jobs and not self._closed:
-                    self._cv.wait()
-                if not self._jobs:
-                    return
-                job, self._busy = self._jobs.pop(0), True
+        while (job := self._jobs.get()) is not None:
             try:
                 if self._error is None:  # after a failure, later epochs are not written: resume needs order
                     job()
             except BaseException as err:  # noqa: BLE001 - handed to the loop
                 self._error = err
-            with self._cv:
-                self._busy = False
-                self._cv.notify_all()
+            finally:
+                self._jobs.task_done()
+        self._jobs.task_done()
 
     def _raise(self) -> None:
         if self._error is not None:  # sticky: every later submit or wait raises it again
@@ -266,20 +258,14 @@ class EpochWriter:
 
     def submit(self, job: Callable[[], None]) -> None:
         self._raise()
-        with self._cv:
-            self._jobs.append(job)
-            self._cv.notify_all()
+        self._jobs.put(job)
 
     def wait(self) -> None:
-        with self._cv:
-            while self._jobs or self._busy:
-                self._cv.wait()
+        self._jobs.join()
         self._raise()
 
     def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
+        self._jobs.put(None)
         self._thread.join()
 
 
