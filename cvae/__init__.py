@@ -3,9 +3,10 @@
     import cvae
 
     result = cvae.train_model(dataset="MNIST", decoder_type="Bernoulli", latent_dim=2, epochs=1)
-    model, config, info, _ = cvae.load_model(result.run_dir)
+    model = cvae.load_model(result.run_dir)                             # model.run_config, model.info
     report = cvae.evaluate_checkpoint(result.run_dir, iw_samples=100)   # nats per image
     images = cvae.generate_images(model, label=7, mode="uniform")      # (400, 1, 28, 28)
+    run = cvae.load_run(result.run_dir)                                 # model, config, checkpoint, metrics
 
 `help(cvae.train_model)` lists every option with its default; the same options
 are the flags of `python -m cvae.train`. The reference's `cvae.train.main(...)`
@@ -25,13 +26,16 @@ _LAZY = {
     "train_model": "cvae.training",
     "TrainResult": "cvae.loop",
     "load_model": "cvae.generate",
-    "LoadedModel": "cvae.generate",
+    "load_run": "cvae.generate",
+    "LoadedRun": "cvae.generate",
+    "complete": "cvae.generate",
     "generate_images": "cvae.generate",
     "evaluate_checkpoint": "cvae.evaluate",
     "evaluate_model": "cvae.evaluate",
     "CVAE": "cvae.model",
     "CVAEOutput": "cvae.model",
-    "ElboTerms": "cvae.model",
+    "Objective": "cvae.model",
+    "Condition": "cvae.model",
     "DatasetInfo": "cvae.data",
     "ImageData": "cvae.data",
     "load_data": "cvae.data",

@@ -93,16 +93,21 @@ def epoch_artifacts(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(epoch)
         with autocast(device, amp_dtype):
-            post = model.encode(grid_x, grid_y)
-            mean_out = model.decode(post.mu, grid_y)  # z = posterior mean
+            cond = model.condition(grid_x, grid_y)  # a completion model: the given part, as in training
+            post = model.encode(grid_x, cond)
+            mean_out = model.decode(post.mu, cond)  # z = posterior mean
             z = post.mu + post.std * torch.randn_like(post.std)
-            sample_out = model.decode(z, grid_y)  # z ~ q, then x ~ p(x | z, y)
-        recon_mean = grid_pixels(model.likelihood.mean(mean_out.float()))
-        recon_sample = grid_pixels(model.likelihood.sample(sample_out.float()))
+            sample_out = model.decode(z, cond)  # z ~ q, then x ~ p(x | z, c)
+        recon_mean, recon_sample = model.likelihood.mean(mean_out.float()), model.likelihood.sample(sample_out.float())
+        if cond.scored is not None:  # only the hidden pixels are the model's: show the given ones as they are
+            recon_mean = grid_x * (1 - cond.scored) + recon_mean * cond.scored
+            recon_sample = grid_x * (1 - cond.scored) + recon_sample * cond.scored
+        recon_mean, recon_sample = grid_pixels(recon_mean), grid_pixels(recon_sample)
         mus = []
         for start in range(0, len(lat_x), 1000):
             with autocast(device, amp_dtype):
-                mus.append(model.encode(lat_x[start : start + 1000], lat_y[start : start + 1000]).mu.float())
+                xs, ys = lat_x[start : start + 1000], lat_y[start : start + 1000]
+                mus.append(model.encode(xs, model.condition(xs, ys)).mu.float())
     model.train()
     latent = torch.cat(mus).cpu().numpy() if mus else np.zeros((0, model.config.latent_dim), np.float32)
     return EpochArtifacts(recon_mean, recon_sample, latent.astype(np.float32))

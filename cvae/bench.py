@@ -101,7 +101,7 @@ def flops_per_image(batch: int = BATCH) -> float:
     x = (torch.rand(batch, 1, 28, 28) >= 0.5).float()
     y = torch.arange(batch) % 10
     with FlopCounterMode(display=False) as counter:
-        model.elbo_terms(x, y).loss.backward()
+        model.objective(x, y).loss.backward()
     return counter.get_total_flops() / batch
 
 
@@ -344,7 +344,7 @@ def run_compiled_cuda(epochs: int = 2, device_name: str = "cuda") -> dict[str, A
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, fused=True)
 
         def loss_of(x: torch.Tensor, y: torch.Tensor, model: CVAE = model) -> torch.Tensor:
-            return model.elbo_terms(x, y).loss
+            return model.objective(x, y).loss
 
         compiled = torch.compile(loss_of, mode="reduce-overhead")
         model.train()

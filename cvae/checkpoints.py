@@ -36,6 +36,7 @@ from torch import nn
 from cvae.config import RunConfig
 from cvae.data import DatasetInfo
 from cvae.errors import CheckpointError, CVAEError
+from cvae.legacy import upgrade_checkpoint
 from cvae.model import CVAE
 from cvae.runs import RunDir, write_atomic
 
@@ -84,6 +85,7 @@ def load_checkpoint(path: Path | str) -> dict:
         ) from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise CheckpointError(f"{path} is not a cvae checkpoint (no model weights and config)")
+    payload = upgrade_checkpoint(payload)  # an earlier version's digit-completion run, read as today's
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {version!r}; this cvae reads {FORMAT_VERSION}")

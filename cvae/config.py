@@ -34,6 +34,7 @@ CudaGraph = Literal["auto", "on", "off"]
 Activation = Literal["relu", "silu", "gelu", "elu", "tanh"]
 Norm = Literal["none", "batch", "layer"]
 Condition = Literal["label", "none", "quadrants"]
+Prior = Literal["standard", "conditional"]
 
 ARCHS: tuple[str, ...] = get_args(Arch)
 LIKELIHOODS: tuple[str, ...] = get_args(Likelihood)
@@ -248,14 +249,32 @@ class ModelConfig:
     height: int
     width: int
     num_classes: int
-    condition: Condition = option("label", "what the model is given besides z: label (the class, the reference), "
-                                  "none (a plain VAE: no label anywhere, so z must hold the class too) or "
-                                  "quadrants (the CVAE paper's digit completion: MNIST with 1-3 quadrants given, "
-                                  "the rest drawn; trained by cvae.completion, see docs/completion.md)",
-                                  label="Condition")  # fmt: skip
+    condition: Condition = option("label", "what the model is given besides z, the c of q(z | x, c) and "
+                                  "p(x | z, c): label (the class, the reference), none (a plain VAE: no label "
+                                  "anywhere, so z must hold the class too) or quadrants (the CVAE paper's digit "
+                                  "completion: c is the given part of the digit and only the hidden part is scored; "
+                                  "see docs/completion.md)", label="Condition")  # fmt: skip
     quadrants: int = option(1, "condition quadrants: how many quadrants are given (bottom-left, then top-left, "
                             "then top-right); 0 = a random 1-3 per training image", low=0, high=3,
                             label="Quadrants given")  # fmt: skip
+    mask_channel: bool = option(False, "condition quadrants: also give the networks the 0/1 mask of the given "
+                                "pixels (needed, and set, with a random quadrant count)",
+                                label="Give the mask too")  # fmt: skip
+    prior: Prior = option(
+        "standard",
+        "the prior p(z | c): standard (N(0, I), the reference) or conditional "
+        "(a Gaussian from a network of c, the paper's prior network)",
+        label="Prior p(z | c)",
+    )
+    alpha: float = option(1.0, "the paper's hybrid objective: alpha x (-ELBO) + (1 - alpha) x the GSNN loss "
+                          "(-log p(x | z, c) with z from the prior); 1 = the CVAE's ELBO alone", low=0, high=1,
+                          label="Hybrid weight alpha")  # fmt: skip
+    baseline: bool = option(
+        False,
+        "also train the paper's deterministic baseline p(x | c) (the generation "
+        "network without z) beside the CVAE, on the same batches",
+        label="Train the baseline",
+    )
     latent_dim: int = option(10, "latent dimension (2 gives a latent space you can see directly)", short="-z",
                              low=1, high=1024, group=REFERENCE, label="Latent size z", form="main")  # fmt: skip
     likelihood: Likelihood = option("bernoulli", "the decoder p(x | z, y): Bernoulli (black-and-white pixels) or "
@@ -297,6 +316,17 @@ class ModelConfig:
         if self.condition == "quadrants" and (self.arch, self.likelihood, self.channels) != ("mlp", "bernoulli", 1):
             raise ConfigError("condition quadrants trains the completion MLPs on black-and-white digits: it needs "
                               "arch mlp, decoder_type Bernoulli and MNIST")  # fmt: skip
+        if self.condition == "quadrants" and (self.height % 2 or self.width % 2):
+            raise ConfigError(f"condition quadrants needs even image sides, got {self.height}x{self.width}")
+        if self.condition == "quadrants" and self.quadrants == 0 and not self.mask_channel:
+            raise ConfigError("a random quadrant count (quadrants 0) needs mask_channel: the zeros of a hidden "
+                              "quadrant look like ink-free given pixels otherwise")  # fmt: skip
+        if self.mask_channel and self.condition != "quadrants":
+            raise ConfigError("mask_channel belongs to condition quadrants")
+        if self.condition == "none" and (self.prior == "conditional" or self.baseline):
+            raise ConfigError("condition none gives the networks nothing: no conditional prior and no baseline")
+        if self.baseline and self.arch != "mlp":
+            raise ConfigError("the baseline network is built for the MLP architecture (--arch mlp)")
         if self.likelihood == "bernoulli" and self.learn_sigma:
             raise ConfigError("learned sigma needs the Gaussian decoder (-t Gaussian)")
         if self.likelihood == "bernoulli" and self.channels != 1:
@@ -316,8 +346,15 @@ class ModelConfig:
 
     @property
     def label_width(self) -> int:
-        """Width of the label's one-hot code that the networks get: num_classes, or 0 for condition none."""
+        """Width of the label's one-hot code that the networks get: num_classes, or 0 otherwise."""
         return self.num_classes if self.condition == "label" else 0
+
+    @property
+    def condition_width(self) -> int:
+        """Width of the condition code c: the one-hot label, nothing, or the given pixels (and their mask)."""
+        if self.condition == "quadrants":
+            return self.channels * self.height * self.width * (2 if self.mask_channel else 1)
+        return self.label_width
 
     @property
     def out_channels(self) -> int:
@@ -436,8 +473,8 @@ class RunConfig:
         if self.model.likelihood == "gaussian" and self.data.binarize != "none":
             raise ConfigError("the Gaussian decoder models grey levels: binarize must be none")
         data = (self.data.dataset.upper(), self.data.binarize)
-        if self.model.condition == "quadrants" and data != ("MNIST", "static"):
-            raise ConfigError("condition quadrants is the paper's MNIST experiment: dataset MNIST, binarize static")
+        if self.model.condition == "quadrants" and data[0] != "MNIST":
+            raise ConfigError("condition quadrants is the paper's MNIST experiment: dataset MNIST")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -483,6 +520,7 @@ QUICK_DEMO: dict[str, Any] = dict(
     warmup_epochs=1.0, epochs=12, refine_steps=10,
 )  # fmt: skip
 
-# condition quadrants: the completion model's own settings (docs/completion.md measured these), applied like the
-# quick demo's: options given win. cvae.completion trains it with Adam at a constant rate.
-COMPLETION: dict[str, Any] = dict(arch="mlp", latent_dim=32, mlp_hidden=(500, 500), batch_size=128, learning_rate=1e-3)
+# condition quadrants: the paper's completion model (docs/completion.md measured these), applied like the quick
+# demo's: options given win. The prior network and the deterministic baseline are the paper's.
+COMPLETION: dict[str, Any] = dict(arch="mlp", latent_dim=32, mlp_hidden=(500, 500), batch_size=128, learning_rate=1e-3,
+                                  prior="conditional", baseline=True)  # fmt: skip

@@ -1,4 +1,4 @@
-"""A whole training step as one CUDA graph: forward, backward and Adam in one launch (issue 15).
+"""A whole training step as one CUDA graph: forward, backward and Adam in one launch.
 
 At batch 64 an eager step on a GPU is launch-bound: a few hundred kernel
 launches, about 5 ms of host work, for a step the GPU finishes in well under
@@ -41,7 +41,7 @@ from torch import nn
 
 from cvae.config import CUDA_GRAPH_MODES
 from cvae.errors import ConfigError, CVAEError
-from cvae.model import CVAE
+from cvae.model import CVAE, term_names
 
 FLUSH_EVERY_S = 1.0  # read the logged batch losses back at least this often
 LOG_CHUNK = 256  # ... or after this many logged batches
@@ -243,7 +243,8 @@ class GraphStep:
         self.device = train_x.device
         self.static_x = torch.empty((batch, *train_x.shape[1:]), dtype=train_x.dtype, device=self.device)
         self.static_y = torch.empty(batch, dtype=train_y.dtype, device=self.device)
-        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nelbo, recon, kl over the epoch
+        # the model's named terms (nelbo, recon, kl, ...) summed over the epoch
+        self.sums = torch.zeros(len(term_names(model.config)), dtype=torch.float64, device=self.device)
         self.last = torch.zeros(3, dtype=torch.float32, device=self.device)  # the step's loss, recon, kl means
         self.bin_gen = torch.Generator(device=self.device) if dynamic else None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -262,13 +263,13 @@ class GraphStep:
         if self.bin_gen is not None:
             x = torch.bernoulli(x, generator=self.bin_gen)
         with self._autocast():
-            terms = self.model.elbo_terms(x, y)
+            terms = self.model.objective(x, y)
         loss = terms.loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         with torch.no_grad():
-            self.sums += torch.stack([terms.nelbo.sum(), terms.recon.sum(), terms.kl.sum()])
+            self.sums += torch.stack([t.sum() for t in terms.terms().values()])
             self.last.copy_(torch.stack([loss.detach(), terms.recon.mean(), terms.kl.mean()]))
 
     def load(self, idx: torch.Tensor) -> None:

@@ -48,13 +48,12 @@ from typing import NamedTuple
 import torch
 
 from cvae.cli import OneLineParser, number
-from cvae.completion import evaluate_run, is_completion_run, report_text
 from cvae.config import PRECISIONS
 from cvae.data import ImageData, load_data
 from cvae.errors import CVAEError
-from cvae.generate import load_model
-from cvae.likelihoods import mean_se
-from cvae.model import CVAE, ENCODER_STD_FLOOR
+from cvae.generate import load_run
+from cvae.likelihoods import DiagonalGaussian, mean_se, standard_normal_log_prob
+from cvae.model import CVAE, STD_FLOOR, Condition
 from cvae.runs import clean_json
 from cvae.runtime import autocast, select_amp_dtype, select_device
 
@@ -70,6 +69,7 @@ MAX_ROWS = 1024  # decoder rows (images x samples) per forward pass: bounds memo
 MAX_IW_SAMPLES = 5000
 MAX_MAX_ROWS = 8192  # --max-rows above this would let one decoder pass take gigabytes
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+PROPOSALS = ("posterior", "prior")
 LEVELS = 256  # 8-bit pixels
 
 
@@ -130,11 +130,13 @@ def _discrete_nll(model: CVAE, out: torch.Tensor, x: torch.Tensor) -> torch.Tens
 
 
 class ElboPerImage(NamedTuple):
-    """Per-image terms in nats, float64, (N,). `recon_discrete` only when asked for."""
+    """Per-image terms in nats, float64, (N,). `recon_discrete` only when asked for, `baseline` for a model
+    that trains one."""
 
-    recon: torch.Tensor  # -log p(x | z, y), one z ~ q(z | x, y)
-    kl: torch.Tensor  # KL(q(z | x, y) || N(0, I)), analytic
-    recon_discrete: torch.Tensor | None = None  # -log P(8-bit x | z, y), same z
+    recon: torch.Tensor  # -log p(x | z, c), one z ~ q(z | x, c), over the scored pixels
+    kl: torch.Tensor  # KL(q(z | x, c) || p(z | c)), analytic
+    recon_discrete: torch.Tensor | None = None  # -log P(8-bit x | z, c), same z
+    baseline: torch.Tensor | None = None  # the deterministic baseline's -log p(x | c)
 
     @property
     def nelbo(self) -> torch.Tensor:
@@ -159,17 +161,19 @@ def elbo_per_image(
     amp_dtype: torch.dtype | None = None,
     discretize: bool = False,
     seed: int = EVAL_SEED,
+    quadrants: int | None = None,
 ) -> ElboPerImage:
     """The negative ELBO's terms for every image, one z sample each, in eval mode.
 
     Runs under a forked RNG seeded with `seed`, so it neither depends on nor
-    disturbs the training noise; the noise is drawn exactly as `CVAE.forward`
-    draws it, so the numbers equal `model.elbo_terms` under that seed.
+    disturbs the training noise; the terms are the model's own `objective`
+    (the KL again in float64), so they equal training's under that seed.
+    `quadrants`: a digit-completion model's given count (None: as trained).
     """
     device = _device(model)
     was_training = model.training
     model.eval()
-    recon, kl, disc = [], [], []
+    recon, kl, disc, base = [], [], [], []
     try:
         with _forked_rng(device):
             torch.manual_seed(seed)
@@ -177,22 +181,27 @@ def elbo_per_image(
                 xb = x[start : start + batch_size].to(device, non_blocking=True)
                 yb = y[start : start + batch_size].to(device, non_blocking=True)
                 with autocast(device, amp_dtype):
-                    out = model(xb, yb)
-                recon.append(model.likelihood.nll(out.out, xb).double().cpu())
-                kl.append(_kl(out.mu, out.std).cpu())
+                    t = model.objective(xb, yb, quadrants)
+                recon.append(t.recon.double().cpu())
+                kl.append(t.posterior.double().kl(t.prior.double() if t.prior is not None else None).cpu())
+                if t.baseline is not None:
+                    base.append(t.baseline.double().cpu())
                 if discretize:
-                    disc.append(_discrete_nll(model, out.out, xb).cpu())
+                    disc.append(_discrete_nll(model, t.out, xb).cpu())
     finally:
         model.train(was_training)
     empty = torch.zeros(0, dtype=torch.float64)
     cat = lambda ts: torch.cat(ts) if ts else empty  # noqa: E731
-    return ElboPerImage(cat(recon), cat(kl), cat(disc) if discretize else None)
+    return ElboPerImage(cat(recon), cat(kl), cat(disc) if discretize else None,
+                        cat(base) if model.baseline is not None else None)  # fmt: skip
 
 
-def _kl(mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, std^2) || N(0, I)) per code, float64: (B, Z) -> (B,)."""
-    mu, std = mu.double(), std.double()
-    return 0.5 * (mu.pow(2) + std.pow(2) - 2 * std.log() - 1).sum(1)
+def counts_of(model: CVAE) -> list[int | None]:
+    """The given-quadrant counts a model is evaluated at: its own, or 1, 2 and 3 for a random-count
+    model; [None] for a model whose condition is not a part of the image."""
+    if model.config.condition != "quadrants":
+        return [None]
+    return [model.config.quadrants] if model.config.quadrants else [1, 2, 3]
 
 
 @torch.no_grad()
@@ -204,15 +213,28 @@ def evaluate_elbo(
     batch_size: int = 1000,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Mean negative ELBO, reconstruction and KL over (x, y), one z sample per image.
+    """Mean negative ELBO, reconstruction and KL (and the baseline's NLL) over (x, y), one z per image.
 
     Runs in eval mode (batch-norm running statistics) under a forked RNG with
     a fixed seed, so it neither depends on nor disturbs the training noise.
+    A random-count completion model is evaluated at 1, 2 and 3 given
+    quadrants: `name_qK` for each, and `name` their mean.
     """
-    terms = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype)
+    counts = counts_of(model)
+    out: dict[str, float] = {}
     n = max(len(x), 1)
-    recon, kl = float(terms.recon.sum()) / n, float(terms.kl.sum()) / n
-    return {"nelbo": recon + kl, "recon": recon, "kl": kl}
+    for k in counts:
+        terms = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype, quadrants=k)
+        recon, kl = float(terms.recon.sum()) / n, float(terms.kl.sum()) / n
+        means = {"nelbo": recon + kl, "recon": recon, "kl": kl}
+        if terms.baseline is not None:
+            means["baseline_nll"] = float(terms.baseline.sum()) / n
+        out.update(means if len(counts) == 1 else {f"{name}_q{k}": v for name, v in means.items()})
+    if len(counts) > 1:
+        for name in list(out):
+            base = name.rsplit("_q", 1)[0]
+            out.setdefault(base, sum(out[f"{base}_q{k}"] for k in counts) / len(counts))
+    return out
 
 
 # ------------------------------------------------------------------- IWAE
@@ -236,8 +258,16 @@ def iwae_per_image(
     amp_dtype: torch.dtype | None = None,
     discretize: bool = False,
     seed: int = EVAL_SEED,
+    proposal: str = "posterior",
+    quadrants: int | None = None,
 ) -> IwaePerImage:
-    """The K-sample importance-weighted lower bound on log p(x | y), per image.
+    """The K-sample importance-weighted estimate of log p(x | c) per image: the one estimator of every
+    likelihood figure (of the scored pixels only, for a condition that shows part of the image).
+
+    proposal "posterior": z_k ~ q(z | x, c), log w_k = log p(x | z_k, c) + log p(z_k | c) - log q(z_k | x, c),
+    the IWAE bound (Burda et al. 2016, eq. 8; for digit completion the paper's importance sampler).
+    proposal "prior": z_k ~ p(z | c), log w_k = log p(x | z_k, c), plain Monte Carlo from the prior.
+    Either way logsumexp_k log w_k - log K is a lower bound on log p(x | c) in expectation.
 
     Images go through in batches of `max_rows // k_chunk` and the K samples
     in chunks of `k_chunk` = min(K, max_rows), so a decoder pass never sees
@@ -249,6 +279,8 @@ def iwae_per_image(
         raise CVAEError(f"the number of importance samples must be 1 to {MAX_IW_SAMPLES}, got {k}")
     if not 1 <= max_rows <= MAX_MAX_ROWS:
         raise CVAEError(f"max_rows must be 1 to {MAX_MAX_ROWS}, got {max_rows}")
+    if proposal not in PROPOSALS:
+        raise CVAEError(f"proposal must be one of {', '.join(PROPOSALS)}, got {proposal!r}")
     device = _device(model)
     was_training = model.training
     model.eval()
@@ -263,27 +295,35 @@ def iwae_per_image(
                 yb = y[start : start + images].to(device, non_blocking=True)
                 b = len(xb)
                 with autocast(device, amp_dtype):
-                    post = model.encode(xb, yb)
+                    cond = model.condition(xb, yb, quadrants)
+                    post = model.encode(xb, cond)
+                    prior = model.prior(cond)
                 mu, std = post.mu.float(), post.std.float()  # (B, Z)
+                prior = prior.float() if prior is not None else None
                 acc_c = torch.full((b,), -math.inf, dtype=torch.float64)
                 acc_d = torch.full((b,), -math.inf, dtype=torch.float64)
                 for k0 in range(0, k, k_chunk):
                     kc = min(k_chunk, k - k0)
                     eps = torch.randn(kc, b, mu.shape[1], device=device)  # (kc, B, Z)
-                    z = mu + std * eps  # (kc, B, Z)
+                    source = DiagonalGaussian(mu, std) if proposal == "posterior" else prior
+                    z = eps if source is None else source.mu + source.std * eps  # (kc, B, Z)
                     eps64, z64 = eps.double(), z.double()
-                    log_q = (-0.5 * eps64.pow(2) - std.double().log() - HALF_LOG_2PI).sum(-1)  # (kc, B)
-                    log_pz = (-0.5 * z64.pow(2) - HALF_LOG_2PI).sum(-1)  # (kc, B)
+                    log_pz = standard_normal_log_prob(z64) if prior is None else prior.log_prob(z64)  # (kc, B)
                     xr = xb.expand(kc, *xb.shape).reshape(kc * b, *xb.shape[1:])  # (kc*B, C, H, W)
-                    yr = yb.expand(kc, b).reshape(kc * b)
+                    scored = None if cond.scored is None else \
+                        cond.scored.expand(kc, *cond.scored.shape).reshape(kc * b, *cond.scored.shape[1:])  # fmt: skip
                     with autocast(device, amp_dtype):
-                        out = model.decode(z.reshape(kc * b, -1), yr)
-                    log_px_z = -model.likelihood.nll(out, xr).double().view(kc, b)
-                    log_w = (log_px_z + log_pz - log_q).cpu()
+                        out = model.decode_samples(z, cond)
+                    log_px_z = -model.likelihood.nll(out, xr, scored).double().view(kc, b)
+                    if proposal == "posterior":
+                        log_q = (-0.5 * eps64.pow(2) - std.double().log() - HALF_LOG_2PI).sum(-1)  # (kc, B)
+                        log_w = (log_px_z + log_pz - log_q).cpu()
+                    else:
+                        log_w = log_px_z.cpu()
                     acc_c = torch.logaddexp(acc_c, torch.logsumexp(log_w, 0))
                     if discretize:
                         log_px_z_d = -_discrete_nll(model, out, xr).view(kc, b)
-                        log_w_d = (log_px_z_d + log_pz - log_q).cpu()
+                        log_w_d = (log_px_z_d + log_pz - log_q).cpu() if proposal == "posterior" else log_px_z_d.cpu()
                         acc_d = torch.logaddexp(acc_d, torch.logsumexp(log_w_d, 0))
                 out_c.append(acc_c - math.log(k))
                 if discretize:
@@ -316,6 +356,7 @@ def inference_gap_per_image(
     samples: int = 256,
     batch_size: int = 500,
     seed: int = EVAL_SEED,
+    quadrants: int | None = None,
 ) -> InferenceGapPerImage:
     """How much better a per-image Gaussian posterior does than the encoder's (the amortization gap).
 
@@ -335,15 +376,15 @@ def inference_gap_per_image(
     for p in model.parameters():
         p.requires_grad_(False)
 
-    def nelbo(
-        mu: torch.Tensor, std: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, eps: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean over the draws eps (n, B, Z) of -log p(x | z, y), plus the analytic KL: (B,)."""
+    def nelbo(mu: torch.Tensor, std: torch.Tensor, xb: torch.Tensor, cond: Condition,
+              prior: DiagonalGaussian | None, eps: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Mean over the draws eps (n, B, Z) of -log p(x | z, c), plus the analytic KL: (B,)."""
         n = len(eps)
         z = (mu + std * eps).flatten(0, 1)  # (n * B, Z), draw-major
-        out = model.decode(z, yb.repeat(n))
-        recon = model.likelihood.nll(out, xb.repeat(n, *([1] * (xb.dim() - 1)))).view(n, -1).mean(0)
-        return recon + 0.5 * (mu.pow(2) + std.pow(2) - 2 * std.log() - 1).sum(1)
+        out = model.decode(z, Condition(cond.code.repeat(n, 1), None))
+        scored = None if cond.scored is None else cond.scored.repeat(n, *([1] * (xb.dim() - 1)))
+        recon = model.likelihood.nll(out, xb.repeat(n, *([1] * (xb.dim() - 1))), scored).view(n, -1).mean(0)
+        return recon + DiagonalGaussian(mu, std).kl(prior)
 
     amortized, optimized = [], []
     try:
@@ -353,26 +394,28 @@ def inference_gap_per_image(
                 xb = x[start : start + batch_size].to(device)
                 yb = y[start : start + batch_size].to(device)
                 with torch.no_grad():
-                    post = model.encode(xb, yb)
+                    cond = model.condition(xb, yb, quadrants)
+                    post = model.encode(xb, cond)
+                    prior = model.prior(cond)
                 mu = post.mu.detach().clone().requires_grad_(True)
                 # std = softplus(raw) + floor, as the encoder's: start from the encoder's std
-                raw = (post.std - ENCODER_STD_FLOOR).clamp_min(1e-12)
+                raw = (post.std - STD_FLOOR).clamp_min(1e-12)
                 raw = (raw + torch.log(-torch.expm1(-raw))).detach().requires_grad_(True)  # softplus^-1
                 opt = torch.optim.Adam([mu, raw], lr=lr)
                 for _ in range(steps):
                     eps = torch.randn(train_samples, *mu.shape, device=device)
-                    loss = nelbo(mu, torch.nn.functional.softplus(raw) + ENCODER_STD_FLOOR, xb, yb, eps)
+                    loss = nelbo(mu, torch.nn.functional.softplus(raw) + STD_FLOOR, xb, cond, prior, eps)
                     opt.zero_grad(set_to_none=True)
                     loss.sum().backward()  # the images are independent: each gets its own gradient
                     opt.step()
                 with torch.no_grad():
-                    std = torch.nn.functional.softplus(raw) + ENCODER_STD_FLOOR
+                    std = torch.nn.functional.softplus(raw) + STD_FLOOR
                     a_sum = torch.zeros(len(xb), dtype=torch.float64, device=device)
                     o_sum = torch.zeros_like(a_sum)
                     for done in range(0, samples, GAP_CHUNK):
                         eps = torch.randn(min(GAP_CHUNK, samples - done), *mu.shape, device=device)
-                        a_sum += nelbo(post.mu, post.std, xb, yb, eps).double() * len(eps)  # same draws for both
-                        o_sum += nelbo(mu, std, xb, yb, eps).double() * len(eps)
+                        a_sum += nelbo(post.mu, post.std, xb, cond, prior, eps).double() * len(eps)  # same draws
+                        o_sum += nelbo(mu, std, xb, cond, prior, eps).double() * len(eps)
                 amortized.append((a_sum / samples).cpu())
                 optimized.append((o_sum / samples).cpu())
     finally:
@@ -385,7 +428,8 @@ def inference_gap_per_image(
     )
 
 
-def refined_nelbo(model: CVAE, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float = REFINE_LR) -> float:
+def refined_nelbo(model: CVAE, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float = REFINE_LR,
+                  quadrants: int | None = None) -> float:  # fmt: skip
     """Mean negative ELBO over (x, y) with the encoder's q refined per image by `steps` Adam steps.
 
     Test-time iterative inference (the test-time half of semi-amortized VAEs,
@@ -403,7 +447,8 @@ def refined_nelbo(model: CVAE, x: torch.Tensor, y: torch.Tensor, *, steps: int, 
     if len(x) == 0:
         return math.nan
     batch = 5000 if _device(model).type == "cuda" and model.config.arch == "mlp" else 1000
-    gap = inference_gap_per_image(model, x, y, steps=steps, lr=lr, train_samples=1, samples=1, batch_size=batch)
+    gap = inference_gap_per_image(model, x, y, steps=steps, lr=lr, train_samples=1, samples=1, batch_size=batch,
+                                  quadrants=quadrants)  # fmt: skip
     return float(gap.optimized.mean())
 
 
@@ -429,12 +474,43 @@ def evaluate_model(
     Gaussian decoder's `nelbo`/`iwae_nll` are densities on [0, 1]^D (they can
     be negative); its `*_discrete` numbers and bits/dim are for the 8-bit
     pixels (see the module docstring). `iw_samples = 0` skips the IWAE bound.
+
+    A digit-completion model scores the hidden pixels given the shown ones:
+    every figure is -log p(y | x) of those pixels, plus `prior_mc_nll` (the same
+    K samples drawn from the prior p(z | x) instead of q) and `baseline_nll`
+    (the deterministic baseline's, exact). A random-count model is evaluated at
+    1, 2 and 3 given quadrants (`name_qK`), and `name` is their mean.
     """
     t0 = time.time()
+    counts = counts_of(model)
+    kw = dict(iw_samples=iw_samples, batch_size=batch_size, max_rows=max_rows, amp_dtype=amp_dtype, seed=seed,
+              gap_images=gap_images, gap_steps=gap_steps)  # fmt: skip
+    parts = [_evaluate_at(model, x, y, quadrants=k, **kw) for k in counts]
+    report = dict(parts[0])
+    if counts != [None]:
+        report["quadrants"] = counts[0] if len(counts) == 1 else 0
+    if len(counts) > 1:
+        for key, value in parts[0].items():
+            if isinstance(value, float) and not key.endswith("_se"):
+                values = [part[key] for part in parts]
+                report[key] = sum(values) / len(values)
+                if f"{key}_se" in parts[0]:  # the counts' errors as if independent (they share the images)
+                    report[f"{key}_se"] = math.sqrt(sum(part[f"{key}_se"] ** 2 for part in parts)) / len(parts)
+                for k, v in zip(counts, values, strict=True):
+                    report[f"{key}_q{k}"] = v
+    report["seconds"] = time.time() - t0
+    return report
+
+
+def _evaluate_at(
+    model: CVAE, x: torch.Tensor, y: torch.Tensor, *, quadrants: int | None, iw_samples: int, batch_size: int,
+    max_rows: int, amp_dtype: torch.dtype | None, seed: int, gap_images: int, gap_steps: int,
+) -> dict[str, float | int | str | None]:  # fmt: skip
     dims = int(x[0].numel()) if len(x) else 0
     gaussian = model.config.likelihood == "gaussian"
     discretize = gaussian and is_8bit(x)
-    elbo = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype, discretize=discretize, seed=seed)
+    elbo = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype, discretize=discretize, seed=seed,
+                          quadrants=quadrants)  # fmt: skip
     nelbo, nelbo_se = mean_se(elbo.nelbo)
     report: dict[str, float | int | str | None] = {
         "test_images": len(x),
@@ -448,11 +524,19 @@ def evaluate_model(
     iwae = None
     if iw_samples > 0:
         iwae = iwae_per_image(
-            model, x, y, k=iw_samples, max_rows=max_rows, amp_dtype=amp_dtype, discretize=discretize, seed=seed
-        )
+            model, x, y, k=iw_samples, max_rows=max_rows, amp_dtype=amp_dtype, discretize=discretize, seed=seed,
+            quadrants=quadrants,
+        )  # fmt: skip
         report["iwae_nll"], report["iwae_nll_se"] = mean_se(-iwae.log_px)
+        if quadrants is not None:  # the paper's second estimator: the same samples' count from the prior
+            from_prior = iwae_per_image(model, x, y, k=iw_samples, max_rows=max_rows, amp_dtype=amp_dtype, seed=seed,
+                                        proposal="prior", quadrants=quadrants)  # fmt: skip
+            report["prior_mc_nll"], report["prior_mc_nll_se"] = mean_se(-from_prior.log_px)
+    if elbo.baseline is not None:
+        report["baseline_nll"], report["baseline_nll_se"] = mean_se(elbo.baseline)
     if gap_images > 0:  # on the first gap_images images, in fp32: it fits q by gradient steps
-        gap = inference_gap_per_image(model, x[:gap_images], y[:gap_images], steps=gap_steps, seed=seed)
+        gap = inference_gap_per_image(model, x[:gap_images], y[:gap_images], steps=gap_steps, seed=seed,
+                                      quadrants=quadrants)  # fmt: skip
         report["gap_images"], report["gap_steps"] = len(gap.amortized), gap_steps
         report["gap_nelbo_amortized"], report["gap_nelbo_amortized_se"] = mean_se(gap.amortized)
         report["gap_nelbo_optimized"], report["gap_nelbo_optimized_se"] = mean_se(gap.optimized)
@@ -474,7 +558,6 @@ def evaluate_model(
         report["bpd_elbo"] = nelbo / bits
         if iwae is not None:
             report["bpd_iwae"] = report["iwae_nll"] / bits
-    report["seconds"] = time.time() - t0
     return report
 
 
@@ -508,7 +591,8 @@ def evaluate_checkpoint(
     if test_subset is not None and test_subset < 1:
         raise CVAEError(f"--test-subset must be positive, got {test_subset}")
     dev = select_device(device)
-    model, config, info, payload = load_model(path, dev)
+    loaded = load_run(path, dev)
+    model, config, info, payload = loaded.model, loaded.config, loaded.info, loaded.checkpoint
     if not isinstance(data, ImageData):
         data_config = config.data if data_dir is None else replace(config.data, data_dir=data_dir)
         data = load_data(data_config)
@@ -530,6 +614,7 @@ def evaluate_checkpoint(
         "dataset": info.name,
         "likelihood": config.model.likelihood + (" (learned sigma)" if config.model.learn_sigma else ""),
         "latent_dim": config.model.latent_dim,
+        "condition": config.model.condition,
         "binarization": config.data.binarize,
         "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
         "seed": seed,
@@ -560,8 +645,24 @@ def format_report(r: dict) -> str:
         ("model", f"{r['likelihood']}, z = {r['latent_dim']}, {r['precision']}"),
         (f"negative ELBO [{unit}]", f"{num('nelbo')}  (recon {r['recon']:.2f} + KL {r['kl']:.2f}; 1 sample)"),
     ]
+    completion = r.get("condition") == "quadrants"
+    if completion:
+        unit = "nats, hidden pixels"
+        given = "1-3 (random per image; the mean of 1, 2 and 3)" if r.get("quadrants") == 0 else r.get("quadrants")
+        rows[3] = (f"negative ELBO [{unit}]", f"{num('nelbo')}  (recon {r['recon']:.2f} + KL {r['kl']:.2f}; 1 sample)")
+        rows.insert(3, ("given", f"{given} quadrant(s): -log p(y | x) of the hidden pixels y given the shown x"))
     if r.get("iw_samples"):
-        rows.append((f"IWAE NLL, K = {r['iw_samples']} [{unit}]", num("iwae_nll")))
+        name = "importance sampling from q(z | x, y)" if completion else "IWAE NLL"
+        rows.append((f"{name}, K = {r['iw_samples']} [{unit}]", num("iwae_nll")))
+    if "prior_mc_nll" in r:
+        rows.append((f"Monte Carlo from p(z | x), K = {r['iw_samples']} [{unit}]", num("prior_mc_nll")))
+    if "baseline_nll" in r:
+        rows.append((f"deterministic baseline [{unit}]", num("baseline_nll")))
+    for k in (1, 2, 3):
+        if f"nelbo_q{k}" in r:
+            parts = [f"-ELBO {r[f'nelbo_q{k}']:.2f}"] + [f"{label} {r[f'{key}_q{k}']:.2f}" for key, label in
+                     (("iwae_nll", "IS"), ("prior_mc_nll", "MC"), ("baseline_nll", "baseline")) if f"{key}_q{k}" in r]  # fmt: skip
+            rows.append((f"  {k} quadrant(s) given", ", ".join(parts)))
     if "nelbo_discrete" in r:
         rows.append(("negative ELBO [nats, 8-bit]", f"{num('nelbo_discrete')}  (recon {r['recon_discrete']:.2f})"))
         if "iwae_nll_discrete" in r:
@@ -589,8 +690,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a run folder or a checkpoint file")
     p.add_argument("--iw-samples", "-k", type=number(int, low_open=False), default=DEFAULT_IW_SAMPLES,
                    help=f"importance samples K for the IWAE bound, at most {MAX_IW_SAMPLES}; 0 skips it; for a "
-                        f"digit-completion run (condition quadrants), the samples S of its -log p(y | x) "
-                        f"[{DEFAULT_IW_SAMPLES}]")  # fmt: skip
+                        f"digit-completion run (condition quadrants), the samples S of its -log p(y | x), from q "
+                        f"and from the prior [{DEFAULT_IW_SAMPLES}]")  # fmt: skip
     p.add_argument("--test-subset", type=number(int), default=None, help="evaluate the first N test images only")
     p.add_argument("--batch-size", type=number(int), default=1000, help="images per ELBO batch [1000]")
     p.add_argument("--max-rows", type=number(int), default=MAX_ROWS,
@@ -612,12 +713,6 @@ def cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     try:
-        if is_completion_run(args.checkpoint):  # condition quadrants: the paper's -log p(y | x) table
-            completion = evaluate_run(
-                args.checkpoint, samples=args.iw_samples, test_subset=args.test_subset, data_dir=args.data_dir
-            )
-            print(report_text(completion, as_json=args.json))
-            return 0
         report = evaluate_checkpoint(
             args.checkpoint, iw_samples=args.iw_samples, test_subset=args.test_subset, batch_size=args.batch_size,
             max_rows=args.max_rows, seed=args.seed, data_dir=args.data_dir, precision=args.precision,

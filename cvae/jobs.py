@@ -29,8 +29,10 @@ config's own checks, so the app shows the sentence the command line prints.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import io
 import os
 import shutil
 import signal
@@ -45,7 +47,7 @@ from typing import IO, Any
 
 import torch
 
-from cvae.cli import OneLineParser, format_argv
+from cvae.cli import OneLineParser, add_options, format_argv, given
 from cvae.config import BY_NAME, DEFAULTS, QUICK_DEMO, DataConfig
 from cvae.data import builtin_info, resolve_data_dir
 from cvae.errors import ConfigError
@@ -255,6 +257,22 @@ def can_start_again(run: RunDir) -> bool:
     """A run with no checkpoint that the app started: its flags are in launch.json."""
     launch = read_json(run.path / LAUNCH_FILE) or {}
     return isinstance(launch.get("argv"), list) and all(isinstance(a, str) for a in launch["argv"])
+
+
+def launch_options(run: RunDir) -> dict[str, Any]:
+    """The options the app started a run with (launch.json's flags, read by the training parser), before the
+    run has written its config.json; {} when there are none or they do not parse."""
+    launch = read_json(run.path / LAUNCH_FILE) or {}
+    argv = launch.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        return {}
+    parser = OneLineParser(prog="launch.json", add_help=False)
+    add_options(parser)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return given(parser.parse_args(argv))
+    except SystemExit:
+        return {}
 
 
 def start_again(run: RunDir) -> None:

@@ -31,7 +31,7 @@ from cvae.cuda_graph import GraphStep, portable_optimizer_state, prepare_graph_s
 from cvae.data import ImageData
 from cvae.errors import CVAEError
 from cvae.evaluate import evaluate_elbo, refined_nelbo
-from cvae.model import CVAE, count_parameters
+from cvae.model import CVAE, count_parameters, term_names
 from cvae.progress import Callback
 from cvae.runs import RunDir, process_identity
 from cvae.runtime import (
@@ -189,7 +189,7 @@ def fit(
                         message=f"stopped in epoch {epoch}: the checkpoint of epoch {epoch - 1} is kept",
                     )  # fmt: skip
                     return result
-                schedule.after_epoch(train[0])
+                schedule.after_epoch(train["nelbo"])
                 test = evaluate_elbo(model, d.test_x, d.test_y, amp_dtype=amp_dtype)
                 pictures = epoch_artifacts(model, epoch, grid_x, grid_y, lat_x, lat_y, amp_dtype)
                 t_done = time.time()
@@ -198,8 +198,8 @@ def fit(
                     refined = dict(test_nelbo_refined=refined_nelbo(model, d.test_x, d.test_y, steps=cfg.refine_steps),
                                    refine_steps=cfg.refine_steps, refine_seconds=time.time() - t_done)  # fmt: skip
                 record = dict(
-                    epoch=epoch, train_nelbo=train[0], train_recon=train[1], train_kl=train[2],
-                    test_nelbo=test["nelbo"], test_recon=test["recon"], test_kl=test["kl"], lr=schedule.current,
+                    epoch=epoch, **{f"train_{k}": v for k, v in train.items()},
+                    **{f"test_{k}": v for k, v in test.items()}, lr=schedule.current,
                     seconds=time.time() - t_epoch, train_seconds=t_trained - t_epoch,
                     images_per_s=step.seen / max(t_done - t_epoch, 1e-9), **refined, time=time.time() - t_run,
                 )  # fmt: skip
@@ -277,16 +277,17 @@ class Step:
         self.model, self.optimizer, self.schedule, self.d = model, optimizer, schedule, d
         self.amp_dtype, self.dynamic, self.graph = amp_dtype, dynamic, graph
         self.device = d.train_x.device
+        self.names = term_names(model.config)  # what the model's objective returns, summed over the epoch
         self.seen = 0
 
     def epoch(self, epoch: int, cfg: Any, run: RunDir, batch_log: Any, callbacks: Sequence[Callback],
-              stop: StopRequested, t_run: float) -> tuple[float, float, float]:  # fmt: skip
-        """Train one epoch; returns the mean train (nelbo, recon, kl). Stops early if asked."""
+              stop: StopRequested, t_run: float) -> dict[str, float]:  # fmt: skip
+        """Train one epoch; returns the mean train terms (nelbo, recon, kl, ...). Stops early if asked."""
         model, d = self.model, self.d
         model.train()
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(d.train_x), generator=gen, device=self.device)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
         last_status, t_epoch = 0.0, time.time()
         if self.graph is not None:  # the same epoch, one graph replay per full batch, no host sync per step
             lr_at = (lambda b: self.schedule.rate(epoch, b)) if self.schedule.per_batch else None
@@ -301,13 +302,13 @@ class Step:
             if self.dynamic:
                 xb = torch.bernoulli(xb, generator=gen)
             with autocast(self.device, self.amp_dtype):
-                terms = model.elbo_terms(xb, yb)
+                terms = model.objective(xb, yb)
             loss = terms.loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             with torch.no_grad():  # running sums, outside the graph
-                sums += torch.stack([terms.nelbo.sum(), terms.recon.sum(), terms.kl.sum()])
+                sums += torch.stack([t.sum() for t in terms.terms().values()])
             self.seen += len(idx)
             if (b + 1) % cfg.print_every == 0 or b + 1 == d.batches:
                 lv, rv, kv = (float(v) for v in (loss.detach(), terms.recon.detach().mean(), terms.kl.detach().mean()))
@@ -326,7 +327,7 @@ class Step:
                     run.write_status(epoch=epoch - 1, batch=b + 1, epoch_started=t_epoch)
             if stop.requested:
                 break
-        return tuple((sums / max(self.seen, 1)).tolist())  # type: ignore[return-value]
+        return dict(zip(self.names, (sums / max(self.seen, 1)).tolist(), strict=True))
 
 
 def _cpu_copy(value: Any) -> Any:

@@ -35,6 +35,7 @@ try:
 except ImportError:  # Windows: no advisory locks; a run folder is then not protected
     fcntl = None  # type: ignore[assignment]
 from cvae.errors import CVAEError
+from cvae.legacy import upgrade_config
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 ACTIVE_STATES = ("queued", "starting", "running", "stopping")
@@ -223,7 +224,8 @@ class RunDir:
         return self.config_path.is_file()
 
     def read_config(self) -> dict | None:
-        return read_json(self.config_path)
+        """config.json as today's format (an earlier version's completion run converted in memory)."""
+        return upgrade_config(read_json(self.config_path))
 
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_path)

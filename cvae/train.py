@@ -65,8 +65,6 @@ def cli(argv: Sequence[str] | None = None) -> int:
         if result.state == "stopped":
             print(f"stopped; resume with: python -m cvae.train -rp {result.run_dir}", file=sys.stderr)
             return 128 + int(result.stop_signal or signal.SIGINT)  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
-        elif not args.get("quiet") and result.metrics and "test_nelbo" not in result.metrics[-1]:
-            print(f"done after epoch {result.metrics[-1]['epoch']}; run folder {result.run_dir}")  # mixed quadrants
         elif not args.get("quiet") and result.metrics:
             last = result.metrics[-1]
             refined = (f" ({last['test_nelbo_refined']:.2f} with q refined per image by {last['refine_steps']} steps)"

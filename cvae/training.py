@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from cvae.checkpoints import load_checkpoint, validate_checkpoint
-from cvae.completion import is_completion_run, train_from_options
 from cvae.config import (
     BY_NAME,
     COMPLETION,
@@ -56,13 +55,6 @@ def train_model(**options: Any) -> TrainResult:
     # The signature and docstring are generated from cvae.config's options below.
     flush_denormals()  # before any parallel op, so torch's worker threads inherit it
     opts = resolve_options(options)
-    if opts["resume_path"] and is_completion_run(opts["resume_path"]) or \
-            opts["condition"] == "quadrants" and not opts["resume_path"]:  # fmt: skip
-        # The paper's digit completion is cvae.completion's model and loop, in the same kind of run folder.
-        if not opts["resume_path"]:
-            build_config(opts, peek_info(section_config(DataConfig, opts)))  # MNIST, mlp, Bernoulli, static
-        done = train_from_options(opts, given={k for k, v in options.items() if v is not None})
-        return TrainResult(done.run_dir, done.metrics)
     if opts["resume_path"]:
         config, data, resume, run = _resume(opts, given_names=set(options) - {"quiet", "overwrite"})
     else:
@@ -76,7 +68,13 @@ def train_model(**options: Any) -> TrainResult:
         run = RunDir(Path(opts["run_dir"]))
     elif run is None:
         root = Path(opts["runs_root"]) if opts["runs_root"] else default_runs_root()
-        run = fresh_run_path(root, new_run_id(config.data.dataset, config.model.likelihood, config.model.latent_dim))
+        m = config.model
+        kind = (
+            m.likelihood
+            if m.condition == "label"
+            else f"{m.condition}{m.quadrants if m.condition == 'quadrants' else ''}"
+        )
+        run = fresh_run_path(root, new_run_id(config.data.dataset, kind, m.latent_dim))
     with run.lock():  # one writer per run folder for the trainer's whole life; the kernel drops it if we die
         if resume is None and run.holds_run():
             if not opts["overwrite"]:
@@ -116,6 +114,8 @@ def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
     chosen = {k: BY_NAME[k].check(v) for k, v in options.items() if v is not None}
     preset = {**(QUICK_DEMO if chosen.get("quick_demo") else {}),
               **(COMPLETION if chosen.get("condition") == "quadrants" else {})}  # fmt: skip
+    if chosen.get("condition") == "quadrants" and chosen.get("quadrants") == 0:
+        preset["mask_channel"] = True  # a random count needs the mask (ModelConfig.validate says why)
     return {**DEFAULTS, **preset, **chosen}
 
 

@@ -285,7 +285,8 @@ def run_experiment(exp: Experiment, args: argparse.Namespace, epochs: int, out: 
         record["latent_frames"] = latent_gif(run, gif, exp.title)
         record["figures"]["latent"] = gif.name
     if exp.generation:
-        model, _, info, _ = load_model(run.latest_checkpoint)
+        model = load_model(run.latest_checkpoint)
+        info = model.info
         for mode in ("uniform", "random"):
             p = out / f"{exp.name}_{mode}.png"
             generation_figure(model, info.class_names, mode, p, n=args.grid)

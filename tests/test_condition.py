@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import cvae
-from cvae.completion import KIND, is_completion_run, load_models
 from cvae.config import ModelConfig
 from cvae.errors import ConfigError
 from cvae.evaluate import evaluate_checkpoint
@@ -40,7 +39,7 @@ def test_condition_none_is_a_vae_that_never_sees_the_label(arch: str) -> None:
     outputs = []
     for labels in (torch.tensor([0, 1, 2, 3]), torch.tensor([9, 9, 9, 9])):
         torch.manual_seed(5)
-        outputs.append(vae.elbo_terms(x, labels).nelbo)
+        outputs.append(vae.objective(x, labels).nelbo)
     assert torch.equal(*outputs)
     z = torch.randn(3, 2)
     vae.eval()
@@ -53,7 +52,8 @@ def test_condition_none_trains_resumes_evaluates_and_generates(tmp_path: Path) -
     assert json.loads((run / "config.json").read_text())["model"]["condition"] == "none"
     more = cvae.train_model(resume_path=str(run), epochs=1, quiet=True)
     assert more.metrics[-1]["epoch"] == 2 and result.run_dir == more.run_dir
-    model, config, _, _ = load_model(run)
+    model = load_model(run)
+    config = model.run_config
     assert config.model.condition == "none" and config.model.label_width == 0
     report = evaluate_checkpoint(run, iw_samples=5, test_subset=64)
     assert 0 < report["nelbo"] < 800
@@ -84,27 +84,39 @@ def test_condition_quadrants_trains_resumes_and_evaluates_through_train_model(tm
     result = cvae.train_model(condition="quadrants", quadrants=1, latent_dim=3, mlp_hidden=(32,),
                               run_dir=str(run), **SMALL)  # fmt: skip
     config = json.loads((run / "config.json").read_text())
-    assert config["kind"] == KIND and config["condition"] == "quadrants" and config["model"]["quadrants"] == 1
-    assert config["model"]["latent_dim"] == 3 and config["model"]["hidden"] == [32]
-    assert config["train"]["learning_rate"] == 1e-3  # the completion preset, as options not given
-    assert is_completion_run(run) and not is_completion_run(tmp_path / "nothing")
+    model = config["model"]
+    assert model["condition"] == "quadrants" and model["quadrants"] == 1 and "kind" not in config
+    assert model["latent_dim"] == 3 and model["mlp_hidden"] == [32]
+    assert model["prior"] == "conditional" and model["baseline"] is True  # the completion preset, not given
+    assert config["train"]["learning_rate"] == 1e-3
     assert RunDir(run).read_status()["state"] == "finished" and RunDir(run).latest_checkpoint.is_file()
     assert [m["epoch"] for m in result.metrics] == [1] and result.state == "finished"
+    assert {"test_nelbo", "test_baseline_nll", "train_baseline_nll"} <= set(result.metrics[0])
+    assert (run / "batches.jsonl").stat().st_size > 0  # the Train page's live curve
     more = cvae.train_model(resume_path=str(run), epochs=1, quiet=True)
     assert more.metrics[-1]["epoch"] == 2
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert load_models(run).config.quadrants == 1
+    assert load_model(run).config.quadrants == 1
     # python -m cvae.evaluate RUN prints the -log p(y | x) table for it
     out = subprocess.run([sys.executable, "-m", "cvae.evaluate", str(run), "--iw-samples", "3", "--test-subset",
                           "20"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "-log p(y | x)" in out.stdout and "baseline" in out.stdout and "1 quadrant(s) given" in out.stdout
-    # a label CVAE's commands refuse it with one line
-    out = subprocess.run([sys.executable, "-m", "cvae.generate", str(run)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "-log p(y | x)" in out.stdout and "baseline" in out.stdout and "1 quadrant(s)" in out.stdout
+    # the label model's generation refuses it with one line; its completion sheet is made
+    out = subprocess.run([sys.executable, "-m", "cvae.generate", "uniform", str(run)], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    sheet = tmp_path / "sheet.png"
+    out = subprocess.run([sys.executable, "-m", "cvae.generate", "completion", str(run), "--index", "3,4",
+                          "--out", str(sheet)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_condition_quadrants_refuses_options_it_does_not_use(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "cvae.train", "--condition", "quadrants", "--refine-steps", "5",
-                          "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert out.returncode == 2 and "refine_steps" in out.stderr and "Traceback" not in out.stderr
+def test_cli_condition_quadrants_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    for flags, message in ((["--mask-channel", "true"], "mask_channel"), (["--alpha", "1.5"], "alpha"),
+                           (["--condition", "none", "--baseline", "true"], "condition none")):  # fmt: skip
+        out = subprocess.run([sys.executable, "-m", "cvae.train", *flags, "--run-dir", str(tmp_path / "r")],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, (flags, out.stderr)
+        assert not (tmp_path / "r" / "config.json").exists()

@@ -188,7 +188,7 @@ def test_uncaptured_epoch_matches_the_eager_loop() -> None:
     for b in range(batches):
         set_learning_rate(opt, 1e-2 / (b + 1))
         idx = order[b * batch : (b + 1) * batch]
-        terms = model.elbo_terms(x[idx], y[idx])
+        terms = model.objective(x[idx], y[idx])
         opt.zero_grad(set_to_none=True)
         terms.loss.backward()
         opt.step()

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cvae.generate import latent_grid, load_model, random_images, restyle, uniform_images
+from cvae.generate import latent_grid, load_model, load_run, random_images, restyle, uniform_images
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,8 +23,11 @@ def test_latent_grid_covers_the_span() -> None:
 
 
 def test_api_generates_images_per_class(tiny_run: Path) -> None:
-    model, config, info, _ = load_model(tiny_run)
-    assert info.num_classes == 10 and config.model.latent_dim == 2
+    model = load_model(tiny_run)  # the model itself, with what it was trained with and on
+    info, config = model.info, model.run_config
+    assert info.num_classes == 10 and config.model.latent_dim == 2 and model.config == config.model
+    run = load_run(tiny_run)  # and the rest of the run: checkpoint and metrics
+    assert run.checkpoint["epoch"] == 2 and [m["epoch"] for m in run.metrics] == [1, 2]
     grid = uniform_images(model, 3)
     assert grid.shape == (400, 1, 28, 28) and grid.min() >= 0 and grid.max() <= 1
     a, b = random_images(model, 3, count=8, seed=1), random_images(model, 3, count=8, seed=1)

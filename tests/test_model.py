@@ -41,7 +41,7 @@ def test_conv_shapes_for_every_decoder(c: int, h: int, w: int, likelihood: str, 
     assert out.out.shape == (4, c * (2 if learn_sigma else 1), h, w)
     assert out.mu.shape == out.std.shape == out.z.shape == (4, 3)
     assert (out.std > 0).all()
-    terms = model.elbo_terms(x, y)
+    terms = model.objective(x, y)
     assert terms.recon.shape == terms.kl.shape == (4,)
     assert torch.isfinite(terms.loss)
     terms.loss.backward()
@@ -51,7 +51,7 @@ def test_conv_shapes_for_every_decoder(c: int, h: int, w: int, likelihood: str, 
 def test_mlp_architecture() -> None:
     cfg = ModelConfig(channels=1, height=28, width=28, num_classes=10, arch="mlp", mlp_hidden=(32, 16), latent_dim=2)
     model = CVAE(cfg)
-    terms = model.elbo_terms(torch.rand(3, 1, 28, 28).round(), torch.tensor([1, 2, 3]))
+    terms = model.objective(torch.rand(3, 1, 28, 28).round(), torch.tensor([1, 2, 3]))
     assert terms.loss.ndim == 0 and torch.isfinite(terms.loss)
 
 

@@ -258,7 +258,7 @@ def test_evaluate_k_has_a_maximum(tiny_run: Path, capsys: pytest.CaptureFixture[
 
 
 def test_importance_sampling_memory_is_bounded_by_batching(tiny_run: Path) -> None:
-    model, _, _, _ = load_model(tiny_run)
+    model = load_model(tiny_run)
     rows = []
     decode = model.decode
 

@@ -70,7 +70,7 @@ def _train_steps(model: CVAE, optimizer: torch.optim.Optimizer, steps: int, amp:
         x, y = batch(32, seed=s)
         torch.manual_seed(100 + s)  # the same reparameterisation noise for both contenders
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = model.elbo_terms(x, y).loss
+            loss = model.objective(x, y).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -83,7 +83,7 @@ def test_channels_last_gives_the_same_gradients() -> None:
     x, y = batch(32)
     for model in (plain, fast):
         torch.manual_seed(7)  # the same reparameterisation noise
-        model.elbo_terms(x, y).loss.backward()
+        model.objective(x, y).loss.backward()
     largest = max(p.grad.abs().max().item() for p in plain.parameters())
     for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
         scale = p.grad.abs().max().item()
@@ -97,7 +97,7 @@ def test_fused_adam_step_equals_the_default_kernel() -> None:
     plain, fast = twin_models()
     x, y = batch(32)
     torch.manual_seed(7)
-    plain.elbo_terms(x, y).loss.backward()
+    plain.objective(x, y).loss.backward()
     for p, q in zip(plain.parameters(), fast.parameters(), strict=True):
         q.grad = torch.empty_like(q).copy_(p.grad)
     plain_opt, fast_opt = torch.optim.Adam(plain.parameters(), lr=1e-3), make_optimizer(fast, 1e-3, CPU)
@@ -352,7 +352,7 @@ def test_bench_reference_step_is_the_negative_elbo_where_no_pixel_saturates() ->
     x = (torch.rand(16, 1, 28, 28) >= 0.5).float()
     y = torch.arange(16) % 10
     torch.manual_seed(1)
-    ours = model.elbo_terms(x, y).loss.item()
+    ours = model.objective(x, y).loss.item()
     before = model.encoder.net[0].weight.detach().clone()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     torch.manual_seed(1)

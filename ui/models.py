@@ -13,7 +13,7 @@ import torch
 from cvae.artifacts import grid_png
 from cvae.config import DataConfig
 from cvae.data import load_data
-from cvae.generate import load_model
+from cvae.generate import load_run
 from cvae.model import CVAE
 from ui.runs import Run, stamp
 
@@ -21,8 +21,8 @@ from ui.runs import Run, stamp
 @st.cache_resource(max_entries=6, show_spinner="Loading the model…")
 def cached_model(checkpoint: str, version: tuple[int, int]) -> tuple[CVAE, int]:
     torch.set_num_threads(1)  # the app shares the machine with training runs
-    model, _, _, payload = load_model(checkpoint)
-    return model, int(payload.get("epoch", 0))
+    loaded = load_run(checkpoint)
+    return loaded.model, int(loaded.checkpoint.get("epoch", 0))
 
 
 def model(run: Run) -> tuple[CVAE, int]:

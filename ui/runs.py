@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cvae.completion import KIND as COMPLETION_KIND
 from cvae.config import RunConfig
 from cvae.errors import CVAEError
+from cvae.legacy import upgrade_config
 from cvae.runs import ACTIVE_STATES, OWNER_FILE, RunDir, default_runs_root, list_runs, live_status, read_json, run_path
 
 STATE_COLORS = {
@@ -93,8 +93,8 @@ class Run:
 
     @property
     def completion(self) -> bool:
-        """A digit-completion run (condition quadrants, cvae.completion): its config.json says so."""
-        return (self.raw_config or {}).get("kind") == COMPLETION_KIND
+        """A digit-completion run (condition quadrants): its config.json says so."""
+        return ((self.raw_config or {}).get("model") or {}).get("condition") == "quadrants"
 
     @property
     def quadrants(self) -> int:
@@ -121,7 +121,7 @@ class Run:
     @property
     def label(self) -> str:
         """A short description for pickers: MNIST · bernoulli · mlp · z=2 · 3/5 epochs."""
-        if self.config is None and not self.completion:
+        if self.config is None:
             return self.description
         total = self.status.get("epochs") or (self.config.train.epochs if self.config else "?")
         return f"{self.description} · {self.status.get('epoch') or 0}/{total} epochs"
@@ -135,11 +135,9 @@ def _json(path: str, version: tuple[int, int]) -> dict | None:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _config(path: str, version: tuple[int, int]) -> tuple[dict | None, RunConfig | None, str | None]:
-    raw = read_json(Path(path))
+    raw = upgrade_config(read_json(Path(path)))  # an earlier version's completion run, read as today's
     if raw is None:
         return None, None, "config.json is corrupt" if version[1] >= 0 else "config.json is not written yet"
-    if raw.get("kind") == COMPLETION_KIND:
-        return raw, None, "it completes digits from some of their quadrants (condition quadrants)"
     try:
         return raw, RunConfig.from_dict(raw), None
     except (CVAEError, TypeError, ValueError, AttributeError) as err:

@@ -116,7 +116,7 @@ def current_run() -> Run | None:
 
 def require_config(run: Run) -> bool:
     """True if the run's config is readable; otherwise say why on the page."""
-    if run.config is not None:
+    if run.config is not None and not run.completion:
         return True
     if run.completion:
         st.info(f"Run **{run.id}** completes digits from some of their quadrants: it is shown on the "

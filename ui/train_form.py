@@ -30,6 +30,9 @@ RELEVANT = {
     "warmup_epochs": lambda v: v["lr_schedule"] == "cosine",
     "lr_decay": lambda v: v["lr_schedule"] == "exponential",
     "quadrants": lambda v: v["condition"] == "quadrants",
+    "mask_channel": lambda v: v["condition"] == "quadrants",
+    "prior": lambda v: v["condition"] != "none",
+    "baseline": lambda v: v["condition"] != "none" and v["arch"] == "mlp",
 }
 
 
