@@ -2,7 +2,7 @@
 
 Three sources, one result (`ImageData`):
 
-- MNIST from the IDX files shipped in data/MNIST/raw (gzipped or not); no
+- MNIST from the IDX files shipped in the package, cvae/mnist (or a data folder's MNIST/raw); no
   download is ever attempted.
 - CIFAR-10 from a local `cifar-10-batches-py` folder, downloaded there through
   torchvision on first use when online.
@@ -32,7 +32,12 @@ import torch
 from cvae.config import DataConfig
 from cvae.errors import DataError
 
-PROJECT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# MNIST ships inside the package (cvae/mnist, see its README), so it trains offline wherever cvae is installed.
+PACKAGED_MNIST = Path(__file__).resolve().parent / "mnist"
+# The data folder (CIFAR-10, the image-folder cache): a checkout's own data/ when cvae runs from one
+# (streamlit_app.py beside the package), else data/ in the current folder, as checkpoints/ is for runs.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+PROJECT_DATA_DIR = _CHECKOUT / "data" if (_CHECKOUT / "streamlit_app.py").is_file() else Path("data")
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -190,13 +195,20 @@ def _find_mnist_file(raw_dir: Path, stem: str) -> Path:
         if candidate.is_file():
             return candidate
     raise DataError(
-        f"MNIST file {stem}(.gz) not found in {raw_dir}; the project ships it in data/MNIST/raw "
-        "(restore it with git checkout, or pass --data-dir to a folder holding MNIST/raw)"
+        f"MNIST file {stem}(.gz) not found in {raw_dir}; cvae ships it in {PACKAGED_MNIST} "
+        "(reinstall cvae, or pass --data-dir to a folder holding MNIST/raw)"
     )
 
 
+def mnist_dir(root: Path) -> Path:
+    """Where the MNIST files are read from: `root`/MNIST/raw when it holds them (a copy of your own, as
+    torchvision leaves it), else the copy inside the package."""
+    own = root / "MNIST" / "raw"
+    return own if any(own.glob("train-images-idx3-ubyte*")) else PACKAGED_MNIST
+
+
 def load_mnist(root: Path) -> ImageData:
-    raw_dir = root / "MNIST" / "raw"
+    raw_dir = mnist_dir(root)
     arrays = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = _read_idx(_find_mnist_file(raw_dir, f"{prefix}-images-idx3-ubyte"))

@@ -38,7 +38,21 @@ def test_dynamic_binarization_keeps_grey_train_and_fixed_binary_test() -> None:
     assert torch.equal(a.test_x, b.test_x)
 
 
-def test_missing_mnist_is_one_clear_error(tmp_path: Path) -> None:
+def test_mnist_comes_from_the_package_or_a_data_folders_own_copy(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    import cvae.data
+
+    assert cvae.data.mnist_dir(tmp_path) == cvae.data.PACKAGED_MNIST  # an empty data folder: the package's copy
+    own = tmp_path / "own" / "MNIST" / "raw"
+    own.mkdir(parents=True)
+    for path in cvae.data.PACKAGED_MNIST.glob("*.gz"):
+        shutil.copy(path, own)
+    assert cvae.data.mnist_dir(tmp_path / "own") == own
+    (own / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")  # a broken copy of one's own: one line
+    with pytest.raises(DataError, match="cannot read MNIST file"):
+        load_data(DataConfig(dataset="MNIST", data_dir=str(tmp_path / "own")))
+    monkeypatch.setattr(cvae.data, "PACKAGED_MNIST", tmp_path / "gone")  # and neither copy: one clear line
     with pytest.raises(DataError, match="not found"):
         load_data(DataConfig(dataset="MNIST", data_dir=str(tmp_path)))
 

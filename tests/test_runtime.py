@@ -1,6 +1,6 @@
 """The fast training path (cvae.runtime) gives the same numbers as the plain one; the bench runs.
 
-No timing is asserted here: speed is measured by `python -m cvae.bench`.
+No timing is asserted here: speed is measured by `python -m benchmarks.bench`.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def test_refined_test_elbo_on_the_last_epoch_only(tmp_path: Path, capsys: pytest
 def test_bench_runs_quickly(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "cvae.bench", "--only", "ceiling,speed", "--batches", "2", "--warmup", "1",
+        [sys.executable, "-m", "benchmarks.bench", "--only", "ceiling,speed", "--batches", "2", "--warmup", "1",
          "--rounds", "1", "--json", str(out)],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=600,
     )  # fmt: skip
@@ -285,7 +285,7 @@ def test_new_config_fields_are_validated_and_round_trip() -> None:
 
 
 def test_bench_table_shows_the_demo_with_and_without_refinement() -> None:
-    from cvae.bench import format_table
+    from benchmarks.bench import format_table
 
     demo = dict(epochs=13, train_seconds=55.2, test_nelbo=121.3, refine_steps=10, test_nelbo_refined=119.4)
     machine = dict(cpu="test CPU", cores=2, torch="2", date="today")
@@ -298,7 +298,7 @@ def test_bench_table_shows_the_demo_with_and_without_refinement() -> None:
 
 
 def test_bench_gpu_table_reports_the_demo_breakdown_the_queue_and_torch_compile() -> None:
-    from cvae.bench import format_cuda_table
+    from benchmarks.bench import format_cuda_table
 
     machine = dict(cpu="test CPU", cores=16, torch="2", date="today", gpu="Test GPU")
     graph = dict(cuda_graph=True, warning="", precision="float32", graph_setup_seconds=0.5,
@@ -328,7 +328,7 @@ def test_bench_gpu_table_reports_the_demo_breakdown_the_queue_and_torch_compile(
 def test_bench_baseline_reads_mnist_as_the_reference_does() -> None:
     """torchvision's own MNIST class over the shipped files, thresholded per image: the same images and labels,
     in the same order, as our statically binarized MNIST."""
-    from cvae.bench import baseline_loader
+    from benchmarks.bench import baseline_loader
     from cvae.config import DataConfig
     from cvae.data import load_data
 
@@ -343,7 +343,7 @@ def test_bench_baseline_reads_mnist_as_the_reference_does() -> None:
 def test_bench_reference_step_is_the_negative_elbo_where_no_pixel_saturates() -> None:
     """The reference's loss (sigmoid, then summed BCE and KL over the batch, / batch) is our -ELBO in nats
     while the decoder's probabilities stay off 0 and 1; it then trains the model (a step changes the weights)."""
-    from cvae.bench import reference_step
+    from benchmarks.bench import reference_step
 
     torch.manual_seed(0)
     model = CVAE(reference_config())

@@ -1,8 +1,8 @@
-"""How fast training is on this machine, measured honestly: `python -m cvae.bench`.
+"""How fast training is on this machine, measured honestly: `python -m benchmarks.bench`.
 
-    python -m cvae.bench                          # ceiling, baseline vs ours, quick demo
-    python -m cvae.bench --only ceiling,speed     # pick parts
-    python -m cvae.bench --epoch --json out.json  # add one full epoch each, with test -ELBO
+    python -m benchmarks.bench                          # ceiling, baseline vs ours, quick demo
+    python -m benchmarks.bench --only ceiling,speed     # pick parts
+    python -m benchmarks.bench --epoch --json out.json  # add one full epoch each, with test -ELBO
 
 Parts (all at MNIST, Bernoulli decoder, static binarization, z = 2, batch 64,
 the reference's conv architecture, seed 0):
@@ -145,9 +145,8 @@ def reference_mnist(train: bool = True):
 
     from torchvision import datasets, transforms
 
-    from cvae.data import resolve_data_dir
+    from cvae.data import PACKAGED_MNIST as shipped
 
-    shipped = resolve_data_dir("") / "MNIST" / "raw"
     with tempfile.TemporaryDirectory(prefix="cvae-bench-mnist-") as tmp:
         raw = Path(tmp) / "MNIST" / "raw"
         raw.mkdir(parents=True)
@@ -532,7 +531,7 @@ def spawn(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one part in a fresh Python process; its last stdout line is the JSON result."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "cvae.bench", "--worker", json.dumps(spec)],
+        [sys.executable, "-m", "benchmarks.bench", "--worker", json.dumps(spec)],
         capture_output=True, text=True, env=env, cwd=PROJECT_ROOT,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -754,7 +753,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cvae.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     p.add_argument("--only", default=None, help=f"comma-separated parts: {','.join(PARTS)} [{','.join(DEFAULT_PARTS)}]")
     p.add_argument("--epoch", action="store_true", help="also train one full epoch each (adds about 5 minutes)")
     p.add_argument("--batches", type=int, default=60, help="timed batches per speed round [60]")
@@ -810,7 +809,7 @@ def _cli_cuda(args: argparse.Namespace, argv: list[str] | None) -> int:
 
 def _publish(report: dict[str, Any], table: Any, args: argparse.Namespace, argv: list[str] | None) -> int:
     """The report with the command that made it: a table, then the JSON (also to --json)."""
-    report["command"] = "python -m cvae.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    report["command"] = "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     print(table(report))
     text = json.dumps(report, indent=2)
     print(text)
