@@ -270,7 +270,7 @@ class GraphStep:
         self.optimizer.step()
         with torch.no_grad():
             self.sums += torch.stack([t.sum() for t in terms.terms().values()])
-            self.last.copy_(torch.stack([loss.detach(), terms.recon.mean(), terms.kl.mean()]))
+            self.last.copy_(torch.stack([terms.nelbo.mean(), terms.recon.mean(), terms.kl.mean()]))
 
     def load(self, idx: torch.Tensor) -> None:
         """Gather a full batch into the static buffers: two kernels, no allocation, no sync."""

@@ -58,14 +58,14 @@ from cvae.runs import clean_json
 from cvae.runtime import autocast, select_amp_dtype, select_device
 
 EVAL_SEED = 1234  # the noise of z ~ q is fixed, so the same weights give the same numbers
-DEFAULT_IW_SAMPLES = 100  # MNIST conv, fp32, 2 shared CPU cores: about 46 s per 1,000 test images
+DEFAULT_IW_SAMPLES = 100  # a tight bound at a cost of K decoder passes per image (docs/benchmark.md times it)
 DEFAULT_GAP_STEPS = 300  # Adam steps per image batch when fitting q for the inference gap
 GAP_CHUNK = 32  # z draws per decoder pass when estimating the two ELBOs of the inference gap
 REFINE_LR = 0.05  # Adam's rate when refining q for the refined test ELBO (refined_nelbo)
 MAX_ROWS = 1024  # decoder rows (images x samples) per forward pass: bounds memory
-# The largest K accepted: the bound's gain from 1,000 to 5,000 samples is a fraction of a nat, while
-# the time grows with K (MNIST conv on 2 CPU cores: about 46 s per 1,000 images at K = 100, so
-# about 40 minutes at K = 5,000). Memory does not grow with K: samples go through in chunks.
+# The largest K accepted: the bound's gain from 1,000 to 5,000 samples is a fraction of a nat, while the
+# time grows linearly with K (a conv model on a CPU: tens of minutes for the test set at K = 5,000).
+# Memory does not grow with K: samples go through in chunks.
 MAX_IW_SAMPLES = 5000
 MAX_MAX_ROWS = 8192  # --max-rows above this would let one decoder pass take gigabytes
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -441,8 +441,8 @@ def refined_nelbo(model: CVAE, x: torch.Tensor, y: torch.Tensor, *, steps: int, 
     that `steps` steps recover. Runs in float32 under a fixed seed.
 
     Batches of 1000 images; on a GPU, 5000 for an MLP: its eager steps are
-    launch-bound, and ten batches were 0.36 s of the quick demo's 2.94 s on an
-    H200, where two batches hold about 100 MB more (a conv decoder's would hold GBs).
+    launch-bound, so fewer, larger batches are faster, at about 100 MB more for
+    two batches (a conv decoder's would hold GBs).
     """
     if len(x) == 0:
         return math.nan

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from cvae.artifacts import grid_png
@@ -27,7 +28,7 @@ from cvae.cli import OneLineParser
 from cvae.config import RunConfig
 from cvae.data import DatasetInfo
 from cvae.errors import CheckpointError, CVAEError
-from cvae.model import CVAE, QUADRANT_ORDER
+from cvae.model import CVAE, QUADRANT_ORDER, Condition
 from cvae.runs import RunDir, read_jsonl, write_atomic
 
 
@@ -103,6 +104,22 @@ def restyle(model: CVAE, x: torch.Tensor, label: int) -> torch.Tensor:
     mu = model.encode(x[None].to(device), torch.tensor([label], device=device)).mu
     k = model.config.num_classes
     return model.generate(mu.expand(k, -1), torch.arange(k, device=device)).cpu()
+
+
+@torch.no_grad()
+def interpolate(model: CVAE, xa: np.ndarray | torch.Tensor, ya: int, xb: np.ndarray | torch.Tensor, yb: int,
+                steps: int) -> torch.Tensor:  # fmt: skip
+    """Mean images (steps, C, H, W) from image a to image b: their posterior means and their one-hot labels
+    blended linearly together (a label model), decoded; the label blends from a's class to b's."""
+    device = next(model.parameters()).device
+    x = torch.stack([torch.as_tensor(xa), torch.as_tensor(xb)]).to(device)
+    y = torch.tensor([ya, yb], device=device)
+    cond = model.condition(x, y)
+    mu = model.encode(x, cond).mu  # (2, Z)
+    t = torch.linspace(0, 1, steps, device=device)[:, None]  # (S, 1)
+    z = (1 - t) * mu[0] + t * mu[1]
+    code = (1 - t) * cond.code[0] + t * cond.code[1]  # (S, K): mixed labels between the two classes
+    return model.generate(z, Condition(code, None)).cpu()
 
 
 def generate_images(model: CVAE, label: int, *, mode: str = "random", n: int = 20, span: float = 2.0,

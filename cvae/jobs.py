@@ -327,9 +327,8 @@ def stop(run: RunDir) -> bool:
 # ---------------------------------------------------------------- the queue
 
 POLL_S = 1.0
-# What one run is taken to need on a GPU, to share a GPU out by memory. Measured on an H200 (docs/benchmark.md,
-# `python -m cvae.bench --device cuda --only queue`): 10 quick demos at once through this queue held 1.30 GiB of
-# GPU memory each, CUDA context included, of which PyTorch's allocator reserved at most 0.50-0.56 GiB. A conv
+# What one run is taken to need on a GPU, to share a GPU out by memory: a quick demo's process holds well under
+# this, CUDA context included (docs/benchmark.md, `python -m benchmarks.bench --device cuda --only queue`). A conv
 # run holds more: the reference's 15 M parameters with gradients and Adam's moments (0.24 GB), CIFAR-10 on the
 # device (0.61 GB) and larger activations; 2 GiB leaves it room. $CVAE_RUNS_PER_GPU overrides it.
 GPU_RUN_BYTES = 2 << 30

@@ -58,6 +58,7 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
     state: str = "finished"  # finished or stopped
     stop_signal: int | None = None  # the signal that stopped it, when state is "stopped"
+    model: CVAE | None = None  # the trained model in eval mode (as cvae.load_model returns it)
 
 
 class StopRequested:
@@ -163,7 +164,8 @@ def fit(
     grid_x, grid_y = d.test_x[: cfg.grid_size], d.test_y[: cfg.grid_size]
     lat_x, lat_y = d.test_x[: cfg.latent_subset], d.test_y[: cfg.latent_subset]
     save_fixed_inputs(run, grid_x, lat_y)
-    result = TrainResult(run.path, [r for r in run.read_metrics() if r.get("epoch", 0) <= start_epoch])
+    result = TrainResult(run.path, [r for r in run.read_metrics() if r.get("epoch", 0) <= start_epoch], model=model)
+    model.run_config, model.info = config, data.info
     run.write_status(
         state="running", pid=os.getpid(), process=process_identity(os.getpid()), epoch=start_epoch,
         epochs=end_epoch, batch=0, batches=d.batches, message="", started=time.time(), device=str(device),
@@ -183,6 +185,7 @@ def fit(
                 if stop.requested:
                     writer.wait()  # the last finished epoch's checkpoint is on disk before the status says so
                     result.state, result.stop_signal = "stopped", stop.signum
+                    model.eval()
                     run.write_status(
                         state="stopped", epoch=epoch - 1, batch=0,
                         signal=signal.Signals(stop.signum).name if stop.signum else None,
@@ -221,6 +224,7 @@ def fit(
         batch_log.close()
     memory = {"gpu_memory_mb": torch.cuda.max_memory_reserved(device) / 2**20} if device.type == "cuda" else {}
     run.write_status(state="finished", epoch=end_epoch, batch=0, message="", **memory)
+    model.eval()
     return result
 
 
@@ -311,7 +315,9 @@ class Step:
                 sums += torch.stack([t.sum() for t in terms.terms().values()])
             self.seen += len(idx)
             if (b + 1) % cfg.print_every == 0 or b + 1 == d.batches:
-                lv, rv, kv = (float(v) for v in (loss.detach(), terms.recon.detach().mean(), terms.kl.detach().mean()))
+                # the batch's negative ELBO and its parts (the objective also holds a baseline or GSNN term where
+                # the model trains one: those are in the epoch's sums)
+                lv, rv, kv = (float(v.detach().mean()) for v in (terms.nelbo, terms.recon, terms.kl))
                 if not math.isfinite(lv):
                     raise CVAEError(
                         f"the loss became {lv} at epoch {epoch}, batch {b + 1}: lower the learning rate (-lr)"

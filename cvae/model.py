@@ -41,7 +41,6 @@ from cvae.errors import ConfigError
 from cvae.likelihoods import DiagonalGaussian, Likelihood
 
 STD_FLOOR = 1e-6  # std = softplus(.) + floor, for every Gaussian over z (the reference's)
-ENCODER_STD_FLOOR = STD_FLOOR
 QUADRANT_ORDER = ("bottom-left", "top-left", "top-right", "bottom-right")  # the order quadrants are given in
 
 

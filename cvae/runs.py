@@ -404,3 +404,99 @@ def fresh_run_path(root: Path, run_id: str) -> RunDir:
 def new_run_id(dataset: str, likelihood: str, latent_dim: int) -> str:
     stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(dataset).name or dataset).strip("-")[:30] or "data"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}-{likelihood}-z{latent_dim}"
+
+
+# ------------------------------------------------------------------ readers that every page can trust
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def sane_status(status: dict) -> dict:
+    """Drop fields of the wrong type (a hand-edited or hostile status.json must not crash a page)."""
+    for key in ("epoch", "epochs", "batch", "batches", "position", "pid"):
+        if key in status and not (isinstance(status[key], int) and not isinstance(status[key], bool)
+                                  and 0 <= status[key] < 10**12):  # fmt: skip
+            status.pop(key)
+    for key in ("epoch_started", "started", "updated", "queued_at"):
+        if key in status and not _number(status[key]):
+            status.pop(key)
+    for key in ("device", "device_name", "pool"):  # shown as text: a string of sane length, or nothing
+        if key in status and not (isinstance(status[key], str) and len(status[key]) <= 100):
+            status.pop(key)
+    if "slots" in status and not (isinstance(status["slots"], int) and 0 < status["slots"] < 10**6):
+        status.pop("slots")
+    if not isinstance(status.get("message", ""), str):
+        status["message"] = ""
+    if not isinstance(status.get("last", {}), dict):
+        status.pop("last")
+    return status
+
+
+def numeric_row(row: object, key: str) -> dict | None:
+    """A row with a whole-number `key` (epoch or step), keeping numeric (or null) fields only; None if unusable."""
+    if not isinstance(row, dict) or not isinstance(row.get(key), int) or isinstance(row.get(key), bool):
+        return None
+    return {k: v for k, v in row.items() if v is None or _number(v)}
+
+
+def read_numeric_jsonl(path: Path, key: str) -> list[dict]:
+    """A JSON-lines file's usable rows (`numeric_row`): what a chart may draw."""
+    return [r for r in (numeric_row(row, key) for row in read_jsonl(Path(path))) if r is not None]
+
+
+class JsonlTail:
+    """An append-only JSON-lines file, read incrementally: each call parses only the bytes added since the last.
+
+    The trainer appends a line per logged batch while every open tab polls the
+    file, so re-reading it whole would cost each poll the whole run's history.
+    A rewritten file (a resume replaces it atomically: a new inode) or a shorter
+    one is read again from the start. A last line without its newline is left
+    for the next call (the writer is mid-line, or was killed there: then it is
+    never used, like `read_jsonl`'s torn line). Shared by every session of the
+    server, so it is guarded by a lock.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        self._lock = threading.Lock()
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file read so far
+        self._offset, self._rows, self._generation = 0, [], 0
+
+    def read(self) -> tuple[list[dict], tuple[int, int]]:
+        """(the rows so far, a version that changes whenever they do)."""
+        with self._lock:
+            try:
+                info = self.path.stat()
+            except OSError:
+                info = None
+            ident = (info.st_dev, info.st_ino) if info else None
+            if ident != self._file or (info and info.st_size < self._offset):
+                self._file, self._offset, self._rows = ident, 0, []
+                self._generation += 1
+            if info and info.st_size > self._offset:
+                try:
+                    with open(self.path, "rb") as f:
+                        f.seek(self._offset)
+                        chunk = f.read(info.st_size - self._offset)
+                except OSError:
+                    chunk = b""
+                end = chunk.rfind(b"\n") + 1
+                for line in chunk[:end].splitlines():
+                    try:
+                        row = numeric_row(json.loads(line.decode("utf-8", errors="replace")), self.key)
+                    except ValueError:
+                        continue  # a garbled line spoils only itself
+                    if row is not None:
+                        self._rows.append(row)
+                self._offset += end
+            return list(self._rows), (self._generation, len(self._rows))
+
+
+def log_tail(run: RunDir, lines: int = 15) -> str:
+    try:
+        text = run.log_path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])

@@ -27,7 +27,8 @@ from cvae.train import main as train
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py",
          "app_pages/complete.py"]  # fmt: skip
-KINDS = ["finished", "running", "failed", "stopped", "half", "corrupt", "gauss", "rgb", "vae", "completion"]
+KINDS = ["finished", "running", "failed", "stopped", "half", "corrupt", "gauss", "rgb", "vae", "completion",
+         "completion-mixed"]  # fmt: skip
 
 
 def _copy(src: Path, dst: Path, **status: object) -> None:
@@ -71,6 +72,8 @@ def runs(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
           run_dir=str(root / "vae"), **common)  # fmt: skip
     train(dataset="MNIST", condition="quadrants", quadrants=1, latent_dim=3, train_subset=128, test_subset=64,
           run_dir=str(root / "completion"), **common)  # fmt: skip
+    train(dataset="MNIST", condition="quadrants", quadrants=0, latent_dim=3, train_subset=128, test_subset=64,
+          run_dir=str(root / "completion-mixed"), **common)  # fmt: skip
     old = os.environ.get("CVAE_RUNS_DIR")
     os.environ["CVAE_RUNS_DIR"] = str(root)
     yield root
@@ -135,6 +138,14 @@ def test_train_page_widgets(runs: Path) -> None:
     assert {b.key for b in at.button} >= {"start", "resume"}
     assert len(at.get("plotly_chart")) == 2  # batch loss and the per-epoch curves
     assert "Finished" in texts(at)
+
+
+def test_train_page_draws_a_completion_runs_live_curve(runs: Path) -> None:
+    """The one loop logs every condition's batches: the completion run's batch-loss chart has its points."""
+    at = open_page("app_pages/train.py", "completion-mixed")
+    assert not at.exception
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 2 and charts[0]["data"] and "Finished" in texts(at)
 
 
 def test_train_page_shows_the_refined_test_elbo(runs: Path) -> None:
@@ -230,7 +241,8 @@ def test_complete_page(runs: Path) -> None:
         return [(e.proto.imgs[0].caption, e.proto.imgs[0].url) for e in of_type(at, "Image")]
 
     at = open_page("app_pages/complete.py", "completion")
-    assert at.selectbox(key="complete_run").value == 0  # the picked run, the only completion run
+    picker = at.selectbox(key="complete_run")  # the picked run, of the two completion runs (newest first)
+    assert "from 1 quadrant(s)" in picker.options[picker.value] and len(picker.options) == 2
     assert at.segmented_control(key="complete_k").options == ["1"]  # trained for 1 quadrant: only 1 offered
     shown = images(at)
     assert len(shown) == 4  # given, baseline, the samples' grid, the latent walk
@@ -322,20 +334,22 @@ def test_compare_page(runs: Path) -> None:
 
 
 def test_compare_page_keeps_completion_runs_apart(runs: Path) -> None:
-    """A completion run's -ELBO is of the hidden pixels only: its own charts and table, not a line among others."""
+    """A completion run's -ELBO is of the hidden pixels only: its own charts and table, not a line among others.
+    A random-count completion run draws there too (its -ELBO: the mean over 1, 2 and 3 given quadrants)."""
     at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["runs"] = "finished,completion"
+    at.query_params["runs"] = "finished,completion,completion-mixed"
     at.run()
     at.switch_page("app_pages/compare.py").run()
     assert not at.exception, [e.value for e in at.exception]
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = [c["layout"]["title"]["text"] for c in charts]
     assert len(charts) == 5, titles  # whole image: -ELBO, reconstruction, KL; completion: -ELBO, baseline
-    assert [len(c["data"]) for c in charts] == [1, 1, 1, 1, 1]
+    assert [len(c["data"]) for c in charts] == [1, 1, 1, 2, 2]
     assert "hidden pixels" in titles[3] and "baseline" in titles[4]
     whole, completion = (t.value for t in at.dataframe)
     assert list(whole["run"]) == ["finished"] and "KL" in whole.columns
-    assert list(completion["run"]) == ["completion"] and completion["baseline NLL"].notna().all()
+    assert sorted(completion["run"]) == ["completion", "completion-mixed"]
+    assert completion["baseline NLL"].notna().all() and completion["test −ELBO"].notna().all()
     assert any("measure different things" in c.value for c in at.caption)
 
 

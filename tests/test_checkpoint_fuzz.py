@@ -186,11 +186,11 @@ def all_mutants(payload: dict) -> list[Mutant]:
             rotate("container", {"emptied": type(value)(), "extra-item": type(value)([*value, *value[-1:], 1])}, path)
         else:
             rotate(type(value).__name__, _scalar_values(value), path)
-    mutants.append(Mutant(("epoch",), "issue-many", "many"))
-    mutants.append(Mutant(("rng_cpu",), "issue-float-rng", payload["rng_cpu"].float()))
-    mutants.append(Mutant(("config", "model", "mlp_hidden"), "issue-2e12-parameters", (1_000_000, 1_000_000)))
-    mutants.append(Mutant(("config", "model", "channels"), "issue-rgb-config", 3))
-    mutants.append(Mutant(("optimizer", "state", 3, "exp_avg"), "issue-adam-shape", torch.zeros(7)))
+    mutants.append(Mutant(("epoch",), "named-many", "many"))
+    mutants.append(Mutant(("rng_cpu",), "named-float-rng", payload["rng_cpu"].float()))
+    mutants.append(Mutant(("config", "model", "mlp_hidden"), "named-2e12-parameters", (1_000_000, 1_000_000)))
+    mutants.append(Mutant(("config", "model", "channels"), "named-rgb-config", 3))
+    mutants.append(Mutant(("optimizer", "state", 3, "exp_avg"), "named-adam-shape", torch.zeros(7)))
     mutants.append(Mutant(("lr_override",), "injected-lr", math.nan))
     return mutants
 
@@ -223,7 +223,21 @@ def load_like_the_trainer(checked: dict) -> None:
     int(checked["epoch"])
 
 
-def test_every_mutant_is_refused_in_one_line_or_loads(real_run: RunDir) -> None:
+@pytest.fixture(scope="module")
+def completion_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    """A one-epoch digit-completion run (random quadrant count: mask, prior network, baseline) on MNIST."""
+    run = RunDir(tmp_path_factory.mktemp("fuzz-completion") / "real")
+    args = ["--condition", "quadrants", "--quadrants", "0", "--mlp-hidden", "16", "-z", "2", "--train-subset", "64",
+            "--test-subset", "16", "--latent-subset", "16", "-e", "1", "--threads", "1", "-q"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "cvae.train", *args, "--run-dir", str(run.path)], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=CLI_TIMEOUT_S)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+@pytest.mark.parametrize("which", ["label", "quadrants"])
+def test_every_mutant_is_refused_in_one_line_or_loads(real_run: RunDir, completion_run: RunDir, which: str) -> None:
+    real_run = real_run if which == "label" else completion_run
     payload = load_checkpoint(real_run.path)
     expect = read_json(real_run.config_path)
     mutants = all_mutants(payload)
@@ -249,14 +263,14 @@ def test_every_mutant_is_refused_in_one_line_or_loads(real_run: RunDir) -> None:
     assert outcomes["refused"] > 100 and outcomes["loaded"] > 10  # both paths are really exercised
 
 
-def test_the_issue_cases_name_the_field(real_run: RunDir) -> None:
+def test_the_named_cases_name_the_field(real_run: RunDir) -> None:
     payload = load_checkpoint(real_run.path)
-    cases = {m.kind: m for m in all_mutants(payload) if m.kind.startswith("issue-")}
+    cases = {m.kind: m for m in all_mutants(payload) if m.kind.startswith("named-")}
     expect = {
-        "issue-many": "checkpoint field epoch must be an integer, got 'many'",
-        "issue-float-rng": "checkpoint field rng_cpu must be a torch.uint8 tensor",
-        "issue-2e12-parameters": "would have 2,000,142,000,068 parameters",
-        "issue-rgb-config": "the Bernoulli decoder models black-and-white",
+        "named-many": "checkpoint field epoch must be an integer, got 'many'",
+        "named-float-rng": "checkpoint field rng_cpu must be a torch.uint8 tensor",
+        "named-2e12-parameters": "would have 2,000,142,000,068 parameters",
+        "named-rgb-config": "the Bernoulli decoder models black-and-white",
     }
     for kind, text in expect.items():
         with pytest.raises(CheckpointError, match=text):
@@ -279,13 +293,13 @@ CLI_MUTANTS = 24  # each a trainer process (2-5 s): the in-process test covers t
 
 
 def _representatives(mutants: list[Mutant]) -> list[Mutant]:
-    """The issue's cases, then one mutant each of a seeded choice of the other kinds, on a seeded field."""
+    """The named cases, then one mutant each of a seeded choice of the other kinds, on a seeded field."""
     rng = random.Random(13)
     by_kind: dict[str, list[Mutant]] = {}
     for m in mutants:
         by_kind.setdefault(m.kind, []).append(m)
-    chosen = [m for m in mutants if m.kind.startswith(("issue-", "injected-"))]
-    others = sorted(k for k in by_kind if not k.startswith(("issue-", "injected-")))
+    chosen = [m for m in mutants if m.kind.startswith(("named-", "injected-"))]
+    others = sorted(k for k in by_kind if not k.startswith(("named-", "injected-")))
     for kind in rng.sample(others, min(len(others), CLI_MUTANTS - len(chosen))):
         chosen.append(rng.choice(by_kind[kind]))
     return chosen
@@ -324,7 +338,7 @@ def test_resume_cli_on_one_mutant_of_each_kind(real_run: RunDir, tmp_path: Path)
             assert len(lines) == 1 and lines[0].startswith("error: "), (mutant.name, proc.stderr)
     print(f"\ncheckpoint fuzz: {len(jobs)} mutants resumed through the CLI: exit codes {dict(codes)}")
     assert codes[2] >= len(jobs) // 2 and len(jobs) >= 20
-    adam = [proc for (m, _), proc in zip(jobs, results, strict=True) if m.kind == "issue-adam-shape"]
+    adam = [proc for (m, _), proc in zip(jobs, results, strict=True) if m.kind == "named-adam-shape"]
     assert adam[0].returncode == 2 and "optimizer.state.3.exp_avg has shape (7,)" in adam[0].stderr
 
 

@@ -34,7 +34,7 @@ from cvae.evaluate import (
     refined_nelbo,
 )
 from cvae.likelihoods import Likelihood
-from cvae.model import CVAE, ENCODER_STD_FLOOR
+from cvae.model import CVAE, STD_FLOOR
 from cvae.runs import read_jsonl
 from cvae.train import main
 
@@ -106,7 +106,7 @@ class LinearGaussian:
             enc.weight[:Z, d:] = -self.A @ self.B
             enc.bias.zero_()
             enc.bias[:Z] = mu_shift
-            enc.bias[Z:] = torch.log(torch.expm1(std - ENCODER_STD_FLOOR))  # softplus^-1
+            enc.bias[Z:] = torch.log(torch.expm1(std - STD_FLOOR))  # softplus^-1
         return model.eval()
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor, std_scale: float = 1.0, mu_shift: float = 0.0):

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cvae.checkpoints import load_checkpoint
 from cvae.runs import RunDir, read_json
 
@@ -50,20 +52,27 @@ def _wait_for_first_epoch(run: RunDir, proc: subprocess.Popen, limit_s: float = 
     raise AssertionError(f"no epoch finished within {limit_s:.0f} s")
 
 
-def test_kill_9_twenty_times_then_resume(tmp_path: Path) -> None:
+# condition: the extra flags, and how many kills (the label run takes the most; the others the same loop)
+CONDITIONS = {"label": ([], 20), "none": (["--condition", "none"], 6),
+              "quadrants": (["--condition", "quadrants", "--quadrants", "0", "--mlp-hidden", "64"], 6)}  # fmt: skip
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_kill_9_twenty_times_then_resume(tmp_path: Path, condition: str) -> None:
     """The kill moments scale with this machine's time to a first epoch (start-up included), measured by
     the first trainer: so the kills land before, during and after epochs on a fast or a slow machine alike."""
+    extra, total = CONDITIONS[condition]
     rng = random.Random(0)
     run = RunDir(tmp_path / "r")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     kills = 0
     best = 0
     first_epoch_s = 0.0
-    while kills < 20:
+    while kills < total:
         if run.latest_checkpoint.exists():
             args = ["-rp", str(run.path), "-e", "500", "-q", "--threads", "1", "--device", "cpu"]
         else:
-            args = [*TINY, "-e", "500", "--run-dir", str(run.path)]
+            args = [*TINY, *extra, "-e", "500", "--run-dir", str(run.path)]
         proc = subprocess.Popen([sys.executable, "-m", "cvae.train", *args], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         if kills == 0:
@@ -81,7 +90,7 @@ def test_kill_9_twenty_times_then_resume(tmp_path: Path) -> None:
         assert done >= best, "a kill lost more than the epoch in progress"
         best = done
         assert run.read_status()["state"] in ("interrupted", "unknown")  # never "running" once dead
-    assert best > 0, "no epoch finished in 20 tries"
+    assert best > 0, f"no epoch finished in {total} tries"
     proc = subprocess.run([sys.executable, "-m", "cvae.train", "-rp", str(run.path), "-e", "1", "-q", "--device", "cpu"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

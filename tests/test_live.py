@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cvae.runs import write_atomic
+from cvae.runs import JsonlTail, write_atomic
 from ui.live import MAX_POLL_S, POLL_S, STALE_S, VIEWERS_AT_FULL_SPEED, Viewers, poll_interval
-from ui.runs import JsonlTail
 
 
 def _line(step: int) -> str:

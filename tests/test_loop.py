@@ -101,7 +101,10 @@ def test_a_checkpoint_holds_its_own_epochs_weights_while_the_next_epoch_trains(t
     assert RunDir(two.run_dir).read_status()["last"]["epoch"] == 2
 
 
-def test_a_disk_filling_up_in_epoch_two_keeps_epoch_one_and_the_run_resumes(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("condition", [{}, {"condition": "none"}, {"condition": "quadrants", "quadrants": 0}],
+                         ids=["label", "none", "quadrants"])  # fmt: skip
+def test_a_disk_filling_up_in_epoch_two_keeps_epoch_one_and_the_run_resumes(tmp_path: Path, monkeypatch,
+                                                                             condition: dict) -> None:  # fmt: skip
     real = cvae.checkpoints.write_atomic
     calls = {"n": 0}
 
@@ -114,7 +117,7 @@ def test_a_disk_filling_up_in_epoch_two_keeps_epoch_one_and_the_run_resumes(tmp_
     monkeypatch.setattr(cvae.checkpoints, "write_atomic", full_from_the_second_epoch)
     run = RunDir(tmp_path / "r")
     with pytest.raises(OSError, match="No space"):
-        main(**SMALL, epochs=3, checkpoint_every=1, run_dir=str(run.path))
+        main(**SMALL, **condition, epochs=3, checkpoint_every=1, run_dir=str(run.path))
     assert run.read_status()["state"] == "failed"
     assert [r["epoch"] for r in run.read_metrics()] == [1]
     assert load_checkpoint(run.path)["epoch"] == 1

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from cvae.generate import random_images, restyle, uniform_images
+from cvae.generate import interpolate, random_images, restyle, uniform_images
 from ui import scrub
 from ui.models import cached_model, scale_for, upscale
 
@@ -37,24 +37,12 @@ def restyle_png(checkpoint: str, version: tuple[int, int], _net, x: np.ndarray, 
     return upscale(images, len(images), 2 * scale_for(_net.config.height))
 
 
-def _blend(net, xa: np.ndarray, ya: int, xb: np.ndarray, yb: int, steps: int) -> torch.Tensor:
-    """Codes and one-hot labels blended linearly from image a to image b, decoded: (steps, C, H, W)."""
-    x = torch.from_numpy(np.stack([xa, xb]))
-    y = torch.tensor([ya, yb])
-    mu = net.encode(x, y).mu  # (2, Z)
-    onehot = net.one_hot(y)  # (2, K)
-    t = torch.linspace(0, 1, steps)[:, None]  # (S, 1)
-    z = (1 - t) * mu[0] + t * mu[1]
-    c = (1 - t) * onehot[0] + t * onehot[1]
-    return net.likelihood.mean(net.decoder(torch.cat([z, c], dim=1)).float())  # as CVAE.decode, mixed labels
-
-
 @st.cache_data(max_entries=64, show_spinner=False)
 def interpolate_png(checkpoint: str, version: tuple[int, int], _net, ia: int, ib: int, _x: np.ndarray,
                     _y: np.ndarray, steps: int) -> bytes:  # fmt: skip
     """The blend from test image ia to ib in one row (cached per model and pair, like blend_sprite)."""
     with torch.no_grad():
-        images = _blend(_net, _x[ia], int(_y[ia]), _x[ib], int(_y[ib]), steps)
+        images = interpolate(_net, _x[ia], int(_y[ia]), _x[ib], int(_y[ib]), steps)
     return upscale(images, steps, 2 * scale_for(_net.config.height))
 
 
@@ -86,7 +74,7 @@ def blend_sprite(checkpoint: str, version: tuple[int, int], ia: int, ib: int, _x
     (the test images are the run's, fixed by the checkpoint's run)."""
     net, _ = cached_model(checkpoint, version)
     with torch.no_grad():
-        images = _blend(net, _x[ia], int(_y[ia]), _x[ib], int(_y[ib]), STEPS)
+        images = interpolate(net, _x[ia], int(_y[ia]), _x[ib], int(_y[ib]), STEPS)
     return scrub.sprite(images, STEPS)
 
 

@@ -21,10 +21,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cvae.jobs import max_active
+from cvae.runs import log_tail
 from ui import plots
 from ui.models import png_file
 from ui.profiling import profiled
-from ui.runs import Run, batches_versioned, format_seconds, log_tail, metrics, open_run, runs_root, stamp
+from ui.runs import Run, batches_versioned, format_seconds, metrics, open_run, runs_root, stamp
 
 POLL_S = 1.5  # seconds between refreshes of a live run's tab while few tabs watch one
 MAX_POLL_S = 10.0  # the slowest refresh, however many tabs watch
