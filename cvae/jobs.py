@@ -54,9 +54,9 @@ from cvae.errors import ConfigError
 from cvae.runs import (
     ACTIVE_STATES,
     OWNER_FILE,
-    RUN_ID_PATTERN,
     RunDir,
     fresh_run_path,
+    is_run_id,
     new_run_id,
     pid_alive,
     process_identity,
@@ -421,7 +421,7 @@ def requested_device(train_args: list[str], run: RunDir) -> str:
 def waiting_runs(root: Path, pool: str | None = None) -> list[RunDir]:
     """Runs waiting for a slot, in queue order (live processes only); with `pool`, only those waiting in it."""
     waiting = []
-    runs = [RunDir(p) for p in Path(root).iterdir() if RUN_ID_PATTERN.match(p.name) and (p / "status.json").is_file()]
+    runs = [RunDir(p) for p in Path(root).iterdir() if is_run_id(p.name) and (p / "status.json").is_file()]
     for run in runs:  # queued runs have no config.json yet, so not list_runs
         status = run.read_status()
         if status.get("state") != "queued" or not process_is(status.get("pid"), status.get("process")):

@@ -24,6 +24,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,12 @@ except ImportError:  # Windows: no advisory locks; a run folder is then not prot
 from cvae.errors import CVAEError
 from cvae.legacy import upgrade_config
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_RUN_ID = 120  # characters of a run folder's name (and at most twice that in bytes: file systems allow 255)
 ACTIVE_STATES = ("queued", "starting", "running", "stopping")
 OWNER_FILE = "owner.json"  # {"owner": name, "created": time}: who started the run, when sign-in is on
 LOCK_FILE = ".lock"  # flock()ed by the one trainer writing the folder; holds its pid
+MAX_JSON_BYTES = 4 << 20  # config, status, meta and launch files are kilobytes: anything past this is not ours
+MAX_JSONL_LINE = 1 << 20  # a metrics or batch line is under a kilobyte
 LOCK_RETRY_S = 0.5  # an `is_locked` probe holds the lock for microseconds: retry that long before refusing
 
 
@@ -48,10 +51,16 @@ def default_runs_root() -> Path:
     return Path(os.environ.get("CVAE_RUNS_DIR", "checkpoints"))
 
 
+def is_run_id(name: object) -> bool:
+    """A run id is one folder name: any printable text (spaces and accents too, as `--run-dir` may make),
+    without a path separator, not hidden (no leading '.', so never '.' or '..'), at most MAX_RUN_ID long."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_RUN_ID and len(name.encode()) <= 2 * MAX_RUN_ID and \
+        name.isprintable() and not name.startswith(".") and "/" not in name and "\\" not in name  # fmt: skip
+
+
 def check_run_id(run_id: str) -> str:
-    """A run id is a plain folder name: letters, digits, '.', '_', '-'; no path."""
-    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
-        raise CVAEError(f"invalid run id {run_id!r}: use letters, digits, '.', '_' and '-' only")
+    if not is_run_id(run_id):
+        raise CVAEError(f"invalid run id {str(run_id)[:60]!r}: one folder name, without '/' or a leading '.'")
     return run_id
 
 
@@ -93,29 +102,61 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(clean_json(obj), indent=2, default=_json_default).encode())
 
 
-def read_json(path: Path) -> dict | None:
-    """The object in `path`, or None if it is missing or unreadable."""
+def parse_json(data: bytes | str) -> Any:
+    """JSON from a file anyone could have written: None for invalid text, bad encodings and nesting too deep
+    for the parser (RecursionError), so that one hostile file is only its run's problem."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json.loads(data)
+    except (ValueError, RecursionError):
         return None
+
+
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict | None:
+    """The object in `path`, or None if it is missing, unreadable, not an object or larger than `max_bytes`."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError:
+        return None
+    if len(data) > max_bytes:
+        return None
+    value = parse_json(data)
     return value if isinstance(value, dict) else None
 
 
+def jsonl_lines(fh: Any, max_line: int = MAX_JSONL_LINE) -> Iterator[bytes]:
+    """The complete lines of a binary file from where it stands, each at most `max_line` bytes. A longer line
+    is read past in pieces, never held whole, and yields b"" (so a caller's offset can move past it); a last
+    line without its newline (a writer mid-line, or killed there) is left unread for next time."""
+    while True:
+        line = fh.readline(max_line + 1)
+        if not line.endswith(b"\n"):
+            if len(line) <= max_line:
+                return  # the end, or a torn last line
+            while not line.endswith(b"\n"):  # an overlong line: skipped
+                line = fh.readline(1 << 20)
+                if not line:
+                    return  # still being written
+            yield b""
+            continue
+        yield line
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """Every complete, valid line of an append-only JSON-lines file."""
+    """Every complete, valid line of an append-only JSON-lines file (lines over MAX_JSONL_LINE skipped)."""
     try:
-        text = path.read_text(errors="replace")  # a garbled byte spoils its line only
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError:
         return []
     rows = []
-    for line in text.splitlines():
+    with fh:
         try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line from a killed writer
-        if isinstance(row, dict):
-            rows.append(row)
+            for line in jsonl_lines(fh):
+                row = parse_json(line.decode("utf-8", errors="replace")) if line else None  # a garbled byte
+                if isinstance(row, dict):  # spoils its line only
+                    rows.append(row)
+        except OSError:
+            pass
     return rows
 
 
@@ -285,13 +326,34 @@ class RunDir:
         return False
 
     def clear_run(self) -> None:
-        """Remove a previous run's files (for --overwrite); the app's queue files and train.log stay."""
+        """Remove a previous run's files (for --overwrite); the app's queue files and train.log stay.
+
+        Only a folder that is one run is cleared: never the runs root, nor a folder whose checkpoints/,
+        artifacts/ or generated/ holds folders (a runs root called checkpoints/ beside it, say), nor one
+        that holds other run folders. `CVAEError` before anything is deleted."""
         import shutil
 
+        why = self._not_one_run()
+        if why:
+            raise CVAEError(f"refusing to overwrite {self.path}: {why}; pick a --run-dir of its own")
         for path in (self.config_path, self.metrics_path, self.batches_path):
             path.unlink(missing_ok=True)
         for folder in (self.artifacts, self.checkpoints, self.path / "generated"):
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _not_one_run(self) -> str | None:
+        """Why this folder is not a single run's, or None."""
+        here = self.path.resolve()
+        if here == default_runs_root().resolve():
+            return "it is the runs root"
+        for folder in (self.artifacts, self.checkpoints, self.path / "generated"):
+            if folder.is_dir() and any(child.is_dir() for child in folder.iterdir()):
+                return f"{folder.name}/ holds folders, not a run's files"
+        for child in self.path.iterdir():
+            if child.is_dir() and child.name not in ("artifacts", "checkpoints", "generated") and \
+                    any((child / name).exists() for name in ("config.json", "status.json", LOCK_FILE)):  # fmt: skip
+                return f"it holds another run folder ({child.name})"
+        return None
 
     def epochs_with(self, name: str) -> list[int]:
         """Epochs that have an artifact called `name` (e.g. 'recon_mean.png')."""
@@ -381,7 +443,7 @@ def list_runs(root: Path, *, started: bool = False) -> list[RunDir]:
         return []
     found = []
     for p in root.iterdir():
-        if not (p.is_dir() and RUN_ID_PATTERN.match(p.name)):
+        if not (p.is_dir() and is_run_id(p.name)):
             continue
         run = RunDir(p)
         if run.exists() or started and run.status_path.exists():
@@ -479,24 +541,22 @@ class JsonlTail:
                 try:
                     with open(self.path, "rb") as f:
                         f.seek(self._offset)
-                        chunk = f.read(info.st_size - self._offset)
+                        for line in jsonl_lines(f):
+                            self._offset = f.tell()  # past this whole line, whatever it holds
+                            row = numeric_row(parse_json(line.decode("utf-8", errors="replace")), self.key)
+                            if row is not None:  # a garbled or overlong line spoils only itself
+                                self._rows.append(row)
                 except OSError:
-                    chunk = b""
-                end = chunk.rfind(b"\n") + 1
-                for line in chunk[:end].splitlines():
-                    try:
-                        row = numeric_row(json.loads(line.decode("utf-8", errors="replace")), self.key)
-                    except ValueError:
-                        continue  # a garbled line spoils only itself
-                    if row is not None:
-                        self._rows.append(row)
-                self._offset += end
+                    pass
             return list(self._rows), (self._generation, len(self._rows))
 
 
-def log_tail(run: RunDir, lines: int = 15) -> str:
+def log_tail(run: RunDir, lines: int = 15, max_bytes: int = 64 << 10) -> str:
+    """The last `lines` lines of the run's train.log, from its last `max_bytes` bytes only."""
     try:
-        text = run.log_path.read_text(errors="replace")
+        with open(run.log_path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - max_bytes))
+            text = fh.read(max_bytes).decode("utf-8", errors="replace")
     except OSError:
         return ""
     return "\n".join(text.rstrip().splitlines()[-lines:])

@@ -11,6 +11,7 @@ prepares the run folder and hands over to `cvae.loop.fit`. The command line
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -55,27 +56,36 @@ def train_model(**options: Any) -> TrainResult:
     # The signature and docstring are generated from cvae.config's options below.
     flush_denormals()  # before any parallel op, so torch's worker threads inherit it
     opts = resolve_options(options)
+    checkpoint_path: Path | None = None
     if opts["resume_path"]:
-        config, data, resume, run = _resume(opts, given_names=set(options) - {"quiet", "overwrite"})
+        checkpoint_path, source = _resume_target(Path(opts["resume_path"]))
+        run = RunDir(Path(opts["run_dir"])) if opts["run_dir"] else source
     else:
         if opts["resume_epoch"] not in (None, 0):
             raise ConfigError("--resume_epoch needs --resume_path")
         data_config = section_config(DataConfig, opts)
         build_config(opts, peek_info(data_config))  # refuse a misfit from the headers: nothing decoded or cached
-        data = load_data(data_config)
-        config, resume, run = build_config(opts, data.info), None, None
-    if opts["run_dir"]:
-        run = RunDir(Path(opts["run_dir"]))
-    elif run is None:
-        root = Path(opts["runs_root"]) if opts["runs_root"] else default_runs_root()
-        m = config.model
-        kind = (
-            m.likelihood
-            if m.condition == "label"
-            else f"{m.condition}{m.quadrants if m.condition == 'quadrants' else ''}"
-        )
-        run = fresh_run_path(root, new_run_id(config.data.dataset, kind, m.latent_dim))
-    with run.lock():  # one writer per run folder for the trainer's whole life; the kernel drops it if we die
+        run = RunDir(Path(opts["run_dir"])) if opts["run_dir"] else None
+    with contextlib.ExitStack() as held:
+        # One writer per run folder for the trainer's whole life (the kernel drops the lock if we die), taken
+        # before the checkpoint and config a resume writes from are read: a second trainer is refused, and
+        # never trains on from what the first has since replaced.
+        if run is not None:
+            held.enter_context(run.lock())
+        if checkpoint_path is not None:
+            config, data, resume = _resume(
+                opts, checkpoint_path, run, given_names=set(options) - {"quiet", "overwrite"}
+            )
+        else:
+            data = load_data(data_config)
+            config, resume = build_config(opts, data.info), None
+        if run is None:
+            root = Path(opts["runs_root"]) if opts["runs_root"] else default_runs_root()
+            m = config.model
+            kind = m.likelihood if m.condition == "label" else \
+                f"{m.condition}{m.quadrants if m.condition == 'quadrants' else ''}"  # fmt: skip
+            run = fresh_run_path(root, new_run_id(config.data.dataset, kind, m.latent_dim))
+            held.enter_context(run.lock())
         if resume is None and run.holds_run():
             if not opts["overwrite"]:
                 raise CVAEError(f"{run.path} already holds a run: continue it with python -m cvae.train -rp {run.path} "
@@ -155,14 +165,15 @@ def _resume_target(resume_path: Path) -> tuple[Path, RunDir | None]:
     return resume_path, None
 
 
-def _resume(opts: dict[str, Any], given_names: set[str]) -> tuple[RunConfig, Any, dict, RunDir | None]:
+def _resume(opts: dict[str, Any], checkpoint_path: Path, target: RunDir | None,
+            given_names: set[str]) -> tuple[RunConfig, Any, dict]:  # fmt: skip
     """The checkpoint's config with what may change on resume (the options marked resume="override")."""
-    checkpoint_path, run = _resume_target(Path(opts["resume_path"]))
     # Every field is checked before use; resuming into a folder that holds a run must be that run.
-    target = RunDir(Path(opts["run_dir"])) if opts["run_dir"] else run
-    resume = validate_checkpoint(
-        load_checkpoint(checkpoint_path), expect_config=target.read_config() if target else None
-    )
+    expect = target.read_config() if target else None
+    if target is not None and expect is None and target.config_path.exists():
+        raise CVAEError(f"{target.config_path} is unreadable (corrupt, too large or too deeply nested): this run "
+                        "cannot be checked against its checkpoint; resume into a new --run-dir")  # fmt: skip
+    resume = validate_checkpoint(load_checkpoint(checkpoint_path), expect_config=expect)
     saved = RunConfig.from_dict(resume["config"])
     epoch = int(resume.get("epoch", -1))
     if opts["resume_epoch"] is not None and opts["resume_epoch"] != epoch:
@@ -184,7 +195,7 @@ def _resume(opts: dict[str, Any], given_names: set[str]) -> tuple[RunConfig, Any
     data = load_data(config.data)
     if data.info.to_dict() != resume.get("dataset_info", data.info.to_dict()):
         raise CVAEError("the checkpoint was trained on data of another shape or classes")
-    return config, data, resume, run
+    return config, data, resume
 
 
 def prepare_run_folder(run: RunDir, config: RunConfig, info: DatasetInfo, resume: dict | None, start: int) -> None:

@@ -1,0 +1,69 @@
+"""Our training step in two checkouts, alternating in fresh processes: does a change move its speed?
+
+    python -m benchmarks.step_ab /path/to/old/checkout /path/to/new/checkout --rounds 3
+
+Each run imports `cvae` from the checkout it is given and times 100 optimisation steps of the reference's
+conv model (MNIST shapes, Bernoulli, z = 2, batch 64, the loop's own runtime settings: bf16 autocast where
+the CPU runs it natively, fused Adam, channels_last) on random binary images after 10 warm-up steps. The
+checkouts alternate, so the machine's load falls on both; the report is each round and the median ratio.
+Either step API works (`model.objective`, or `model.elbo_terms` before the one model family).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+WORKER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+from cvae.config import ModelConfig, conv_preset
+from cvae.model import CVAE
+from cvae.runtime import autocast, flush_denormals, make_optimizer, prepare_for_cpu, prepare_model, select_amp_dtype
+flush_denormals(); torch.manual_seed(0); prepare_for_cpu()
+dev = torch.device("cpu")
+config = ModelConfig(channels=1, height=28, width=28, num_classes=10, latent_dim=2, **conv_preset(28, 28))
+model = prepare_model(CVAE(config), dev)
+opt, amp = make_optimizer(model, 1e-4, dev), select_amp_dtype("auto", dev)
+x, y = (torch.rand(6400, 1, 28, 28) > 0.5).float(), torch.randint(0, 10, (6400,))
+step = getattr(model, "objective", None) or model.elbo_terms
+def run(n, off=0):
+    for b in range(n):
+        i = (b + off) % 100
+        with autocast(dev, amp):
+            terms = step(x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64])
+        opt.zero_grad(set_to_none=True); terms.loss.backward(); opt.step()
+run(10)
+t0 = time.perf_counter(); run(100, 10)
+print(6400 / (time.perf_counter() - t0))
+"""
+
+
+def images_per_s(checkout: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", WORKER, str(checkout)], capture_output=True, text=True, cwd=checkout)
+    if out.returncode != 0:
+        raise SystemExit(f"{checkout}: {out.stderr.strip()[-300:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("old", type=Path)
+    p.add_argument("new", type=Path)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    ratios = []
+    for r in range(args.rounds):
+        old, new = images_per_s(args.old), images_per_s(args.new)
+        ratios.append(new / old)
+        print(f"round {r + 1}: old {old:.0f}, new {new:.0f} images/s, new / old {new / old:.3f}", flush=True)
+    print(f"median new / old: {statistics.median(ratios):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Run folders on a shared server: one hostile file is its own run's problem, a resume never trains on from a
+stale checkpoint beside a live trainer, and --overwrite clears one run folder only."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cvae.runs import JsonlTail, RunDir, read_json, read_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "streamlit_app.py")
+NESTED = b"[" * 200_000 + b"]" * 200_000  # 400 KB of brackets: json.loads raises RecursionError on it
+TINY = ["-z", "2", "--arch", "mlp", "--mlp-hidden", "32", "--train-subset", "256", "--test-subset", "64",
+        "--latent-subset", "32", "-b", "32", "--threads", "1", "-q", "--device", "cpu"]  # fmt: skip
+
+
+def _cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cvae.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def _one_line_exit_2(proc: subprocess.CompletedProcess, text: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and text in proc.stderr, proc.stderr
+
+
+def test_readers_are_total_and_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    path.write_bytes(NESTED)
+    assert read_json(path) is None  # not a RecursionError
+    path.write_bytes(b'{"a": "' + b"x" * (5 << 20) + b'"}')  # over the size any run file has
+    assert read_json(path) is None
+    path.write_bytes(b'{"epoch": 3}')
+    assert read_json(path) == {"epoch": 3}
+    lines = tmp_path / "metrics.jsonl"
+    lines.write_bytes(b'{"epoch": 1}\n' + NESTED + b"\n" + b'{"epoch": 2, "x": "' + b"y" * (3 << 20) + b'"}\n'
+                      + b'{"epoch": 3}\n{"epoch": 4')  # fmt: skip
+    assert read_jsonl(lines) == [{"epoch": 1}, {"epoch": 3}]  # nesting and an overlong line skipped, torn tail too
+    tail = JsonlTail(lines, "epoch")
+    assert [r["epoch"] for r in tail.read()[0]] == [1, 3]
+    with open(lines, "ab") as fh:
+        fh.write(b"}\n")  # the torn line completes
+    assert [r["epoch"] for r in tail.read()[0]] == [1, 3, 4]
+
+
+def test_a_hostile_run_file_leaves_every_other_run_and_page_working(tmp_path: Path, tiny_run: Path) -> None:
+    root = tmp_path / "runs"
+    for name in ("good", "nested-status", "nested-config", "nested-metrics"):
+        shutil.copytree(tiny_run, root / name)
+    (root / "nested-status" / "status.json").write_bytes(NESTED)
+    (root / "nested-config" / "config.json").write_bytes(NESTED)
+    with open(root / "nested-metrics" / "metrics.jsonl", "ab") as fh:
+        fh.write(NESTED + b"\n")
+    old = os.environ.get("CVAE_RUNS_DIR")
+    os.environ["CVAE_RUNS_DIR"] = str(root)
+    try:
+        for run in ("good", "nested-status", "nested-config", "nested-metrics"):
+            for page in ("app_pages/train.py", "app_pages/compare.py", "app_pages/latent.py"):
+                at = AppTest.from_file(APP, default_timeout=60)
+                at.query_params["run"] = run
+                at.query_params["runs"] = f"good,{run}"
+                at.run()
+                at.switch_page(page).run()
+                assert not at.exception, (run, page, [e.value for e in at.exception])
+    finally:
+        if old is None:
+            os.environ.pop("CVAE_RUNS_DIR", None)
+        else:
+            os.environ["CVAE_RUNS_DIR"] = old
+
+
+def test_resume_of_a_run_with_an_unreadable_config_is_refused_and_writes_nothing(tmp_path: Path,
+                                                                              tiny_run: Path) -> None:  # fmt: skip
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run)
+    (run / "config.json").write_bytes(NESTED)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    _one_line_exit_2(_cli("-rp", str(run), "-e", "1", "-q"), "config.json is unreadable")
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_a_resume_beside_a_live_trainer_is_refused_and_loses_nothing(tmp_path: Path) -> None:
+    """Five times, at random moments of a trainer's life: the resume exits 2 in one line, the trainer's epochs
+    go on in order, and the checkpoint is never rolled back."""
+    rng = random.Random(0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for trial in range(5):
+        run = RunDir(tmp_path / f"r{trial}")
+        trainer = subprocess.Popen([sys.executable, "-m", "cvae.train", *TINY, "-e", "5000", "--run-dir",
+                                    str(run.path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.time() + 120
+        while time.time() < deadline and not run.latest_checkpoint.is_file():
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 2))
+        resume = _cli("-rp", str(run.path), "-e", "1", "-q")
+        assert trainer.poll() is None, "the trainer must still be training for this to mean anything"
+        _one_line_exit_2(resume, "is training in another process")
+        trainer.terminate()
+        assert trainer.wait(timeout=60) == 143, trainer.stderr.read()
+        epochs = [r["epoch"] for r in run.read_metrics()]
+        assert epochs == list(range(1, len(epochs) + 1)) and epochs
+        assert read_json(run.status_path)["epoch"] == epochs[-1]
+
+
+def test_overwrite_never_clears_a_folder_of_runs(tmp_path: Path, tiny_run: Path) -> None:
+    """`--run-dir . --overwrite` from a folder whose checkpoints/ is the runs root: refused, nothing deleted."""
+    home = tmp_path / "home"
+    shutil.copytree(tiny_run, home / "checkpoints" / "someone-elses-run")
+    (home / "metrics.jsonl").write_text('{"epoch": 1}\n')  # the folder looks as if it held a run of its own
+    proc = _cli(*TINY, "-e", "1", "--run-dir", ".", "--overwrite", cwd=home)
+    _one_line_exit_2(proc, "refusing to overwrite")
+    assert (home / "checkpoints" / "someone-elses-run" / "checkpoints" / "latest.pt").is_file()
+    parent = tmp_path / "parent"
+    shutil.copytree(tiny_run, parent / "inner-run")
+    (parent / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    _one_line_exit_2(_cli(*TINY, "-e", "1", "--run-dir", str(parent), "--overwrite"), "holds another run folder")
+    assert (parent / "inner-run" / "config.json").is_file()
+    own = tmp_path / "own"
+    shutil.copytree(tiny_run, own)
+    assert _cli(*TINY, "-e", "1", "--run-dir", str(own), "--overwrite").returncode == 0  # one run: replaced
+    assert [r["epoch"] for r in RunDir(own).read_metrics()] == [1]
+
+
+@pytest.mark.parametrize("name", ["Übung 1 (Gruppe A)", "run with spaces"])
+def test_run_folders_with_any_name_train_and_appear_in_the_app(tmp_path: Path, name: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    proc = _cli(*TINY, "-e", "1", "--run-dir", str(tmp_path / name))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
+    monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = name
+    at.run()
+    assert not at.exception and at.session_state["current_run"] == name
+    assert not any("No run called" in w.value for w in at.sidebar.warning)
