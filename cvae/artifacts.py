@@ -47,15 +47,17 @@ def save_grid(images: torch.Tensor, path: Path, *, nrow: int = 8, padding: int =
     write_atomic(Path(path), grid_png(images, nrow=nrow, padding=padding))
 
 
-def save_npy(array: np.ndarray, path: Path) -> None:
+def save_npy(array: np.ndarray, path: Path, *, parents: bool = True) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    write_atomic(Path(path), buffer.getvalue())
+    write_atomic(Path(path), buffer.getvalue(), parents=parents)
 
 
 def save_fixed_inputs(run: RunDir, grid_x: torch.Tensor, lat_y: torch.Tensor) -> None:
-    """Once per run: the fixed test batch's picture and the latent subset's labels and indices."""
+    """Once per run: the fixed test batch's picture and the latent subset's labels and indices (and the
+    folders a trainer writes into: it never makes them again, see `cvae.runs.write_atomic`)."""
     run.artifacts.mkdir(parents=True, exist_ok=True)
+    run.checkpoints.mkdir(exist_ok=True)
     if grid_x.numel():
         save_grid(grid_x, run.artifacts / "truth.png")
     save_npy(lat_y.cpu().numpy().astype(np.int64), run.artifacts / "latent_labels.npy")
@@ -76,9 +78,9 @@ class EpochArtifacts:
     latent: np.ndarray  # (n, latent_dim) float32
 
     def save(self, run: RunDir, epoch: int) -> None:
-        write_atomic(run.artifact(epoch, "recon_mean.png"), png_bytes(self.recon_mean))
-        write_atomic(run.artifact(epoch, "recon_sample.png"), png_bytes(self.recon_sample))
-        save_npy(self.latent, run.artifact(epoch, "latent.npy"))
+        write_atomic(run.artifact(epoch, "recon_mean.png"), png_bytes(self.recon_mean), parents=False)
+        write_atomic(run.artifact(epoch, "recon_sample.png"), png_bytes(self.recon_sample), parents=False)
+        save_npy(self.latent, run.artifact(epoch, "latent.npy"), parents=False)
 
 
 @torch.no_grad()

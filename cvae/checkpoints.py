@@ -51,11 +51,12 @@ MAX_RNG_STATE_BYTES = 1 << 20  # a generator state we cannot try here (CUDA on a
 ADAM_FLAGS_OFF = ("amsgrad", "maximize", "capturable", "differentiable")
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Save plain data and tensors only (loadable with weights_only=True), atomically."""
+def save_checkpoint(path: Path, payload: dict, *, parents: bool = True) -> None:
+    """Save plain data and tensors only (loadable with weights_only=True), atomically (`parents`: as
+    `cvae.runs.write_atomic`)."""
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **payload}, buffer)
-    write_atomic(Path(path), buffer.getvalue())
+    write_atomic(Path(path), buffer.getvalue(), parents=parents)
 
 
 def load_checkpoint(path: Path | str) -> dict:

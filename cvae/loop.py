@@ -173,6 +173,7 @@ def fit(
         cuda_graph=graph is not None, warning=warning or "", cuda_graph_setup_s=graph.setup_seconds if graph else None,
     )  # fmt: skip
     batch_log = open(run.batches_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
+    kept = {"epoch": start_epoch}  # the last epoch whose checkpoint is on disk (the writer thread moves it)
     writer = EpochWriter()
     t_run = time.time()
     try:
@@ -207,7 +208,7 @@ def fit(
                     images_per_s=step.seen / max(t_done - t_epoch, 1e-9), **refined, time=time.time() - t_run,
                 )  # fmt: skip
                 payload = checkpoint_payload(config, data, model, optimizer, schedule, record, device)
-                writer.submit(functools.partial(save_epoch, run, config, payload, pictures, record, end_epoch))
+                writer.submit(functools.partial(save_epoch, run, config, payload, pictures, record, end_epoch, kept))
                 result.metrics.append(record)
                 for cb in callbacks:
                     cb.on_epoch(record)
@@ -216,8 +217,10 @@ def fit(
         with contextlib.suppress(BaseException):  # what was handed to the writer still lands (or fails alone)
             writer.wait()
         message = str(err) if isinstance(err, CVAEError) else f"{type(err).__name__}: {err}"
+        message = (message.splitlines()[0][:500] if message else "failed") + \
+            f" (the checkpoint of epoch {kept['epoch']} is kept)"  # fmt: skip
         with contextlib.suppress(OSError):  # the disk is full or read-only: the original error says more
-            run.write_status(state="failed", message=message.splitlines()[0][:500] if message else "failed")
+            run.write_status(state="failed", epoch=kept["epoch"], batch=0, message=message)
         raise
     finally:
         writer.close()
@@ -361,14 +364,17 @@ def checkpoint_payload(config: RunConfig, data: ImageData, model: CVAE, optimize
 
 
 def save_epoch(run: RunDir, config: RunConfig, payload: dict, pictures: EpochArtifacts, record: dict,
-               end_epoch: int) -> None:  # fmt: skip
+               end_epoch: int, kept: dict | None = None) -> None:  # fmt: skip
     """An epoch's files, in the order a kill can interrupt safely: its pictures, the checkpoint, then the
-    metrics line (a kill between those two is repaired on resume), then the status."""
+    metrics line (a kill between those two is repaired on resume), then the status. `kept["epoch"]` is set
+    once the checkpoint is on disk."""
     epoch = record["epoch"]
     pictures.save(run, epoch)
-    save_checkpoint(run.latest_checkpoint, payload)
+    save_checkpoint(run.latest_checkpoint, payload, parents=False)
+    if kept is not None:
+        kept["epoch"] = epoch
     if epoch % config.train.checkpoint_every == 0 or epoch == end_epoch:
-        save_checkpoint(run.epoch_checkpoint(epoch), payload)
+        save_checkpoint(run.epoch_checkpoint(epoch), payload, parents=False)
     with open(run.metrics_path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
     run.write_status(epoch=epoch, batch=0, last=record)

@@ -83,9 +83,13 @@ def clean_json(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, data: bytes, *, parents: bool = True) -> None:
+    """Write `data` to `path` so that readers see the old file or the new, never half.
+
+    parents=False for a trainer's files: its run folder (and the folders in it) must still be where it was
+    locked, so a folder moved or deleted while it trains is not made again at the old path (FileNotFoundError)."""
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -93,13 +97,18 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a full disk fails the write itself: say which file it was
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(clean_json(obj), indent=2, default=_json_default).encode())
+def write_json(path: Path, obj: Any, *, parents: bool = True) -> None:
+    write_atomic(path, json.dumps(clean_json(obj), indent=2, default=_json_default).encode(), parents=parents)
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -284,7 +293,7 @@ class RunDir:
         with _STATUS_LOCK:
             status = read_json(self.status_path) or {}
             status.update(fields, updated=time.time())
-            write_json(self.status_path, status)
+            write_json(self.status_path, status, parents=False)  # never re-make a moved or deleted run folder
 
     @property
     def lock_path(self) -> Path:
@@ -404,6 +413,16 @@ class RunLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
         return self
+
+    def still_here(self) -> bool:
+        """True while the locked .lock file is still at the run folder's path (the folder was not moved,
+        renamed or deleted under the trainer); True where there is no lock to compare."""
+        if self.fd is None:
+            return True
+        try:
+            return os.stat(self.run.lock_path).st_ino == os.fstat(self.fd).st_ino
+        except OSError:
+            return False
 
     def release(self) -> None:
         if self.fd is not None:

@@ -16,16 +16,27 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cvae.cli import OneLineParser, add_options, given, run_main
-from cvae.training import TrainResult, train_model
 
-__all__ = ["build_parser", "cli", "main", "train_model"]
+__all__ = ["build_parser", "cli", "main"]  # and train_model, loaded when first used (below)
 
 
-def main(**kwargs: Any) -> TrainResult:
+def __getattr__(name: str) -> Any:
+    # torch loads with cvae.training: imported when first used, so that the command line parses its flags,
+    # and a Ctrl-C while torch loads exits 130 without a traceback (run_main), before anything heavy.
+    if name in ("train_model", "TrainResult"):
+        from cvae import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'cvae.train' has no attribute {name!r}")
+
+
+def main(**kwargs: Any) -> Any:
     """The reference's notebook entry point: `main(dataset='MNIST', decoder_type='Bernoulli', ...)`.
 
-    The same as `cvae.train_model`; see help(cvae.train_model) for every option.
+    The same as `cvae.train_model`; see help(cvae.train_model) for every option. Returns its TrainResult.
     """
+    from cvae.training import train_model
+
     return train_model(**kwargs)
 
 
@@ -56,11 +67,33 @@ def _sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _import_training() -> Any:
+    """cvae.training.train_model, imported (torch with it, seconds) with Ctrl-C and SIGTERM held back until the
+    import is done: raised inside an import, some libraries' handlers swallow or mangle them. Then a Ctrl-C is
+    a KeyboardInterrupt (run_main: exit 130), a SIGTERM exit 143."""
+    held: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to hold back
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        from cvae.training import train_model
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in held:
+        raise SystemExit(128 + signal.SIGTERM)
+    if held:
+        raise KeyboardInterrupt
+    return train_model
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     args = given(build_parser().parse_args(argv))
 
     def body() -> int:
         with _sigterm_exits():
+            train_model = _import_training()
             result = train_model(**args)
         if result.state == "stopped":
             print(f"stopped; resume with: python -m cvae.train -rp {result.run_dir}", file=sys.stderr)

@@ -70,8 +70,7 @@ def train_model(**options: Any) -> TrainResult:
         # One writer per run folder for the trainer's whole life (the kernel drops the lock if we die), taken
         # before the checkpoint and config a resume writes from are read: a second trainer is refused, and
         # never trains on from what the first has since replaced.
-        if run is not None:
-            held.enter_context(run.lock())
+        lock = held.enter_context(run.lock()) if run is not None else None
         if checkpoint_path is not None:
             config, data, resume = _resume(
                 opts, checkpoint_path, run, given_names=set(options) - {"quiet", "overwrite"}
@@ -85,7 +84,7 @@ def train_model(**options: Any) -> TrainResult:
             kind = m.likelihood if m.condition == "label" else \
                 f"{m.condition}{m.quadrants if m.condition == 'quadrants' else ''}"  # fmt: skip
             run = fresh_run_path(root, new_run_id(config.data.dataset, kind, m.latent_dim))
-            held.enter_context(run.lock())
+            lock = held.enter_context(run.lock())
         if resume is None and run.holds_run():
             if not opts["overwrite"]:
                 raise CVAEError(f"{run.path} already holds a run: continue it with python -m cvae.train -rp {run.path} "
@@ -96,7 +95,13 @@ def train_model(**options: Any) -> TrainResult:
         if not opts["quiet"]:
             print(_describe(run, config, data, start_epoch if resume else None), flush=True)
         batches = max(1, math.ceil(len(data.train_x) / min(config.train.batch_size, len(data.train_x))))
-        return fit(config, run, data=data, resume=resume, callbacks=[ConsoleProgress(batches, quiet=opts["quiet"])])
+        try:
+            return fit(config, run, data=data, resume=resume, callbacks=[ConsoleProgress(batches, quiet=opts["quiet"])])
+        except OSError:
+            if lock.still_here():
+                raise
+            raise CVAEError(f"the run folder {run.path} was moved or deleted while it trained: stopped, and nothing "
+                            "was written in its place (its files are where it went: resume it there)") from None  # fmt: skip
 
 
 def _signature_and_doc() -> tuple[inspect.Signature, str]:

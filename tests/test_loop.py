@@ -87,9 +87,9 @@ def test_a_checkpoint_holds_its_own_epochs_weights_while_the_next_epoch_trains(t
     expected = load_checkpoint(RunDir(one.run_dir).epoch_checkpoint(1))["model"]
     real = cvae.checkpoints.write_atomic
 
-    def slow(path: Path, data: bytes) -> None:
+    def slow(path: Path, data: bytes, **kw: bool) -> None:
         time.sleep(0.5)  # longer than an epoch here: epoch 2 trains while epoch 1's checkpoint waits
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(cvae.checkpoints, "write_atomic", slow)
     two = main(**SMALL, epochs=2, checkpoint_every=1, run_dir=str(tmp_path / "two"))
@@ -108,17 +108,18 @@ def test_a_disk_filling_up_in_epoch_two_keeps_epoch_one_and_the_run_resumes(tmp_
     real = cvae.checkpoints.write_atomic
     calls = {"n": 0}
 
-    def full_from_the_second_epoch(path: Path, data: bytes) -> None:
+    def full_from_the_second_epoch(path: Path, data: bytes, **kw: bool) -> None:
         if path.suffix == ".pt" and "0002" in path.name or (path.name == "latest.pt" and calls["n"] >= 1):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         calls["n"] += path.name == "latest.pt"
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(cvae.checkpoints, "write_atomic", full_from_the_second_epoch)
     run = RunDir(tmp_path / "r")
     with pytest.raises(OSError, match="No space"):
         main(**SMALL, **condition, epochs=3, checkpoint_every=1, run_dir=str(run.path))
-    assert run.read_status()["state"] == "failed"
+    status = run.read_status()
+    assert status["state"] == "failed" and status["epoch"] == 1 and "checkpoint of epoch 1 is kept" in status["message"]
     assert [r["epoch"] for r in run.read_metrics()] == [1]
     assert load_checkpoint(run.path)["epoch"] == 1
     assert not run.epoch_checkpoint(3).exists()

@@ -145,3 +145,54 @@ def test_run_folders_with_any_name_train_and_appear_in_the_app(tmp_path: Path, n
     at.run()
     assert not at.exception and at.session_state["current_run"] == name
     assert not any("No run called" in w.value for w in at.sidebar.warning)
+
+
+def test_a_run_folder_moved_while_it_trains_is_not_made_again(tmp_path: Path) -> None:
+    """mv of a training run's folder: the trainer stops with one line and exit 2, writes nothing at the old
+    path, and the moved folder holds whole epochs that resume there."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run, moved = RunDir(tmp_path / "r"), RunDir(tmp_path / "moved")
+    trainer = subprocess.Popen([sys.executable, "-m", "cvae.train", *TINY, "-e", "5000", "--run-dir", str(run.path)],
+                               cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not run.latest_checkpoint.is_file():
+        time.sleep(0.05)
+    run.path.rename(moved.path)
+    assert trainer.wait(timeout=120) == 2
+    err = trainer.stderr.read()
+    assert err.count("\n") == 1 and "was moved or deleted while it trained" in err, err
+    time.sleep(1.5)  # longer than the trainer's status interval: nothing comes back
+    assert not run.path.exists()
+    epochs = [r["epoch"] for r in moved.read_metrics()]
+    assert epochs and epochs == list(range(1, len(epochs) + 1))
+    assert _cli("-rp", str(moved.path), "-e", "1", "-q").returncode == 0
+    assert [r["epoch"] for r in moved.read_metrics()][-1] == epochs[-1] + 1
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from cvae.runs import write_atomic
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # as the kernel reports it: no file name
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "checkpoints" / "latest.pt"
+    with pytest.raises(OSError) as caught:
+        write_atomic(target, b"x" * 10)
+    assert caught.value.filename == str(target) and caught.value.errno == errno.ENOSPC
+    assert not target.exists() and not list(target.parent.glob(".latest.pt.*"))  # no half file, no temporary
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.4, 2.5])
+def test_ctrl_c_while_torch_loads_exits_130_without_a_traceback(tmp_path: Path, delay: float) -> None:
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "cvae.train", "--quick-demo", "-q", "--run-dir",
+                             str(tmp_path / "r")], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(delay)  # torch takes seconds to import: the signal lands while it loads
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert "Traceback" not in proc.stderr.read()

@@ -197,10 +197,10 @@ def test_disk_full_is_one_line_and_marks_the_run_failed(tmp_path: Path, monkeypa
 
     real = cvae.checkpoints.write_atomic
 
-    def full_on_checkpoint(path: Path, data: bytes) -> None:
+    def full_on_checkpoint(path: Path, data: bytes, **kw: bool) -> None:
         if path.suffix == ".pt":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real(path, data)
+        real(path, data, **kw)
 
     monkeypatch.setattr(cvae.checkpoints, "write_atomic", full_on_checkpoint)  # where save_checkpoint writes
     args = ["-z", "2", "-e", "1", "--arch", "mlp", "--train-subset", "128", "--test-subset", "64", "-q",
