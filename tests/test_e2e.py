@@ -225,11 +225,17 @@ def test_app_in_a_browser(server, tmp_path: Path) -> None:
 
         # A latent slider changes the picture while it is dragged, before the mouse is released.
         page.get_by_role("tab", name="Latent sliders").click()
-        frame = _scrubber(page)
+        deadline = time.time() + 60
+        while True:  # the frame that drew, once the tab has laid it out (on a busy machine that lags the drawing)
+            frame = _scrubber(page)
+            box = frame.locator("#s0").bounding_box()
+            if box is not None or time.time() > deadline:
+                break
+            page.wait_for_timeout(300)
+        assert box is not None, "the latent sliders never showed"
         before = frame.evaluate(
             "() => [document.getElementById('c').dataset.tile, document.getElementById('c').toDataURL()]"
         )
-        box = frame.locator("#s0").bounding_box()
         x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2  # the thumb starts in the middle (z = 0)
         page.mouse.move(x, y)
         page.mouse.down()
