@@ -4,6 +4,7 @@ import streamlit as st
 
 from cvae.errors import CVAEError
 from cvae.names import write_meta
+from ui.auth import current_user
 from ui.controls import run_controls
 from ui.live import live_panel
 from ui.runs import run_ids, runs_root, state_badge
@@ -45,7 +46,7 @@ if run is not None:
             note = st.text_area("Note", names["note"], max_chars=2000, height=80)
             if st.form_submit_button("Save"):
                 try:
-                    write_meta(run.dir.path, name=name, note=note)
+                    write_meta(run.dir.path, name=name, note=note, user=current_user())
                 except (CVAEError, OSError) as err:
                     st.error(f"Could not save the name: {err}")
                 else:

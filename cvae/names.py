@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvae.errors import ConfigError
-from cvae.runs import read_json, write_json
+from cvae.runs import OWNER_FILE, read_json, write_json
 
 META_FILE = "meta.json"
 MAX_NAME = 80  # a name fits a picker and a legend
@@ -22,9 +22,14 @@ def read_meta(run_dir: Path) -> dict[str, str]:
     return {key: str(raw.get(key) or "").strip() for key in ("name", "note")}
 
 
-def write_meta(run_dir: Path, *, name: str, note: str) -> dict[str, str]:
-    """Set a run's display name and note (empty = unset); raises ConfigError for text that does not fit."""
+def write_meta(run_dir: Path, *, name: str, note: str, user: str | None = None) -> dict[str, str]:
+    """Set a run's display name and note (empty = unset); raises ConfigError for text that does not fit.
+
+    `user`: who asks, where sign-in is on; a run with an owner (owner.json) is renamed by its owner only."""
     run_dir = Path(run_dir)
+    owner = (read_json(run_dir / OWNER_FILE) or {}).get("owner")
+    if user is not None and owner and owner != user:
+        raise ConfigError(f"only {owner}, who started this run, may rename it or change its note")
     name, note = " ".join(name.split()), note.strip()  # one line for the name: it is shown in pickers and legends
     if len(name) > MAX_NAME:
         raise ConfigError(f"a run name has at most {MAX_NAME} characters, got {len(name)}")

@@ -196,3 +196,19 @@ def test_ctrl_c_while_torch_loads_exits_130_without_a_traceback(tmp_path: Path, 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_only_a_runs_owner_renames_it(tmp_path: Path) -> None:
+    from cvae.errors import ConfigError
+    from cvae.names import read_meta, write_meta
+    from cvae.runs import write_json
+
+    run = tmp_path / "r"
+    run.mkdir()
+    write_json(run / "owner.json", {"owner": "alice"})
+    write_meta(run, name="alice's", note="", user="alice")
+    with pytest.raises(ConfigError, match="only alice"):
+        write_meta(run, name="bob's now", note="mine", user="bob")
+    assert read_meta(run) == {"name": "alice's", "note": ""}
+    write_meta(run, name="on a laptop", note="", user=None)  # sign-in off: every run is everyone's
+    assert read_meta(run)["name"] == "on a laptop"
