@@ -52,7 +52,7 @@ from cvae.config import PRECISIONS
 from cvae.data import ImageData, load_data
 from cvae.errors import CVAEError
 from cvae.generate import load_run
-from cvae.likelihoods import DiagonalGaussian, mean_se, standard_normal_log_prob
+from cvae.likelihoods import HALF_LOG_2PI, DiagonalGaussian, mean_se, standard_normal_log_prob
 from cvae.model import CVAE, STD_FLOOR, Condition
 from cvae.runs import clean_json
 from cvae.runtime import autocast, select_amp_dtype, select_device
@@ -68,7 +68,6 @@ MAX_ROWS = 1024  # decoder rows (images x samples) per forward pass: bounds memo
 # Memory does not grow with K: samples go through in chunks.
 MAX_IW_SAMPLES = 5000
 MAX_MAX_ROWS = 8192  # --max-rows above this would let one decoder pass take gigabytes
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 PROPOSALS = ("posterior", "prior")
 LEVELS = 256  # 8-bit pixels
 
