@@ -145,6 +145,7 @@ def test_password_sign_in_and_owners(root: Path, tiny_run: Path) -> None:
     at.button[0].click().run()
     assert at.session_state["cvae_user"] == "bob"
     assert not {"resume", "delete", "stop"} & _keys(at) and "Started by **alice**" in _text(at)
+    assert " · alice · " in at.sidebar.selectbox(key="run").format_func("alices")  # the picker says whose run
     at.session_state["cvae_user"] = "alice"
     at.run()
     assert {"resume", "delete"} <= _keys(at)

@@ -66,12 +66,14 @@ def _short(root: Path) -> str:
 
 
 def picker_label(root: Path, run_id: str) -> str:
-    """'state · name' (the run's given name, else its id): the state first, so a long name never hides it."""
+    """'state · name' (the run's given name, else its id), and whose run it is where sign-in is on
+    ('state · alice · name'): the state first, so a long name never hides it."""
     try:
-        state = open_run(root, run_id).state_text
+        run = open_run(root, run_id)
+        state, owner = run.state_text, run.owner
     except CVAEError:
-        state = "unknown"
-    return f"{state} · {display_name(root, run_id)}"
+        state, owner = "unknown", None
+    return f"{state} · {owner + ' · ' if owner else ''}{display_name(root, run_id)}"
 
 
 def display_name(root: Path, run_id: str) -> str:

@@ -137,8 +137,8 @@ def runs_table() -> None:
     rows = []
     for run in open_runs(root):
         last = (metrics(run.dir) or [{}])[-1]
-        rows.append({"state": run.state_text, "run": run.id, "what": run.label,
-                     "test −ELBO (nats)": last.get("test_nelbo")} | ({"owner": run.owner or "–"} if mode() else {}))  # fmt: skip
-    if rows:
+        rows.append({"state": run.state_text, **({"owner": run.owner or "–"} if mode() else {}), "run": run.id,
+                     "what": run.label, "test −ELBO (nats)": last.get("test_nelbo")})  # fmt: skip
+    if rows:  # the owner second, before the long columns: whose run it is is what a class asks first
         st.dataframe(rows, hide_index=True, width="stretch",
                      column_config={"test −ELBO (nats)": st.column_config.NumberColumn(format="%.2f")})  # fmt: skip
