@@ -74,6 +74,7 @@ def test_saving_an_epochs_pictures_runs_no_torch_operation(tmp_path: Path) -> No
     grid = np.full((30, 58, 3), 255, np.uint8)
     pictures = EpochArtifacts(grid, grid, np.zeros((4, 2), np.float32))
     run = RunDir(tmp_path / "r")
+    run.artifacts.mkdir(parents=True)  # as the trainer makes it at its start (save_fixed_inputs)
     with Record(), RecordCalls():
         pictures.save(run, 1)
     assert seen == []
