@@ -264,7 +264,20 @@ def load_cifar10(root: Path) -> ImageData:
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class sub-folders; a linked one that leads back into the image folder (or above it), or to the same
+    folder as another class, would silently repeat other classes' pictures as a class of its own: refused."""
+    found = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    top, seen = root.resolve(), {}
+    for folder in found:
+        real = folder.resolve()
+        if folder.is_symlink() and (real == top or real in top.parents or top in real.parents):
+            raise DataError(f"class folder {folder} is a link to {real}, inside or above the image folder: its "
+                            "pictures would be counted twice, as another class; remove the link")  # fmt: skip
+        if real in seen:
+            raise DataError(f"class folders {seen[real].name} and {folder.name} are the same folder ({real}): "
+                            "remove the link")  # fmt: skip
+        seen[real] = folder
+    return found
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -212,3 +212,36 @@ def test_only_a_runs_owner_renames_it(tmp_path: Path) -> None:
     assert read_meta(run) == {"name": "alice's", "note": ""}
     write_meta(run, name="on a laptop", note="", user=None)  # sign-in off: every run is everyone's
     assert read_meta(run)["name"] == "on a laptop"
+
+
+def test_a_linked_class_folder_that_repeats_pictures_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from cvae.config import DataConfig
+    from cvae.data import load_data
+    from cvae.errors import DataError
+
+    root = tmp_path / "pictures"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / label / f"{i}.png")
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a link back to the folder itself
+    with pytest.raises(DataError, match="inside or above the image folder"):
+        load_data(DataConfig(dataset=str(root), data_dir=str(tmp_path / "data")))
+    (root / "loop").unlink()
+    (root / "again").symlink_to(root / "a", target_is_directory=True)  # a second name for class a
+    with pytest.raises(DataError, match="inside or above the image folder"):
+        load_data(DataConfig(dataset=str(root), data_dir=str(tmp_path / "data")))
+    (root / "again").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(root / "b", elsewhere)
+    (root / "c").symlink_to(elsewhere, target_is_directory=True)  # a link to pictures of its own: a class
+    (root / "d").symlink_to(elsewhere, target_is_directory=True)  # and a second link to the same pictures
+    with pytest.raises(DataError, match="are the same folder"):
+        load_data(DataConfig(dataset=str(root), data_dir=str(tmp_path / "data")))
+    (root / "d").unlink()
+    assert load_data(DataConfig(dataset=str(root), data_dir=str(tmp_path / "data"))).info.class_names == ("a", "b", "c")
+    proc = _cli("-d", str(root / "c" / ".." / "loop"), "-e", "1", "-q")  # a missing folder: one line, as before
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
