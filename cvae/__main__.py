@@ -3,6 +3,7 @@
 cvae train --quick-demo            # python -m cvae.train
 cvae evaluate checkpoints/<run>    # python -m cvae.evaluate
 cvae generate uniform checkpoints/<run>
+cvae class add --from class.txt    # per-student accounts, one-time passwords
 cvae app                           # streamlit run streamlit_app.py, from a checkout
 """
 
@@ -18,6 +19,7 @@ COMMANDS = {
     "train": ("cvae.train", "train a CVAE into a run folder"),
     "evaluate": ("cvae.evaluate", "test-set likelihoods of a trained run, in nats"),
     "generate": ("cvae.generate", "image grids per class, or a completion sheet"),
+    "class": ("cvae.classroom", "accounts for a class on a shared server (add, remove, list)"),
     "app": (None, "start the Streamlit app (from a checkout of the repository)"),
 }
 USAGE = (

@@ -47,6 +47,7 @@ from typing import IO, Any
 
 import torch
 
+from cvae.classroom import User, check_manage, check_may_start, locked
 from cvae.cli import OneLineParser, add_options, format_argv, given
 from cvae.config import BY_NAME, DEFAULTS, QUICK_DEMO, DataConfig
 from cvae.data import builtin_info, resolve_data_dir
@@ -210,28 +211,33 @@ def start(
     root: Path,
     options: dict[str, Any],
     run_id: str | None = None,
-    owner: str | None = None,
+    user: User | None = None,
     data_roots: list[Path] | None = None,
 ) -> RunDir:
     """Validate `options`, create the run folder under `root` and queue it for training.
 
-    `data_roots`: where image folders may be (the app passes `data_roots()`); None allows any.
+    `user`: who starts it, where sign-in is on (recorded as the run's owner; a student is held to the
+    class's limit of active runs). `data_roots`: where image folders may be (the app passes
+    `data_roots()`); None allows any.
     """
     check_options(options, data_roots=data_roots)
     opts = resolve_options(options)
     run_id = run_id or new_run_id(str(opts["dataset"]).strip(), opts["decoder_type"], opts["latent_dim"])
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    run = fresh_run_path(root, run_id)  # two starts in the same second get their own folders
     argv = build_argv(options)
-    try:
-        write_json(run.path / LAUNCH_FILE, {"argv": argv, "epochs": opts["epochs"]})
-        if owner:
-            write_json(run.path / OWNER_FILE, {"owner": owner, "created": time.time()})
-        _spawn(run, argv, opts["epochs"])
-    except OSError:
-        shutil.rmtree(run.path, ignore_errors=True)  # no half-made run left behind (disk full, read-only)
-        raise
+    # The limit is checked and the run queued under one lock: two clicks at once cannot both pass it.
+    with locked(root) if user is not None else contextlib.nullcontext():
+        check_may_start(root, user)
+        run = fresh_run_path(root, run_id)  # two starts in the same second get their own folders
+        try:
+            write_json(run.path / LAUNCH_FILE, {"argv": argv, "epochs": opts["epochs"]})
+            if user is not None:
+                write_json(run.path / OWNER_FILE, {"owner": user.name, "created": time.time()})
+            _spawn(run, argv, opts["epochs"])
+        except OSError:
+            shutil.rmtree(run.path, ignore_errors=True)  # no half-made run left behind (disk full, read-only)
+            raise
     return run
 
 
@@ -241,16 +247,19 @@ def is_active(run: RunDir) -> bool:
     return run.read_status().get("state") in ACTIVE_STATES or run.is_locked()
 
 
-def resume(run: RunDir, more_epochs: int) -> None:
+def resume(run: RunDir, more_epochs: int, user: User | None = None) -> None:
     """Train `more_epochs` more epochs from the run's last checkpoint, in the same folder."""
-    if is_active(run):
-        raise ConfigError("this run is still training")
-    if not run.latest_checkpoint.is_file():
-        raise ConfigError("this run has no checkpoint yet (it stopped before its first epoch ended)")
+    check_manage(user, run, "resume")
     if not 1 <= more_epochs <= 100_000:
         raise ConfigError("more epochs must be between 1 and 100000")
-    done = int(run.read_status().get("epoch") or 0)
-    _spawn(run, ["--resume_path", str(run.path), "--epochs", str(more_epochs)], done + more_epochs)
+    with locked(run.path.parent) if user is not None else contextlib.nullcontext():
+        check_may_start(run.path.parent, user)
+        if is_active(run):
+            raise ConfigError("this run is still training")
+        if not run.latest_checkpoint.is_file():
+            raise ConfigError("this run has no checkpoint yet (it stopped before its first epoch ended)")
+        done = int(run.read_status().get("epoch") or 0)
+        _spawn(run, ["--resume_path", str(run.path), "--epochs", str(more_epochs)], done + more_epochs)
 
 
 def can_start_again(run: RunDir) -> bool:
@@ -275,18 +284,22 @@ def launch_options(run: RunDir) -> dict[str, Any]:
         return {}
 
 
-def start_again(run: RunDir) -> None:
+def start_again(run: RunDir, user: User | None = None) -> None:
     """Start a run that ended before its first checkpoint from scratch, with the same flags, in its folder."""
-    if is_active(run):
-        raise ConfigError("this run is still training")
-    launch = read_json(run.path / LAUNCH_FILE) or {}
-    if not can_start_again(run):
-        raise ConfigError("this run was not started from the app: start a new run instead")
-    _spawn(run, [str(a) for a in launch["argv"]], int(launch.get("epochs") or 0))
+    check_manage(user, run, "start again")
+    with locked(run.path.parent) if user is not None else contextlib.nullcontext():
+        check_may_start(run.path.parent, user)
+        if is_active(run):
+            raise ConfigError("this run is still training")
+        launch = read_json(run.path / LAUNCH_FILE) or {}
+        if not can_start_again(run):
+            raise ConfigError("this run was not started from the app: start a new run instead")
+        _spawn(run, [str(a) for a in launch["argv"]], int(launch.get("epochs") or 0))
 
 
-def delete(run: RunDir) -> None:
+def delete(run: RunDir, user: User | None = None) -> None:
     """Remove a run folder that is not training (finished, failed, stopped or interrupted)."""
+    check_manage(user, run, "delete")
     if is_active(run):
         raise ConfigError("stop this run before deleting it")
     shutil.rmtree(run.path)
@@ -310,9 +323,10 @@ def _is_trainer(pid: int) -> bool:
     return b"cvae.train" in cmdline or b"cvae.jobs" in cmdline
 
 
-def stop(run: RunDir) -> bool:
+def stop(run: RunDir, user: User | None = None) -> bool:
     """Ask the run's process to stop (SIGTERM): a queued run leaves the queue, a training one
     keeps its last checkpoint. False when nothing was running."""
+    check_manage(user, run, "stop")
     status = run.read_status()
     pid = status.get("pid")
     if status.get("state") not in ACTIVE_STATES or not isinstance(pid, int) or not _is_trainer(pid):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cvae.classroom import User, check_manage
 from cvae.errors import ConfigError
-from cvae.runs import OWNER_FILE, read_json, write_json
+from cvae.runs import RunDir, read_json, write_json
 
 META_FILE = "meta.json"
 MAX_NAME = 80  # a name fits a picker and a legend
@@ -22,14 +23,12 @@ def read_meta(run_dir: Path) -> dict[str, str]:
     return {key: str(raw.get(key) or "").strip() for key in ("name", "note")}
 
 
-def write_meta(run_dir: Path, *, name: str, note: str, user: str | None = None) -> dict[str, str]:
+def write_meta(run_dir: Path, *, name: str, note: str, user: User | None = None) -> dict[str, str]:
     """Set a run's display name and note (empty = unset); raises ConfigError for text that does not fit.
 
-    `user`: who asks, where sign-in is on; a run with an owner (owner.json) is renamed by its owner only."""
+    `user`: who asks, where sign-in is on: the run's owner or a lecturer (cvae.classroom)."""
     run_dir = Path(run_dir)
-    owner = (read_json(run_dir / OWNER_FILE) or {}).get("owner")
-    if user is not None and owner and owner != user:
-        raise ConfigError(f"only {owner}, who started this run, may rename it or change its note")
+    check_manage(user, RunDir(run_dir), "rename or change the note of")
     name, note = " ".join(name.split()), note.strip()  # one line for the name: it is shown in pickers and legends
     if len(name) > MAX_NAME:
         raise ConfigError(f"a run name has at most {MAX_NAME} characters, got {len(name)}")

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,3 +30,59 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         latent_subset=200, run_dir=str(root / "tiny"), quiet=True,
     )  # fmt: skip
     return result.run_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _serve(folder: Path, args: tuple[str, ...] = (), port: int | None = None):
+    """`streamlit run streamlit_app.py` on a free port (or `port`), with its runs in folder/runs; yields its URL.
+    On the way out it stops every run the test started, then the server."""
+    port = port or _free_port()
+    env = {**os.environ, "CVAE_RUNS_DIR": str(folder / "runs")}
+    log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", *args],
+        cwd=Path(__file__).resolve().parent.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        pytest.fail("streamlit did not start: " + (folder / "server.log").read_text()[-2000:])
+    try:
+        yield url
+    finally:
+        from cvae.jobs import stop
+        from cvae.runs import RunDir
+
+        for status in (folder / "runs").glob("*/status.json"):
+            stop(RunDir(status.parent))
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture()
+def app_server():
+    """A factory: `with app_server(tmp_path, args) as url:` runs the real app server for a browser test."""
+    return _serve
+
+
+@pytest.fixture()
+def free_port():
+    return _free_port

@@ -6,10 +6,6 @@ runs; no request may leave the machine. Screenshots go to $CVAE_SHOTS_DIR (else 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -25,46 +21,11 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.e2e
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def server(tmp_path: Path):
+def server(tmp_path: Path, app_server):
     """`streamlit run streamlit_app.py` on a free port, with its runs in tmp_path."""
-    port = _free_port()
-    env = {**os.environ, "CVAE_RUNS_DIR": str(tmp_path / "runs")}
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        pytest.fail("streamlit did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-    yield url, tmp_path / "runs"
-    # Stop any training run the test started, then the server.
-    for status in (tmp_path / "runs").glob("*/status.json"):
-        from cvae.jobs import stop
-        from cvae.runs import RunDir
-
-        stop(RunDir(status.parent))
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    with app_server(tmp_path) as url:
+        yield url, tmp_path / "runs"
 
 
 def _number(page, label: str, value: int) -> None:

@@ -44,10 +44,10 @@ def _copy(tiny_run: Path, root: Path, name: str, owner: str | None = None, **sta
     return run
 
 
-def _app(run: str | None = None, page: str = "app_pages/train.py", password: str | None = None) -> AppTest:
+def _app(run: str | None = None, page: str = "app_pages/train.py", accounts: bool = False) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
-    if password:
-        at.secrets["cvae"] = {"password": password}
+    if accounts:
+        at.secrets["cvae"] = {"sign_in": "accounts"}
     if run:
         at.query_params["run"] = run
     at.run()
@@ -114,7 +114,7 @@ def test_interrupted_run_resumes_in_one_click(root: Path, tiny_run: Path, monkey
     assert "Interrupted" in _text(at)
     assert at.button(key="resume").label == "Resume from epoch 2"
     resumed = []
-    monkeypatch.setattr(jobs, "resume", lambda run, more: resumed.append((run.id, more)))
+    monkeypatch.setattr(jobs, "resume", lambda run, more, user: resumed.append((run.id, more)))
     at.button(key="resume").click().run()
     assert resumed == [("dead", 5)]
 
@@ -133,27 +133,62 @@ def test_delete_asks_first_and_never_an_active_run(root: Path, tiny_run: Path) -
     assert not at.exception and not (root / "old").exists()
 
 
-def test_password_sign_in_and_owners(root: Path, tiny_run: Path) -> None:
+def _sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    at.text_input(key="sign_in_name").input(name)
+    at.text_input(key="sign_in_password").input(password)
+    return at.button[0].click().run()
+
+
+def test_accounts_sign_in_roles_and_owners(root: Path, tiny_run: Path) -> None:
+    from cvae import classroom
+    from cvae.classroom import User
+
+    one_time = classroom.add_accounts(root, ["alice", "bob"])
+    lecturer = classroom.add_accounts(root, ["prof"], role="lecturer")
     _copy(tiny_run, root, "alices", owner="alice")
-    at = _app("alices", password="s3cret")
+    _copy(tiny_run, root, "profs", owner="prof")
+    at = _app("alices", accounts=True)
     assert not at.selectbox and not at.title[0].value.startswith(":material/model")  # nothing before sign-in
-    at.text_input(key="sign_in_name").input("bob")
-    at.text_input(key="sign_in_password").input("wrong")
+    _sign_in(at, "alice", "wrong")  # someone else's name without their password
+    assert "Wrong name or password" in _text(at) and not at.selectbox
+    _sign_in(at, "bob", one_time["bob"])  # a one-time password: choose your own first
+    assert at.text_input(key="new_password") and not at.selectbox
+    at.text_input(key="new_password").input("bobs-own-pw")
+    at.text_input(key="new_password_again").input("bobs-own-pw")
     at.button[0].click().run()
-    assert "Wrong password" in _text(at)
-    at.text_input(key="sign_in_password").input("s3cret")
-    at.button[0].click().run()
-    assert at.session_state["cvae_user"] == "bob"
+    assert at.session_state["cvae_viewer"] == User("bob", "student")
+    # bob sees neither alice's nor the lecturer's run (nothing pinned, classmates hidden): the link is refused
+    assert at.sidebar.selectbox(key="run").options == [] and "No run called 'alices'" in _text(at)
+    classroom.update_settings(root, None, classmates_visible=True)
+    at = _app("alices", accounts=True)
+    _sign_in(at, "bob", "bobs-own-pw")
     assert not {"resume", "delete", "stop"} & _keys(at) and "Started by **alice**" in _text(at)
     assert " · alice · " in at.sidebar.selectbox(key="run").format_func("alices")  # the picker says whose run
-    at.session_state["cvae_user"] = "alice"
-    at.run()
-    assert {"resume", "delete"} <= _keys(at)
+    with pytest.raises(classroom.NotAllowed, match="alice's run"):
+        jobs.delete(RunDir(root / "alices"), User("bob"))  # the library refuses, not only the page
+    # the lecturer manages everyone's runs and pins one for the class
+    classroom.update_settings(root, None, classmates_visible=False)
+    at = _app("alices", accounts=True)
+    _sign_in(at, "prof", lecturer["prof"])
+    at.text_input(key="new_password").input("lecturer-pw")
+    at.text_input(key="new_password_again").input("lecturer-pw")
+    at.button[0].click().run()
+    assert {"resume", "delete", "pin"} <= _keys(at)
+    at.switch_page("app_pages/train.py").run()
+    at.sidebar.selectbox(key="run").select("profs").run()
+    at.button(key="pin").click().run()
+    assert classroom.read_settings(root)["pinned"] == ["profs"]
+    at = _app("profs", accounts=True)
+    _sign_in(at, "bob", "bobs-own-pw")
+    assert [o.split(" · ")[-1] for o in at.sidebar.selectbox(key="run").options] == ["profs"]  # pinned, not alice's
+    assert not {"resume", "delete", "pin"} & _keys(at)
 
 
 def test_a_new_run_records_its_owner(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jobs, "_spawn", lambda run, argv, epochs: 0)
-    run = jobs.start(root, jobs.QUICK_DEMO_OPTIONS, owner="carol")
+    from cvae.classroom import User
+
+    run = jobs.start(root, jobs.QUICK_DEMO_OPTIONS, user=User("carol"))
     assert (run.path / "owner.json").is_file() and "carol" in (run.path / "owner.json").read_text()
     assert (run.path / "launch.json").is_file()
 

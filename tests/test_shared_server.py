@@ -198,18 +198,20 @@ def test_ctrl_c_while_torch_loads_exits_130_without_a_traceback(tmp_path: Path, 
     assert "Traceback" not in proc.stderr.read()
 
 
-def test_only_a_runs_owner_renames_it(tmp_path: Path) -> None:
-    from cvae.errors import ConfigError
+def test_only_a_runs_owner_or_a_lecturer_renames_it(tmp_path: Path) -> None:
+    from cvae.classroom import NotAllowed, User
     from cvae.names import read_meta, write_meta
     from cvae.runs import write_json
 
     run = tmp_path / "r"
     run.mkdir()
     write_json(run / "owner.json", {"owner": "alice"})
-    write_meta(run, name="alice's", note="", user="alice")
-    with pytest.raises(ConfigError, match="only alice"):
-        write_meta(run, name="bob's now", note="mine", user="bob")
+    write_meta(run, name="alice's", note="", user=User("alice"))
+    with pytest.raises(NotAllowed, match="alice's run"):
+        write_meta(run, name="bob's now", note="mine", user=User("bob"))
     assert read_meta(run) == {"name": "alice's", "note": ""}
+    write_meta(run, name="checked", note="", user=User("prof", "lecturer"))
+    assert read_meta(run)["name"] == "checked"
     write_meta(run, name="on a laptop", note="", user=None)  # sign-in off: every run is everyone's
     assert read_meta(run)["name"] == "on a laptop"
 

@@ -32,7 +32,7 @@ def completion_runs(root: Path) -> list[Run]:
 def start_preset(root: Path) -> None:
     """Queue the 1-quadrant preset and show it; a problem is one line on the page."""
     try:
-        run = jobs.start(root, dict(PRESET), owner=current_user(), data_roots=jobs.data_roots())
+        run = jobs.start(root, dict(PRESET), user=current_user(), data_roots=jobs.data_roots())
     except (CVAEError, OSError) as err:
         st.error(f"Could not start the run: {jobs.explain(err) if isinstance(err, OSError) else err}")
         return

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from cvae import classroom
 from cvae.config import RunConfig
 from cvae.errors import CVAEError
 from cvae.legacy import upgrade_config
@@ -41,6 +42,9 @@ def state_badge(state: str, text: str | None = None) -> str:
     return f":{STATE_COLORS.get(state, 'gray')}-badge[{text or state}]"
 
 
+VIEWER = "cvae_viewer"  # session key: the signed-in cvae.classroom.User (None: sign-in off), set by ui.auth
+
+
 def runs_root() -> Path:
     return default_runs_root().resolve()
 
@@ -54,9 +58,25 @@ def stamp(path: Path) -> tuple[int, int]:
     return (s.st_mtime_ns, s.st_size)
 
 
+def _owner(run: RunDir) -> str | None:
+    owner = (_json(str(run.path / OWNER_FILE), stamp(run.path / OWNER_FILE)) or {}).get("owner")
+    return str(owner) if isinstance(owner, str) and owner else None
+
+
+def _sees(root: Path):
+    """A test of (run folder) -> may the signed-in user see it (their own, pinned, or shared by the lecturer)."""
+    user = st.session_state.get(VIEWER)
+    if user is None or user.lecturer:
+        return lambda run: True
+    settings = classroom.read_settings(root)
+    return lambda run: classroom.may_see(user, _owner(run), run.id, settings)
+
+
 def run_ids(root: Path) -> list[str]:
-    """Run folders under `root`, newest first, including half-written ones (no config.json yet)."""
-    return [run.id for run in list_runs(root, started=True)]
+    """Run folders under `root` that the signed-in user may see, newest first, including half-written
+    ones (no config.json yet)."""
+    sees = _sees(root)
+    return [run.id for run in list_runs(root, started=True) if sees(run)]
 
 
 @dataclass(frozen=True)
@@ -161,12 +181,13 @@ def open_run(root: Path, run_id: str) -> Run:
     (cached by its stamp); only the liveness of the trainer's pid is checked anew.
     """
     run = run_path(root, run_id)
+    if not _sees(root)(run):
+        raise CVAEError("this run is not shared with you")
     raw, config, problem = _config(str(run.config_path), stamp(run.config_path))
     status = sane_status(live_status(_json(str(run.status_path), stamp(run.status_path)) or {}))
     if status.get("state") == "unknown" and not run.path.is_dir():
         problem = "this run folder no longer exists (deleted?)"
-    owner = (_json(str(run.path / OWNER_FILE), stamp(run.path / OWNER_FILE)) or {}).get("owner")
-    return Run(run, raw, config, problem, status, str(owner) if owner else None)
+    return Run(run, raw, config, problem, status, _owner(run))
 
 
 def open_runs(root: Path) -> list[Run]:

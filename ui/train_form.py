@@ -38,7 +38,7 @@ RELEVANT = {
 
 def _start(options: dict[str, Any]) -> None:
     try:
-        run = jobs.start(runs_root(), options, owner=current_user(), data_roots=jobs.data_roots())
+        run = jobs.start(runs_root(), options, user=current_user(), data_roots=jobs.data_roots())
     except CVAEError as err:
         st.error(f"Could not start the run: {err}")
         return
