@@ -342,7 +342,7 @@ class RunDir:
         that holds other run folders. `CVAEError` before anything is deleted."""
         import shutil
 
-        why = self._not_one_run()
+        why = self.not_one_run()
         if why:
             raise CVAEError(f"refusing to overwrite {self.path}: {why}; pick a --run-dir of its own")
         for path in (self.config_path, self.metrics_path, self.batches_path):
@@ -350,7 +350,7 @@ class RunDir:
         for folder in (self.artifacts, self.checkpoints, self.path / "generated"):
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _not_one_run(self) -> str | None:
+    def not_one_run(self) -> str | None:
         """Why this folder is not a single run's, or None."""
         here = self.path.resolve()
         if here == default_runs_root().resolve():

@@ -85,6 +85,12 @@ def train_model(**options: Any) -> TrainResult:
                 f"{m.condition}{m.quadrants if m.condition == 'quadrants' else ''}"  # fmt: skip
             run = fresh_run_path(root, new_run_id(config.data.dataset, kind, m.latent_dim))
             lock = held.enter_context(run.lock())
+        # A folder of runs (the runs root, or one whose checkpoints/ is a runs root) is never a new run's: its
+        # files would land among other people's runs, and an overwrite would clear them.
+        why = run.not_one_run() if resume is None else None
+        if why:
+            verb = "overwrite" if opts["overwrite"] else "train into"
+            raise CVAEError(f"refusing to {verb} {run.path}: {why}; pick a --run-dir of its own")
         if resume is None and run.holds_run():
             if not opts["overwrite"]:
                 raise CVAEError(f"{run.path} already holds a run: continue it with python -m cvae.train -rp {run.path} "

@@ -312,3 +312,36 @@ def test_complete_a_digit_in_a_browser(server, tmp_path: Path) -> None:
             "s => document.querySelectorAll('[data-testid=\"stImage\"] img')[2].src !== s", arg=grid, timeout=30_000
         )
         browser.close()
+
+
+def test_hostile_run_files_leave_every_other_run_working_in_a_browser(tmp_path: Path, tiny_run: Path,
+                                                                       app_server) -> None:  # fmt: skip
+    """A run folder whose status.json is 200,000 nested brackets, one whose config.json is, and one with a
+    metrics line of 2 MiB: every page of the good run draws in Chromium, with no error box, and the hostile
+    runs each show their one line."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "runs"
+    for name in ("good", "nested-status", "nested-config", "huge-line"):
+        shutil.copytree(tiny_run, root / name)
+    nested = b"[" * 200_000 + b"]" * 200_000
+    (root / "nested-status" / "status.json").write_bytes(nested)
+    (root / "nested-config" / "config.json").write_bytes(nested)
+    with open(root / "huge-line" / "metrics.jsonl", "ab") as fh:
+        fh.write(b'{"epoch": 3, "x": "' + b"y" * (2 << 20) + b'"}\n')
+    with app_server(tmp_path) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+        for path, title in (("", "Train"), ("reconstructions", "Reconstructions"), ("latent", "Latent space"),
+                            ("generate", "Generate"), ("compare", "Compare runs")):  # fmt: skip
+            page.goto(f"{url}/{path}?run=good")
+            _title(page, f"{title} · CVAE lab")
+            page.get_by_text("Runs folder").wait_for(timeout=60_000)
+            page.wait_for_timeout(2000)
+            assert page.locator("[data-testid=stException]").count() == 0, title
+        page.goto(f"{url}/?run=nested-config")
+        page.get_by_text("config.json is corrupt").first.wait_for(timeout=60_000)
+        assert page.locator("[data-testid=stException]").count() == 0
+        browser.close()

@@ -184,6 +184,15 @@ def test_accounts_sign_in_roles_and_owners(root: Path, tiny_run: Path) -> None:
     assert not {"resume", "delete", "pin"} & _keys(at)
 
 
+def test_the_old_shared_class_password_is_refused(root: Path, tiny_run: Path) -> None:
+    _copy(tiny_run, root, "alices", owner="alice")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["cvae"] = {"password": "s3cret"}  # anyone could sign in under any name with it
+    at.run()
+    assert not at.exception and not at.selectbox and not at.text_input
+    assert 'sign_in = "accounts"' in at.error[0].value
+
+
 def test_a_new_run_records_its_owner(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jobs, "_spawn", lambda run, argv, epochs: 0)
     from cvae.classroom import User

@@ -91,12 +91,17 @@ def test_resume_of_a_run_with_an_unreadable_config_is_refused_and_writes_nothing
     assert after == {k: v for k, v in before.items() if k != ".lock"}
 
 
-def test_a_resume_beside_a_live_trainer_is_refused_and_loses_nothing(tmp_path: Path) -> None:
-    """Five times, at random moments of a trainer's life: the resume exits 2 in one line, the trainer's epochs
-    go on in order, and the checkpoint is never rolled back."""
-    rng = random.Random(0)
+# Each data-loss sequence runs a few times in the suite and 20 times, at other random moments, with -m slow.
+TRIALS = [pytest.param(3, id="3"), pytest.param(20, id="20", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("trials", TRIALS)
+def test_a_resume_beside_a_live_trainer_is_refused_and_loses_nothing(tmp_path: Path, trials: int) -> None:
+    """At random moments of a trainer's life: the resume exits 2 in one line, the trainer's epochs go on in
+    order, and the checkpoint is never rolled back."""
+    rng = random.Random(trials)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for trial in range(5):
+    for trial in range(trials):
         run = RunDir(tmp_path / f"r{trial}")
         trainer = subprocess.Popen([sys.executable, "-m", "cvae.train", *TINY, "-e", "5000", "--run-dir",
                                     str(run.path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -112,6 +117,31 @@ def test_a_resume_beside_a_live_trainer_is_refused_and_loses_nothing(tmp_path: P
         epochs = [r["epoch"] for r in run.read_metrics()]
         assert epochs == list(range(1, len(epochs) + 1)) and epochs
         assert read_json(run.status_path)["epoch"] == epochs[-1]
+
+
+@pytest.mark.parametrize("trials", TRIALS)
+def test_overwrite_beside_a_live_run_never_clears_it(tmp_path: Path, trials: int) -> None:
+    """`--run-dir . --overwrite` from the folder above the runs root, at random moments while another user's
+    run trains there: refused each time in one line, and that run trains on, its epochs in order."""
+    rng = random.Random(trials)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    home = tmp_path / "home"
+    other = RunDir(home / "checkpoints" / "someone-elses-run")
+    trainer = subprocess.Popen([sys.executable, "-m", "cvae.train", *TINY, "-e", "5000", "--run-dir",
+                                str(other.path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not other.latest_checkpoint.is_file():
+            time.sleep(0.05)
+        for _ in range(trials):
+            time.sleep(rng.uniform(0, 1))
+            _one_line_exit_2(_cli(*TINY, "-e", "1", "--run-dir", ".", "--overwrite", cwd=home), "refusing to overwrite")
+            assert trainer.poll() is None and other.latest_checkpoint.is_file()
+    finally:
+        trainer.terminate()
+    assert trainer.wait(timeout=60) == 143, trainer.stderr.read()
+    epochs = [r["epoch"] for r in other.read_metrics()]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 2
 
 
 def test_overwrite_never_clears_a_folder_of_runs(tmp_path: Path, tiny_run: Path) -> None:
@@ -147,26 +177,30 @@ def test_run_folders_with_any_name_train_and_appear_in_the_app(tmp_path: Path, n
     assert not any("No run called" in w.value for w in at.sidebar.warning)
 
 
-def test_a_run_folder_moved_while_it_trains_is_not_made_again(tmp_path: Path) -> None:
-    """mv of a training run's folder: the trainer stops with one line and exit 2, writes nothing at the old
-    path, and the moved folder holds whole epochs that resume there."""
+@pytest.mark.parametrize("trials", TRIALS)
+def test_a_run_folder_moved_while_it_trains_is_not_made_again(tmp_path: Path, trials: int) -> None:
+    """mv of a training run's folder at a random moment: the trainer stops with one line and exit 2, writes
+    nothing at the old path, and the moved folder holds whole epochs that resume there, with one writer."""
+    rng = random.Random(trials)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run, moved = RunDir(tmp_path / "r"), RunDir(tmp_path / "moved")
-    trainer = subprocess.Popen([sys.executable, "-m", "cvae.train", *TINY, "-e", "5000", "--run-dir", str(run.path)],
-                               cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline and not run.latest_checkpoint.is_file():
-        time.sleep(0.05)
-    run.path.rename(moved.path)
-    assert trainer.wait(timeout=120) == 2
-    err = trainer.stderr.read()
-    assert err.count("\n") == 1 and "was moved or deleted while it trained" in err, err
-    time.sleep(1.5)  # longer than the trainer's status interval: nothing comes back
-    assert not run.path.exists()
-    epochs = [r["epoch"] for r in moved.read_metrics()]
-    assert epochs and epochs == list(range(1, len(epochs) + 1))
-    assert _cli("-rp", str(moved.path), "-e", "1", "-q").returncode == 0
-    assert [r["epoch"] for r in moved.read_metrics()][-1] == epochs[-1] + 1
+    for trial in range(trials):
+        run, moved = RunDir(tmp_path / f"r{trial}"), RunDir(tmp_path / f"moved{trial}")
+        trainer = subprocess.Popen([sys.executable, "-m", "cvae.train", *TINY, "-e", "5000", "--run-dir",
+                                    str(run.path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.time() + 120
+        while time.time() < deadline and not run.latest_checkpoint.is_file():
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 2))
+        run.path.rename(moved.path)
+        assert trainer.wait(timeout=120) == 2
+        err = trainer.stderr.read()
+        assert err.count("\n") == 1 and "was moved or deleted while it trained" in err, err
+        time.sleep(1.5)  # longer than the trainer's status interval: nothing comes back
+        assert not run.path.exists()
+        epochs = [r["epoch"] for r in moved.read_metrics()]
+        assert epochs and epochs == list(range(1, len(epochs) + 1))
+        assert _cli("-rp", str(moved.path), "-e", "1", "-q").returncode == 0
+        assert [r["epoch"] for r in moved.read_metrics()] == [*epochs, epochs[-1] + 1]  # one writer, in order
 
 
 def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
