@@ -7,6 +7,7 @@ the generation command and the app alike.
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,44 @@ def save_fixed_inputs(run: RunDir, grid_x: torch.Tensor, lat_y: torch.Tensor) ->
     save_npy(np.arange(len(lat_y), dtype=np.int64), run.artifacts / "latent_index.npy")
 
 
+# Every epoch keeps its decoder (the latent codes of its latent.npy are the encoder's part), so a viewer decodes
+# a point of any epoch with that epoch's model even where its checkpoint was not kept. Half precision: the
+# pictures it makes differ from full precision's by far less than one grey level.
+DECODER_FILE = "decoder.npz"
+
+
+def decoder_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The decoder's state as float16 arrays (integer buffers as they are), for `EpochArtifacts.decoder`."""
+    return {name: (t.detach().to("cpu", torch.float16) if t.is_floating_point() else t.detach().cpu()).numpy()
+            for name, t in model.decoder.state_dict().items()}  # fmt: skip
+
+
+def load_decoder(path: Path, model: torch.nn.Module, max_bytes: int = 256 << 20) -> dict[str, torch.Tensor]:
+    """An epoch's decoder weights, checked name by name, shape by shape and kind by kind against `model`'s
+    decoder, as a state dict for it; raises CheckpointError for a file that is not one (never unpickles)."""
+    from cvae.errors import CheckpointError
+
+    expected = model.decoder.state_dict()
+    try:
+        if path.stat().st_size > max_bytes:
+            raise CheckpointError(f"{path.name} is larger than any decoder of this run")
+        with np.load(path, allow_pickle=False) as arrays:
+            if set(arrays.files) != set(expected):
+                raise CheckpointError(f"{path.name} holds other weights than this run's decoder")
+            state = {}
+            for name, ref in expected.items():
+                array = arrays[name]
+                if tuple(array.shape) != tuple(ref.shape) or (array.dtype.kind == "f") != ref.is_floating_point():
+                    raise CheckpointError(f"{path.name}: {name} has shape {tuple(array.shape)}, not {tuple(ref.shape)}")
+                tensor = torch.from_numpy(np.array(array)).to(ref.dtype)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise CheckpointError(f"{path.name}: {name} is not finite")
+                state[name] = tensor
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # missing, cut, not an npz, pickled
+        raise CheckpointError(f"{path.name} cannot be read: {str(err)[:120]}") from None
+    return state
+
+
 @dataclass
 class EpochArtifacts:
     """An epoch's reconstruction grids (as pixels) and latent means: made on the training thread by
@@ -76,11 +115,16 @@ class EpochArtifacts:
     recon_mean: np.ndarray  # grid pixels (H', W', 3) uint8
     recon_sample: np.ndarray
     latent: np.ndarray  # (n, latent_dim) float32
+    decoder: dict[str, np.ndarray] | None = None  # the decoder's weights in half precision (DECODER_FILE)
 
     def save(self, run: RunDir, epoch: int) -> None:
         write_atomic(run.artifact(epoch, "recon_mean.png"), png_bytes(self.recon_mean), parents=False)
         write_atomic(run.artifact(epoch, "recon_sample.png"), png_bytes(self.recon_sample), parents=False)
         save_npy(self.latent, run.artifact(epoch, "latent.npy"), parents=False)
+        if self.decoder is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, **self.decoder)
+            write_atomic(run.artifact(epoch, DECODER_FILE), buffer.getvalue(), parents=False)
 
 
 @torch.no_grad()
@@ -112,4 +156,4 @@ def epoch_artifacts(
                 mus.append(model.encode(xs, model.condition(xs, ys)).mu.float())
     model.train()
     latent = torch.cat(mus).cpu().numpy() if mus else np.zeros((0, model.config.latent_dim), np.float32)
-    return EpochArtifacts(recon_mean, recon_sample, latent.astype(np.float32))
+    return EpochArtifacts(recon_mean, recon_sample, latent.astype(np.float32), decoder_arrays(model))

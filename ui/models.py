@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from cvae.artifacts import grid_png
+from cvae.artifacts import DECODER_FILE, grid_png, load_decoder
 from cvae.config import DataConfig
 from cvae.data import load_data
 from cvae.generate import load_run
@@ -38,6 +39,26 @@ def model_at(run: Run, epoch: int) -> tuple[CVAE, int]:
     if not path.is_file():
         return model(run)
     return cached_model(str(path), stamp(path))
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the epoch's decoder…")
+def _with_decoder(checkpoint: str, version: tuple[int, int], decoder: str, decoder_version: tuple[int, int]) -> CVAE:
+    net = copy.deepcopy(cached_model(checkpoint, version)[0])
+    net.decoder.load_state_dict(load_decoder(Path(decoder), net))
+    return net
+
+
+def decoder_at(run: Run, epoch: int) -> tuple[CVAE, int]:
+    """A model whose decoder is the one of `epoch` (the encoder may be a later one: decode that epoch's own
+    latent codes with it), and the epoch it decodes as: the epoch's checkpoint, else the latest model with the
+    epoch's decoder weights (every epoch keeps them), else, for a run from before that, the latest model.
+    Raises CVAEError."""
+    if run.dir.epoch_checkpoint(epoch).is_file():
+        return model_at(run, epoch)
+    path, latest = run.dir.artifact(epoch, DECODER_FILE), run.dir.latest_checkpoint
+    if not path.is_file():
+        return model(run)
+    return _with_decoder(str(latest), stamp(latest), str(path), stamp(path)), epoch
 
 
 @st.cache_data(max_entries=4, show_spinner="Loading test images…")

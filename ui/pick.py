@@ -8,7 +8,7 @@ import torch
 
 from cvae.errors import CVAEError
 from ui import plots
-from ui.models import model, model_at, scale_for, test_images, upscale
+from ui.models import decoder_at, model, model_at, scale_for, test_images, upscale
 from ui.runs import Run
 
 
@@ -26,44 +26,56 @@ def model_or_message(run: Run):
 
 
 @torch.no_grad()
+def reconstruction(run: Run, index: int, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(test image `index`, its mean reconstruction, the epoch whose model made it). With `epoch` (the one on
+    screen when the dot was clicked): the point's own code of that epoch (latent.npy) decoded by that
+    epoch's decoder; without, or for a run that kept neither, the latest model encodes and decodes it.
+    Raises CVAEError, or IndexError for an image that is not there."""
+    loaded = model(run) if epoch is None else decoder_at(run, epoch)
+    net, decoded_by = loaded
+    x, y = test_images(run, index + 1)
+    if index >= len(x):
+        raise IndexError(index)
+    image, label = torch.from_numpy(x[index : index + 1]), torch.from_numpy(y[index : index + 1])
+    z = None
+    if epoch is not None and decoded_by == epoch:
+        try:
+            codes = np.load(run.dir.artifact(epoch, "latent.npy"), allow_pickle=False)
+            if codes.ndim == 2 and index < len(codes) and codes.shape[1] == net.config.latent_dim:
+                z = torch.from_numpy(np.array(codes[index : index + 1], dtype=np.float32))
+        except (OSError, ValueError):
+            z = None
+    if z is None:  # not a point of the latent subset, or no codes kept: encode it with the model we have
+        net, decoded_by = model(run) if epoch is None or decoded_by != epoch else model_at(run, epoch)
+        z = net.encode(image, label).mu
+    return image, net.generate(z, label), decoded_by
+
+
 def show_reconstruction(run: Run, index: int, epoch: int | None = None) -> None:
     """Test image `index` beside its mean reconstruction by the model of `epoch` (the one on screen when the
-    dot was clicked) when its checkpoint was kept, else by the latest checkpoint; the caption says which."""
-    loaded = model_or_message(run)
-    if loaded is None:
+    dot was clicked); the caption says which epoch's model made it."""
+    if model_or_message(run) is None:
         return
-    if epoch is not None:
-        try:
-            loaded = model_at(run, epoch)
-        except CVAEError as err:
-            st.error(f"Cannot load the model of epoch {epoch}: {err}")
-            return
-    net, decoded_by = loaded
     try:
-        x, y = test_images(run, index + 1)
+        image, recon, decoded_by = reconstruction(run, index, epoch)
     except CVAEError as err:
-        st.error(f"Cannot load the test images: {err}")
+        st.error(f"Cannot decode this image: {err}")
         return
-    if index >= len(x):
+    except IndexError:
         st.warning(f"There is no test image #{index}.")
         return
-    image, label = torch.from_numpy(x[index : index + 1]), torch.from_numpy(y[index : index + 1])
-    recon = net.generate(net.encode(image, label).mu, label)
+    _, label = test_images(run, index + 1)
     scale = max(2, scale_for(image.shape[-2]) * 2)
     names = run.class_names
     a, b = st.columns(2)
-    name = names[int(label)] if names else int(label)
+    name = names[int(label[index])] if names else int(label[index])
     a.image(upscale(image, 1, scale), width="stretch", caption=f"#{index} · class {name}", output_format="PNG")
     b.image(
         upscale(recon, 1, scale), width="stretch", caption=f"reconstructed, epoch {decoded_by}", output_format="PNG"
     )
     if epoch is not None and decoded_by != epoch:
-        st.caption(f"No checkpoint was kept for epoch {epoch} (one every {_every(run)} epochs, and the last): "
+        st.caption(f"This run kept no model of epoch {epoch} (runs from before every epoch kept its decoder): "
                    f"decoded by the model of epoch {decoded_by}.")  # fmt: skip
-
-
-def _every(run: Run) -> int:
-    return run.config.train.checkpoint_every if run.config else 20
 
 
 def held_epochs(run: Run, epochs: list[int], z: np.ndarray, take_new: bool) -> tuple[list[int], np.ndarray]:
