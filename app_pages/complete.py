@@ -24,7 +24,7 @@ if not ready:
                               type="primary", key="complete_preset"):  # fmt: skip
         comp.start_preset(root)
     if runs:
-        st.button("Check again", icon=":material/refresh:", key="complete_refresh")
+        comp.wait_for_first_epoch(runs[0])
     st.stop()
 
 wanted = st.session_state.get("current_run")

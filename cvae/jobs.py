@@ -54,6 +54,7 @@ from cvae.data import builtin_info, resolve_data_dir
 from cvae.errors import ConfigError
 from cvae.runs import (
     ACTIVE_STATES,
+    LAUNCH_FILE,
     OWNER_FILE,
     RunDir,
     fresh_run_path,
@@ -69,7 +70,6 @@ from cvae.runtime import available_cores
 from cvae.train import cli as train_cli
 from cvae.training import build_config, resolve_options, section_config
 
-LAUNCH_FILE = "launch.json"  # the flags the app started a run with, to start it again from scratch
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What the app's quick-demo button starts: the library's preset (cvae.config.QUICK_DEMO), by name.
 QUICK_DEMO_OPTIONS: dict[str, Any] = {"quick_demo": True}

@@ -40,6 +40,7 @@ from cvae.legacy import upgrade_config
 
 MAX_RUN_ID = 120  # characters of a run folder's name (and at most twice that in bytes: file systems allow 255)
 ACTIVE_STATES = ("queued", "starting", "running", "stopping")
+LAUNCH_FILE = "launch.json"  # the flags the app started a run with, to start it again from scratch
 OWNER_FILE = "owner.json"  # {"owner": name, "created": time}: who started the run, when sign-in is on
 LOCK_FILE = ".lock"  # flock()ed by the one trainer writing the folder; holds its pid
 MAX_JSON_BYTES = 4 << 20  # config, status, meta and launch files are kilobytes: anything past this is not ours

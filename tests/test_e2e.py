@@ -299,6 +299,7 @@ def test_complete_a_digit_in_a_browser(server, tmp_path: Path) -> None:
         _title(page, "Complete a digit · CVAE lab")
         page.get_by_role("button", name="Train the 1-quadrant model (about a minute)").click()
         page.get_by_text("One is training").wait_for(timeout=30_000)  # the server fixture stops it at the end
+        page.get_by_text("epoch 1 of 1").wait_for(timeout=180_000)  # its progress, drawn without a reload
         main(dataset="MNIST", condition="quadrants", quadrants=1, epochs=1, train_subset=512, test_subset=128,
              latent_dim=4, mlp_hidden=(64,), run_dir=str(runs / "tiny-q1"), quiet=True, threads=1)  # fmt: skip
         page.goto(f"{url}/complete?run=tiny-q1")

@@ -98,6 +98,7 @@ def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkey
         )
         at = _app(run.id)
         assert "queued — position 1" in _text(at)
+        assert "MNIST · bernoulli · mlp · z=10 · 1 epoch" in _text(at) and "not written yet" not in _text(at)
         assert at.button(key="stop").label.startswith("Cancel")
         at.button(key="stop").click().run()
         while jobs.is_active(run) and time.time() < deadline:

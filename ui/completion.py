@@ -14,8 +14,9 @@ from cvae.errors import CVAEError
 from cvae.generate import Completions, complete, given_text  # noqa: F401 - given_text is the page's
 from cvae.model import CVAE
 from ui.auth import current_user
+from ui.live import POLL_S, status_line
 from ui.models import cached_model, upscale
-from ui.runs import Run, open_runs, stamp
+from ui.runs import Run, open_run, open_runs, runs_root, stamp
 from ui.sidebar import select
 
 # The page's preset: the paper's 1-quadrant model, one epoch (docs/completion.md: distinct completions already).
@@ -69,3 +70,17 @@ def walk(net: CVAE, image: torch.Tensor, k: int, t: float, seed: int) -> bytes:
     d = torch.randn(1, net.config.latent_dim, generator=torch.Generator().manual_seed(seed))
     done = complete(net, image, quadrants=k, noise=t * d)
     return upscale(done.samples[:, None], 1, SCALE)
+
+
+def wait_for_first_epoch(run: Run) -> None:
+    """The newest completion run's progress, refreshed by itself; the page redraws once its first checkpoint
+    is there (nobody has to press anything)."""
+
+    def panel() -> None:
+        fresh = open_run(runs_root(), run.id)
+        if fresh.dir.latest_checkpoint.is_file() or fresh.active != run.active:
+            st.rerun()  # its first epoch is in (or it ended): the page draws the model
+        status_line(fresh)
+
+    panel.__qualname__ = f"wait_for_first_epoch.{run.id.encode().hex()[:24]}"
+    st.fragment(run_every=POLL_S if run.active else None)(panel)()

@@ -97,7 +97,12 @@ def live_panel(run: Run) -> None:
     st.fragment(run_every=every)(panel)()
 
 
-def _status(run: Run) -> None:
+def status_line(run: Run) -> None:
+    """Where a run stands, in one box: its queue position, its progress and time left, or how it ended."""
+    _status(run, numbers=False)
+
+
+def _status(run: Run, numbers: bool = True) -> None:
     s = run.status
     epoch, epochs = int(s.get("epoch") or 0), int(s.get("epochs") or 0)
     batch, per = int(s.get("batch") or 0), int(s.get("batches") or 0)
@@ -132,7 +137,8 @@ def _status(run: Run) -> None:
             f"This run {run.state if run.state != 'unknown' else 'has no status'}: {s.get('message') or 'see the log below'}"
         )
         _log(run)
-    _numbers(run, rows)
+    if numbers:
+        _numbers(run, rows)
 
 
 def stop_text(epoch: int, has_checkpoint: bool) -> str:

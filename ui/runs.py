@@ -6,7 +6,6 @@ a training run re-reads a file only when the trainer has changed it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cvae.errors import CVAEError
 from cvae.legacy import upgrade_config
 from cvae.runs import (
     ACTIVE_STATES,
+    LAUNCH_FILE,
     OWNER_FILE,
     JsonlTail,
     RunDir,
@@ -139,7 +139,8 @@ class Run:
             z = ((self.raw_config or {}).get("model") or {}).get("latent_dim")
             return f"MNIST · completes digits from {self.quadrants or '1-3'} quadrant(s) · z={z}"
         if self.config is None:
-            return self.problem or "no config yet"
+            return (_planned(str(self.dir.path), stamp(self.dir.path / LAUNCH_FILE)) if self.active else "") or (
+                self.problem or "no config yet")  # fmt: skip
         m = self.config.model
         sigma = " (learned σ)" if m.learn_sigma else ""
         vae = " · VAE (no label)" if m.condition == "none" else ""
@@ -155,6 +156,24 @@ class Run:
             return self.description
         total = self.status.get("epochs") or (self.config.train.epochs if self.config else "?")
         return f"{self.description} · {self.status.get('epoch') or 0}/{total} epochs"
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _planned(folder: str, version: tuple[int, int]) -> str:
+    """What a run that has not written its config yet is to train, from the flags the app queued it with
+    ('' for a run without them): so a waiting run reads 'MNIST · mlp · z=2 · 3 epochs', not a missing file."""
+    from cvae.jobs import launch_options
+    from cvae.training import resolve_options
+
+    options = launch_options(RunDir(Path(folder)))
+    if not options:
+        return ""
+    try:
+        o = resolve_options(options)
+    except (CVAEError, TypeError, ValueError):
+        return ""
+    what = {"none": " · VAE (no label)", "quadrants": " · completes digits"}.get(str(o["condition"]), "")
+    return f"{o['dataset']} · {o['decoder_type']} · {o['arch']} · z={o['latent_dim']}{what} · {o['epochs']} epoch{'' if o['epochs'] == 1 else 's'}"
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -235,19 +254,6 @@ def latents(run: RunDir) -> tuple[list[int], np.ndarray, np.ndarray]:
     stamps = tuple(stamp(run.artifact(e, "latent.npy")) for e in epochs[-1:])
     z, labels = _latents(str(run.path), epochs, stamps)
     return list(epochs), z, labels
-
-
-def eta_text(status: dict, epoch_seconds: list[float]) -> str:
-    """Time left, from the finished epochs' mean duration or the current epoch's batch rate."""
-    epoch, epochs = int(status.get("epoch") or 0), int(status.get("epochs") or 0)
-    batch, batches_per = int(status.get("batch") or 0), int(status.get("batches") or 0)
-    per_epoch = float(np.mean(epoch_seconds[-5:])) if epoch_seconds else None
-    if per_epoch is None and batch and batches_per and status.get("epoch_started"):
-        per_epoch = (time.time() - float(status["epoch_started"])) / batch * batches_per
-    if per_epoch is None or not epochs:
-        return "estimating time left…"
-    left = max(0.0, (epochs - epoch) * per_epoch - (batch / batches_per * per_epoch if batches_per else 0))
-    return f"about {format_seconds(left)} left"
 
 
 def format_seconds(seconds: float) -> str:
