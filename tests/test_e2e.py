@@ -69,13 +69,15 @@ def _title(page, title: str) -> None:
 
 
 def _scrubber(page):
-    """The frame of the latent sliders' scrubber (ui.scrub), once its sheet has drawn."""
+    """The frame of the shown tab's scrubber (ui.scrub), once its sheet has drawn: the other tabs' scrubbers
+    are laid out at zero size until their tab is opened."""
     deadline = time.time() + 60
     while time.time() < deadline:
         for frame in page.frames:
             try:
                 if frame.evaluate(
-                    "() => !!(document.getElementById('c') && document.getElementById('c').dataset.tile)"
+                    "() => { const c = document.getElementById('c');"
+                    " return !!(c && c.dataset.tile && c.getBoundingClientRect().width > 0) }"
                 ):
                     return frame
             except Exception:  # noqa: BLE001 - a frame that is navigating or gone: try the next one
