@@ -30,6 +30,16 @@ def _cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.Compl
                           text=True, timeout=timeout)  # fmt: skip
 
 
+def _trainer(run: RunDir, env: dict) -> subprocess.Popen:
+    """A long training run into `run`, once its first checkpoint is on disk."""
+    trainer = subprocess.Popen([sys.executable, "-m", "cvae.train", *TINY, "-e", "5000", "--run-dir", str(run.path)],
+                               cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not run.latest_checkpoint.is_file():
+        time.sleep(0.05)
+    return trainer
+
+
 def _one_line_exit_2(proc: subprocess.CompletedProcess, text: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and text in proc.stderr, proc.stderr
@@ -103,11 +113,7 @@ def test_a_resume_beside_a_live_trainer_is_refused_and_loses_nothing(tmp_path: P
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for trial in range(trials):
         run = RunDir(tmp_path / f"r{trial}")
-        trainer = subprocess.Popen([sys.executable, "-m", "cvae.train", *TINY, "-e", "5000", "--run-dir",
-                                    str(run.path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        deadline = time.time() + 120
-        while time.time() < deadline and not run.latest_checkpoint.is_file():
-            time.sleep(0.05)
+        trainer = _trainer(run, env)
         time.sleep(rng.uniform(0, 2))
         resume = _cli("-rp", str(run.path), "-e", "1", "-q")
         assert trainer.poll() is None, "the trainer must still be training for this to mean anything"
@@ -185,11 +191,7 @@ def test_a_run_folder_moved_while_it_trains_is_not_made_again(tmp_path: Path, tr
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for trial in range(trials):
         run, moved = RunDir(tmp_path / f"r{trial}"), RunDir(tmp_path / f"moved{trial}")
-        trainer = subprocess.Popen([sys.executable, "-m", "cvae.train", *TINY, "-e", "5000", "--run-dir",
-                                    str(run.path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        deadline = time.time() + 120
-        while time.time() < deadline and not run.latest_checkpoint.is_file():
-            time.sleep(0.05)
+        trainer = _trainer(run, env)
         time.sleep(rng.uniform(0, 2))
         run.path.rename(moved.path)
         assert trainer.wait(timeout=120) == 2
