@@ -20,7 +20,7 @@ if have_runs:
                      if st.session_state.get(FORM_OPEN) else "secondary", help="Show or hide the new-run form"):  # fmt: skip
             st.session_state[FORM_OPEN] = not st.session_state.get(FORM_OPEN)
         if st.button("Quick demo", icon=":material/rocket_launch:", key="quick_demo_again",
-                     help="A small network on MNIST with a 2-D latent space; pictures within about a minute"):  # fmt: skip
+                     help="A small network on MNIST with a 2-D latent space; its first pictures a second after training starts"):  # fmt: skip
             start_quick_demo()
 else:
     empty_state()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cvae.runs import RunDir, write_atomic
+from cvae.runs import RunDir, write_atomic, write_json
 from cvae.runtime import autocast
 
 
@@ -126,11 +126,19 @@ class EpochArtifacts:
             np.savez(buffer, **self.decoder)
             write_atomic(run.artifact(epoch, DECODER_FILE), buffer.getvalue(), parents=False)
 
+    def save_live(self, run: RunDir, where: dict) -> None:
+        """The pictures of an epoch in progress (`where`: its epoch, batch, batches and time), live_info.json last, so
+        a reader that finds live_info.json finds the pictures it names (or newer ones)."""
+        write_atomic(run.live_artifact("recon_mean.png"), png_bytes(self.recon_mean), parents=False)
+        write_atomic(run.live_artifact("recon_sample.png"), png_bytes(self.recon_sample), parents=False)
+        save_npy(self.latent, run.live_artifact("latent.npy"), parents=False)
+        write_json(run.live_artifact("info.json"), where, parents=False)
+
 
 @torch.no_grad()
 def epoch_artifacts(
     model: torch.nn.Module, epoch: int, grid_x: torch.Tensor, grid_y: torch.Tensor, lat_x: torch.Tensor,
-    lat_y: torch.Tensor, amp_dtype: torch.dtype | None,
+    lat_y: torch.Tensor, amp_dtype: torch.dtype | None, *, decoder: bool = True,
 ) -> EpochArtifacts:  # fmt: skip
     """Reconstructions of the fixed test batch (z = the posterior mean, and z ~ q) and latent means of the
     fixed subset, under the epoch's own seed in a forked RNG (the training noise is left alone)."""
@@ -156,4 +164,6 @@ def epoch_artifacts(
                 mus.append(model.encode(xs, model.condition(xs, ys)).mu.float())
     model.train()
     latent = torch.cat(mus).cpu().numpy() if mus else np.zeros((0, model.config.latent_dim), np.float32)
-    return EpochArtifacts(recon_mean, recon_sample, latent.astype(np.float32), decoder_arrays(model))
+    return EpochArtifacts(
+        recon_mean, recon_sample, latent.astype(np.float32), decoder_arrays(model) if decoder else None
+    )

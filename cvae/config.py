@@ -405,6 +405,10 @@ class TrainConfig:
     latent_subset: int = option(2000, "test images whose latent means are saved every epoch", low=0,
                                 high=100_000, label="Test images in the latent plot", resume="override")  # fmt: skip
     grid_size: int = option(64, "test images shown as reconstructions", low=0, high=1024, form=None)
+    preview_every: float = option(5.0, "while an epoch trains, refresh its live pictures (reconstructions and "
+                                  "latent means) every N seconds of training, the first after one second "
+                                  "(0 = pictures at epoch ends only)", low=0, high=86_400,
+                                  label="Live pictures every N seconds", resume="override")  # fmt: skip
     threads: int = option(0, "CPU threads (0 = one per available core)", low=0, high=1024,
                           label="CPU threads (0 = all)", resume="override")  # fmt: skip
     lr_schedule: LRSchedule = option("plateau", "plateau: cut by 10 when the training loss stalls (the "

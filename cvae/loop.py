@@ -48,6 +48,9 @@ from cvae.runtime import (
 from cvae.schedule import LearningRate
 
 STATUS_EVERY_S = 1.0  # rewrite status.json at most this often while training
+FIRST_PREVIEW_S = 1.0  # the first live pictures, this long after the first batch: a class sees a model at once
+PREVIEW_SHARE = 0.05  # live pictures take at most this share of the training time (they run on its thread)
+PREVIEW_LATENTS = 1000  # test images in a live latent scatter (the epoch's own has the whole latent subset)
 
 
 @dataclass
@@ -175,13 +178,18 @@ def fit(
     batch_log = open(run.batches_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     kept = {"epoch": start_epoch}  # the last epoch whose checkpoint is on disk (the writer thread moves it)
     writer = EpochWriter()
+    preview = None
+    if cfg.preview_every > 0 and graph is None:  # a CUDA graph runs a whole epoch without coming back per batch
+        preview = LivePreview(cfg.preview_every, run, writer, d.batches, functools.partial(
+            epoch_artifacts, model, grid_x=grid_x, grid_y=grid_y, lat_x=lat_x[:PREVIEW_LATENTS],
+            lat_y=lat_y[:PREVIEW_LATENTS], amp_dtype=amp_dtype, decoder=False))  # fmt: skip
     t_run = time.time()
     try:
         with StopRequested() as stop:
             for epoch in range(start_epoch + 1, end_epoch + 1):
                 t_epoch = time.time()
                 step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=dynamic, graph=graph)
-                train = step.epoch(epoch, cfg, run, batch_log, callbacks, stop, t_run)
+                train = step.epoch(epoch, cfg, run, batch_log, callbacks, stop, t_run, preview)
                 t_trained = time.time()
                 if stop.requested:
                     writer.wait()  # the last finished epoch's checkpoint is on disk before the status says so
@@ -276,6 +284,30 @@ class EpochWriter:
         self._thread.join()
 
 
+class LivePreview:
+    """Pictures of the epoch in progress (reconstructions and latent means), so a class sees its models learn
+    long before an epoch ends: the first FIRST_PREVIEW_S after the first batch, then every `every` seconds, but
+    spaced so that making them (on the training thread) takes at most PREVIEW_SHARE of the time. The writer
+    thread saves them as `live_*` artifacts."""
+
+    def __init__(self, every: float, run: RunDir, writer: EpochWriter, batches: int,
+                 make: Callable[..., EpochArtifacts]) -> None:  # fmt: skip
+        self.every, self.run, self.writer, self.batches, self.make = every, run, writer, batches, make
+        self.next_at: float | None = None
+
+    def __call__(self, epoch: int, batch: int, t_run: float) -> None:
+        now = time.time()
+        if self.next_at is None:
+            self.next_at = now + min(self.every, FIRST_PREVIEW_S)
+        if now < self.next_at or batch >= self.batches:  # the epoch's end makes its own pictures
+            return
+        pictures = self.make(epoch=epoch)
+        cost = time.time() - now
+        where = dict(epoch=epoch, batch=batch, batches=self.batches, time=time.time() - t_run, seconds=cost)
+        self.writer.submit(functools.partial(pictures.save_live, self.run, where))
+        self.next_at = time.time() + max(self.every, cost / PREVIEW_SHARE)
+
+
 class Step:
     """One epoch of optimisation steps, with running sums kept on the device."""
 
@@ -288,7 +320,7 @@ class Step:
         self.seen = 0
 
     def epoch(self, epoch: int, cfg: Any, run: RunDir, batch_log: Any, callbacks: Sequence[Callback],
-              stop: StopRequested, t_run: float) -> dict[str, float]:  # fmt: skip
+              stop: StopRequested, t_run: float, preview: LivePreview | None = None) -> dict[str, float]:  # fmt: skip
         """Train one epoch; returns the mean train terms (nelbo, recon, kl, ...). Stops early if asked."""
         model, d = self.model, self.d
         model.train()
@@ -336,6 +368,8 @@ class Step:
                     run.write_status(epoch=epoch - 1, batch=b + 1, epoch_started=t_epoch)
             if stop.requested:
                 break
+            if preview is not None:
+                preview(epoch, b + 1, t_run)
         return dict(zip(self.names, (sums / max(self.seen, 1)).tolist(), strict=True))
 
 

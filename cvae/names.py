@@ -61,7 +61,7 @@ def _flatten(obj: dict, prefix: str = "") -> dict[str, object]:
 # Settings that change how a run is carried out or logged, not what it learns: left out of "what differs".
 NOT_A_DIFFERENCE = {
     "train.threads", "train.device", "train.print_every", "train.checkpoint_every", "train.latent_subset",
-    "train.grid_size", "data.data_dir",
+    "train.grid_size", "train.preview_every", "data.data_dir",
 }  # fmt: skip
 SHORT = {
     "model.latent_dim": "z", "model.likelihood": "decoder", "model.learn_sigma": "learned σ",

@@ -7,7 +7,8 @@
       batches.jsonl      one JSON object per logged batch (append-only)
       train.log          the training process's output, when the app started it
       artifacts/         truth.png, epoch_NNNN_recon_mean.png, epoch_NNNN_recon_sample.png,
-                         latent_index.npy, latent_labels.npy, epoch_NNNN_latent.npy
+                         latent_index.npy, latent_labels.npy, epoch_NNNN_latent.npy,
+                         epoch_NNNN_decoder.npz, live_* (the epoch in progress; live_info.json says which batch)
       checkpoints/       latest.pt (every epoch), epoch_NNNN.pt (every N epochs and the last)
 
 Writers replace whole files atomically (temporary file, fsync, rename) or
@@ -270,6 +271,11 @@ class RunDir:
     def artifact(self, epoch: int, name: str) -> Path:
         """Per-epoch artifact: recon_mean.png, recon_sample.png or latent.npy."""
         return self.artifacts / f"epoch_{epoch:04d}_{name}"
+
+    def live_artifact(self, name: str) -> Path:
+        """The epoch in progress's newest picture: live_recon_mean.png, live_recon_sample.png or live_latent.npy
+        (and live_info.json, written last, which says the epoch and batch they show)."""
+        return self.artifacts / f"live_{name}"
 
     def exists(self) -> bool:
         return self.config_path.is_file()

@@ -145,7 +145,8 @@ def test_train_page_draws_a_completion_runs_live_curve(runs: Path) -> None:
     at = open_page("app_pages/train.py", "completion-mixed")
     assert not at.exception
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert len(charts) == 2 and charts[0]["data"] and "Finished" in texts(at)
+    batch = [c for c in charts if "Batch loss" in json.dumps(c.get("layout", {}).get("title", ""))]
+    assert len(charts) == 3 and len(batch) == 1 and batch[0]["data"] and "Finished" in texts(at)  # + epochs, latent
 
 
 def test_train_page_shows_the_refined_test_elbo(runs: Path) -> None:
@@ -392,3 +393,34 @@ def test_options_are_checked_with_the_configs_own_words() -> None:
     assert argv[argv.index("--refine-steps") + 1] == "7"
     with pytest.raises(ConfigError, match="refine_steps must be an integer from 0 to 10000, got -1"):
         jobs.check_options({"refine_steps": -1})
+
+
+def test_train_page_shows_the_epoch_in_progress_live(runs: Path, tiny_run: Path) -> None:
+    """While an epoch trains, the Train page shows its live pictures, newer than the last finished epoch's;
+    stale or broken live files fall back to the finished epoch's."""
+    live = runs / "live-pictures"
+    _copy(tiny_run, live, state="running", pid=os.getpid(), process=process_identity(os.getpid()), epoch=2, epochs=5,
+          batch=3, batches=8)  # fmt: skip
+    run = RunDir(live)
+    assert run.epochs_with("latent.npy")[-1] == 2
+    np.save(run.live_artifact("latent.npy"), np.zeros((7, 2), np.float32))
+    for name in ("recon_mean.png", "recon_sample.png"):
+        shutil.copy(run.artifact(1, name), run.live_artifact(name))
+
+    def shown() -> str:
+        at = open_page("app_pages/train.py", "live-pictures")
+        images = " ".join(c for e in at.get("image") for c in e.captions)
+        return images + " " + " ".join(str(c.value) for c in at.caption)
+
+    try:
+        for info, caption in (({"epoch": 3, "batch": 3, "batches": 8}, "7 test images in epoch 3 (batch 3 of 8)"),
+                              ({"epoch": 2, "batch": 3, "batches": 8}, "200 test images after epoch 2"),
+                              ({"epoch": "3", "batch": [], "batches": 8}, "200 test images after epoch 2")):  # fmt: skip
+            write_json(run.live_artifact("info.json"), info)
+            text = shown()
+            assert f"Where the encoder puts {caption}" in text, text
+            assert f"Their reconstructions {caption.split(' images ')[1]}" in text, text
+        run.live_artifact("info.json").write_text("[" * 100_000)  # hostile: deeply nested
+        assert "Their reconstructions after epoch 2" in shown()
+    finally:
+        shutil.rmtree(live)

@@ -17,7 +17,7 @@ import cvae.checkpoints
 from cvae.artifacts import EpochArtifacts
 from cvae.checkpoints import load_checkpoint
 from cvae.loop import EpochWriter
-from cvae.runs import RunDir
+from cvae.runs import RunDir, read_json
 from cvae.train import main
 
 SMALL = dict(arch="mlp", mlp_hidden=(64,), train_subset=512, test_subset=256, latent_subset=100, batch_size=64,
@@ -127,3 +127,26 @@ def test_a_disk_filling_up_in_epoch_two_keeps_epoch_one_and_the_run_resumes(tmp_
     monkeypatch.setattr(cvae.checkpoints, "write_atomic", real)
     resumed = main(resume_path=str(run.path), epochs=1, quiet=True)
     assert [r["epoch"] for r in RunDir(resumed.run_dir).read_metrics()] == [1, 2]
+
+
+def test_live_pictures_appear_inside_an_epoch_and_leave_training_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    """The epoch in progress gets pictures (reconstructions and latent means) before it ends; making them
+    changes nothing the run learns."""
+    import cvae.loop
+
+    monkeypatch.setattr(cvae.loop, "FIRST_PREVIEW_S", 0.0)  # a preview at the first batch: these epochs are short
+    live = main(**SMALL, epochs=2, preview_every=1e-3, run_dir=str(tmp_path / "live"))
+    plain = main(**SMALL, epochs=2, preview_every=0, run_dir=str(tmp_path / "plain"))
+    run = RunDir(live.run_dir)
+    where = read_json(run.live_artifact("info.json"))
+    assert where is not None and 1 <= where["epoch"] <= 2 and 1 <= where["batch"] < where["batches"] == 8
+    latent = np.load(run.live_artifact("latent.npy"), allow_pickle=False)
+    assert latent.shape == (100, 2) and np.isfinite(latent).all()
+    for name in ("recon_mean.png", "recon_sample.png"):
+        shown = run.live_artifact(name).read_bytes()
+        assert shown.startswith(b"\x89PNG") and shown[16:24] == run.artifact(1, name).read_bytes()[16:24]  # same size
+    assert not list(run.artifacts.glob("live_decoder*"))
+    assert not list(RunDir(plain.run_dir).artifacts.glob("live_*"))
+    drop = ("seconds", "train_seconds", "images_per_s", "time")
+    strip = [{k: v for k, v in r.items() if k not in drop} for r in (live.metrics + plain.metrics)]
+    assert strip[:2] == strip[2:]  # the same losses to the last bit: previews touch no training state

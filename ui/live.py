@@ -25,7 +25,17 @@ from cvae.runs import log_tail
 from ui import plots
 from ui.models import png_file
 from ui.profiling import profiled
-from ui.runs import Run, batches_versioned, format_seconds, metrics, open_run, runs_root, stamp
+from ui.runs import (
+    Run,
+    batches_versioned,
+    format_seconds,
+    latent_points,
+    metrics,
+    newest_pictures,
+    open_run,
+    runs_root,
+    stamp,
+)
 
 POLL_S = 1.5  # seconds between refreshes of a live run's tab while few tabs watch one
 MAX_POLL_S = 10.0  # the slowest refresh, however many tabs watch
@@ -88,8 +98,8 @@ def live_panel(run: Run) -> None:
             st.rerun()  # many more (or fewer) tabs watch now: restart the timer at the new pace
         with profiled("live-refresh"):
             _status(fresh)
-            _curves(fresh)
             _pictures(fresh)
+            _curves(fresh)
 
     # A fresh fragment id for each drawing of the page: a refresh timer left from an
     # earlier visit to this page in the same session can then never update this one.
@@ -277,12 +287,36 @@ def _curves(run: Run) -> None:
 
 
 def _pictures(run: Run) -> None:
-    epochs = run.dir.epochs_with("recon_mean.png")
+    """The fixed test images, their newest reconstructions and the latent scatter, side by side: while an epoch
+    trains, its live pictures (refreshed every few seconds), so a class sees its models learn from the start."""
     truth = png_file(run.dir.artifacts / "truth.png", 2)
-    if not epochs or truth is None:
+    shown = newest_pictures(run.dir, run.active)
+    if truth is None or shown is None:
+        if run.active and run.config is not None:
+            st.caption("Reconstructions and the latent space appear a second or two after training starts.")
         return
-    newest = png_file(run.dir.artifact(epochs[-1], "recon_mean.png"), 2)
-    left, right = st.columns(2)
-    left.image(truth, caption="Test images (the fixed batch)", output_format="PNG")
-    if newest is not None:
-        right.image(newest, caption=f"Their reconstructions after epoch {epochs[-1]} (mean)", output_format="PNG")
+    when = (f"in epoch {shown['epoch']} (batch {shown['batch']} of {shown['batches']})" if "batch" in shown
+            else f"after epoch {shown['epoch']}")  # fmt: skip
+    left, middle, right = st.columns([1, 1, 1.25])
+    left.image(truth, caption="Test images (a fixed batch)", output_format="PNG")
+    recon = png_file(shown["recon"], 2)
+    if recon is not None:
+        middle.image(recon, caption=f"Their reconstructions {when}", output_format="PNG")
+    try:
+        z, labels = latent_points(run.dir, shown["latent"])
+    except (OSError, ValueError):
+        return  # being replaced, or not saved (a latent subset of 0): the next refresh shows it
+    if len(z):
+        names = run.class_names or [str(i) for i in range(int(labels.max()) + 1)]
+        path = shown["latent"]
+        right.plotly_chart(_latent_figure(str(path), stamp(path), tuple(names), z, labels), key="live_latent",
+                           config={"displayModeBar": False, "staticPlot": True})  # fmt: skip
+        right.caption(f"Where the encoder puts {len(z):,} test images {when}")
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _latent_figure(path: str, version: tuple[int, int], names: tuple[str, ...], _z, _labels) -> go.Figure:
+    """The latent scatter of one picture set, built once per file version and shared by every tab."""
+    fig = plots.latent_snapshot(_z, _labels, list(names), "", legend=True, height=340)
+    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(title=None, font=plots.FONT))
+    return plots.freeze(fig)

@@ -10,8 +10,8 @@ from plotly.subplots import make_subplots
 
 TRAIN, TEST = "#1f77b4", "#d62728"
 INK = "#1f2230"  # tick labels and titles: about 15:1 on white (Streamlit's chart theme draws a light grey)
-FONT = dict(size=15, color=INK)
-TICKS = dict(size=15, color=INK)
+FONT = dict(size=16, color=INK)
+TICKS = dict(size=16, color=INK)
 
 
 class FrozenFigure(go.Figure):

@@ -256,6 +256,39 @@ def latents(run: RunDir) -> tuple[list[int], np.ndarray, np.ndarray]:
     return list(epochs), z, labels
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _points(path: str, version: tuple[int, int], labels_path: str, labels_version: tuple[int, int]):
+    z = np.load(path, allow_pickle=False)
+    labels = np.load(labels_path, allow_pickle=False)
+    if z.ndim != 2 or labels.ndim != 1 or not np.isfinite(z).all():
+        raise ValueError("latent codes of an unexpected shape")
+    n = min(len(z), len(labels))
+    return z[:n].astype(np.float32), labels[:n].astype(np.int64)
+
+
+def newest_pictures(run: RunDir, active: bool) -> dict | None:
+    """What the newest pictures of a run are: the live ones of the epoch in progress while it trains and they
+    are newer than the last finished epoch's, else that epoch's. A dict with `recon` and `latent` (paths),
+    `epoch`, and `batch`/`batches` for live ones; None before any."""
+    epochs = run.epochs_with("recon_mean.png")
+    done = epochs[-1] if epochs else 0
+    live = _json(str(run.live_artifact("info.json")), stamp(run.live_artifact("info.json"))) if active else None
+    numbers = live and all(isinstance(live.get(k), int) and not isinstance(live.get(k), bool)
+                           for k in ("epoch", "batch", "batches"))  # fmt: skip
+    if numbers and live["epoch"] > done and 0 < live["batch"] <= live["batches"]:
+        return dict(recon=run.live_artifact("recon_mean.png"), latent=run.live_artifact("latent.npy"),
+                    epoch=live["epoch"], batch=live["batch"], batches=live["batches"])  # fmt: skip
+    if not done:
+        return None
+    return dict(recon=run.artifact(done, "recon_mean.png"), latent=run.artifact(done, "latent.npy"), epoch=done)
+
+
+def latent_points(run: RunDir, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One latent file's means (N, Z) and their labels; raises OSError/ValueError for a missing or bad file."""
+    labels = run.artifacts / "latent_labels.npy"
+    return _points(str(path), stamp(path), str(labels), stamp(labels))
+
+
 def format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
