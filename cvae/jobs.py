@@ -22,6 +22,10 @@ tried K by K across the GPUs, so runs spread over a multi-GPU server before
 they share one. `--device cuda:N` waits for GPU N's slots only; CPU (and MPS)
 runs keep the CPU slots. status.json says which device a run got.
 
+A waiting run's process imports no torch (about 30 MB instead of 0.7 GB resident, so a long queue fits in
+memory): the app, which has torch loaded, tells it the GPUs (`--gpus`), and the training modules are imported
+once the run has its slot.
+
 A run's options are the same dictionary `cvae.train_model` takes (option name
 -> value, see cvae.config.OPTIONS); `check_options` validates them with the
 config's own checks, so the app shows the sentence the command line prints.
@@ -33,6 +37,7 @@ import contextlib
 import errno
 import fcntl
 import io
+import json
 import os
 import shutil
 import signal
@@ -41,22 +46,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
-
-import torch
 
 from cvae.classroom import User, check_manage, check_may_start, locked
 from cvae.cli import OneLineParser, add_options, format_argv, given
 from cvae.config import BY_NAME, DEFAULTS, QUICK_DEMO, DataConfig
-from cvae.data import builtin_info, resolve_data_dir
 from cvae.errors import ConfigError
 from cvae.runs import (
     ACTIVE_STATES,
     LAUNCH_FILE,
     OWNER_FILE,
     RunDir,
+    available_cores,
     fresh_run_path,
     is_run_id,
     new_run_id,
@@ -66,9 +69,6 @@ from cvae.runs import (
     read_json,
     write_json,
 )
-from cvae.runtime import available_cores
-from cvae.train import cli as train_cli
-from cvae.training import build_config, resolve_options, section_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What the app's quick-demo button starts: the library's preset (cvae.config.QUICK_DEMO), by name.
@@ -78,6 +78,8 @@ QUICK_DEMO_OPTIONS: dict[str, Any] = {"quick_demo": True}
 def data_roots() -> list[Path]:
     """Folders whose image folders the app may train on: the project's data folder (or $CVAE_DATA_DIR)
     and the ones in $CVAE_DATA_ROOTS (separated by the path separator), resolved."""
+    from cvae.data import resolve_data_dir
+
     extra = [p for p in os.environ.get("CVAE_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
     return [Path(p).expanduser().resolve() for p in (str(resolve_data_dir("")), *extra)]
 
@@ -126,6 +128,9 @@ def check_options(options: dict[str, Any], *, data_roots: list[Path] | None = No
     checks those (and says so in the run's status). With `data_roots` (the
     app), an image folder must lie under one of them, symbolic links resolved.
     """
+    from cvae.data import builtin_info
+    from cvae.training import build_config, resolve_options, section_config
+
     opts = resolve_options(options)
     dataset = str(opts["dataset"]).strip()
     info = builtin_info(dataset)
@@ -172,7 +177,8 @@ def train_nice() -> int:
 def _queue_argv(argv: list[str], run: RunDir) -> list[str]:
     """`python -m cvae.jobs` flags: N slots, a lower priority, and with N > 1 an equal share of the cores per run."""
     n = max_active()
-    extra = ["--max-active", str(n), "--nice", str(train_nice()), "--run-dir", str(run.path)]
+    gpus = json.dumps([asdict(g) for g in list_gpus()])  # this process has torch loaded; the queue has not
+    extra = ["--max-active", str(n), "--nice", str(train_nice()), "--gpus", gpus, "--run-dir", str(run.path)]
     if n > 1 and "--threads" in argv and argv[argv.index("--threads") + 1] == "0":
         argv = [*argv]
         argv[argv.index("--threads") + 1] = str(max(1, available_cores() // n))
@@ -220,6 +226,8 @@ def start(
     class's limit of active runs). `data_roots`: where image folders may be (the app passes
     `data_roots()`); None allows any.
     """
+    from cvae.training import resolve_options
+
     check_options(options, data_roots=data_roots)
     opts = resolve_options(options)
     run_id = run_id or new_run_id(str(opts["dataset"]).strip(), opts["decoder_type"], opts["latent_dim"])
@@ -363,6 +371,8 @@ def list_gpus() -> list[Gpu]:
     Reads the devices' properties only: nothing is allocated on a GPU. Tests replace this function with a
     fake list (tests/test_jobs.py), which is how the GPU accounting is tested on machines without one.
     """
+    import torch
+
     if not torch.cuda.is_available():
         return []
     found = []
@@ -370,6 +380,18 @@ def list_gpus() -> list[Gpu]:
         props = torch.cuda.get_device_properties(index)
         found.append(Gpu(index, props.name, int(props.total_memory)))
     return found
+
+
+def parse_gpus(text: str) -> list[Gpu]:
+    """`--gpus`: the JSON list `list_gpus` gives, as Gpu values; a ConfigError for anything else."""
+    try:
+        items = json.loads(text)
+        gpus = [Gpu(int(g["index"]), str(g["name"]), int(g["memory"])) for g in items]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise ConfigError("--gpus must be a JSON list of {index, name, memory}") from None
+    if any(g.index < 0 or g.memory < 0 for g in gpus):
+        raise ConfigError("--gpus must be a JSON list of {index, name, memory}")
+    return gpus
 
 
 def runs_per_gpu(gpu: Gpu, gpus: int, cores: int | None = None) -> int:
@@ -493,6 +515,8 @@ def cli(argv: list[str] | None = None) -> int:
         "--max-active", type=int, default=None, help="CPU runs training at once [$CVAE_MAX_RUNS or cores/2]"
     )
     parser.add_argument("--run-dir", required=True, help="the run folder (its parent is the queue)")
+    parser.add_argument("--gpus", default=None, help="the server's GPUs as JSON (what `list_gpus` gives), so "
+                        "that waiting needs no torch [found with torch]")  # fmt: skip
     parser.add_argument(
         "--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so pages stay quick [0]"
     )
@@ -508,7 +532,11 @@ def cli(argv: list[str] | None = None) -> int:
     run.path.mkdir(parents=True, exist_ok=True)
     device = requested_device(train_args, run)
     try:
-        pool, slots = plan_slots(device, cpu_slots, list_gpus() if device not in ("cpu", "mps") else [])
+        gpus = [] if device in ("cpu", "mps") else parse_gpus(args.gpus) if args.gpus is not None else list_gpus()
+    except ConfigError as err:
+        parser.error(str(err))
+    try:
+        pool, slots = plan_slots(device, cpu_slots, gpus)
     except ConfigError as err:
         run.write_status(state="failed", pid=None, message=str(err))
         print(f"error: {err}", file=sys.stderr)
@@ -527,10 +555,12 @@ def cli(argv: list[str] | None = None) -> int:
     handle, slot = taken
     if slot.device is not None:  # a GPU slot: this run trains on that GPU (the last --device flag wins)
         train_args = [*train_args, "--device", slot.device]
-        gpu = next((g for g in list_gpus() if f"cuda:{g.index}" == slot.device), None)
+        gpu = next((g for g in gpus if f"cuda:{g.index}" == slot.device), None)
         run.write_status(device=slot.device, device_name=gpu.name if gpu else "")
     run.write_status(state="starting", position=None, message="")
     with handle:  # the slot is held until training ends, and freed by the kernel if we die
+        from cvae.train import cli as train_cli  # torch, only now: a waiting run holds little memory
+
         return train_cli([*train_args, "--run-dir", str(run.path)])
 
 

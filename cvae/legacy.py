@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cvae.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 COMPLETION_KIND = "quadrant-completion"
 
@@ -66,6 +67,8 @@ def upgrade_config(raw: Any) -> Any:
 
 
 def _weight_map(hidden: list[int], cond_width: int) -> list[tuple[str, Callable[[dict], torch.Tensor]]]:
+    import torch  # here, not above: reading a run folder (the queue, the app's listing) needs no torch
+
     """(today's name, how to build it from the old tensors of one kind: weights or one Adam moment)."""
     n = len(hidden)
     pairs: list[tuple[str, Callable[[dict], torch.Tensor]]] = []
@@ -95,6 +98,8 @@ def _weight_map(hidden: list[int], cond_width: int) -> list[tuple[str, Callable[
 
 def upgrade_checkpoint(payload: Any) -> Any:
     """An old completion checkpoint in today's format (weights, Adam state, schedule, config); others as they are."""
+    import torch
+
     if not is_legacy(payload):
         return payload
     from cvae.config import RunConfig

@@ -171,6 +171,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def process_identity(pid: int) -> str | None:
     """'<boot id>:<start time>' of a live process, so a reused pid is not mistaken for it."""
     try:

@@ -15,11 +15,7 @@ import torch
 from torch import nn
 
 from cvae.errors import ConfigError
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from cvae.runs import available_cores
 
 
 def select_device(name: str) -> torch.device:

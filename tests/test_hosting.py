@@ -72,7 +72,19 @@ def test_queue_flags_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CVAE_MAX_RUNS", "4")
     monkeypatch.delenv("CVAE_TRAIN_NICE", raising=False)
     argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
-    assert argv[:6] == ["--max-active", "4", "--nice", "10", "--run-dir", "/tmp/r"]
+    monkeypatch.setattr(jobs, "list_gpus", lambda: [jobs.Gpu(0, "Fake GPU", 8 << 30)])
+    argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
+    assert argv[:8] == [
+        "--max-active",
+        "4",
+        "--nice",
+        "10",
+        "--gpus",
+        '[{"index": 0, "name": "Fake GPU", "memory": 8589934592}]',
+        "--run-dir",
+        "/tmp/r",
+    ]  # the queue process learns the GPUs so
+    assert jobs.parse_gpus(argv[5]) == [jobs.Gpu(0, "Fake GPU", 8 << 30)]  # it needs no torch to wait
     assert argv[argv.index("--threads") + 1] == "2"
     monkeypatch.setenv("CVAE_TRAIN_NICE", "0")
     assert jobs._queue_argv([], run)[2:4] == ["--nice", "0"]

@@ -85,6 +85,14 @@ def test_bad_nice_is_one_line_exit_2(tmp_path: Path, nice: str) -> None:
     assert proc.returncode == 2 and len(lines) == 1 and "--nice" in lines[0], proc.stderr
 
 
+@pytest.mark.parametrize("gpus", ["[[", '[{"index": -1, "name": "x", "memory": 1}]', '{"index": 0}', "[1]"])
+def test_bad_gpus_is_one_line_exit_2(tmp_path: Path, gpus: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "cvae.jobs", "--gpus", gpus, "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--gpus" in lines[0], proc.stderr
+
+
 # ------------------------------------------------- GPUs: slots per (gpu, k), tested with a fake device list
 
 GIB = 1 << 30
@@ -205,3 +213,28 @@ def test_a_missing_gpu_fails_the_run_in_one_line(tmp_path: Path) -> None:
                            "cuda:7"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cuda" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_run_waiting_in_the_queue_holds_no_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's queued runs wait without torch (tens of MB each, not 0.7 GB), and still train once their turn
+    comes: a class's long queue fits in the server's memory."""
+    monkeypatch.setenv("CVAE_MAX_RUNS", "1")
+    (tmp_path / ".slots").mkdir()
+    slot = open(tmp_path / ".slots" / "slot-0.lock", "a")  # noqa: SIM115 - released below
+    fcntl.flock(slot, fcntl.LOCK_EX)
+    options = dict(latent_dim=2, arch="mlp", train_subset=256, test_subset=64, latent_subset=32, epochs=1, threads=1)
+    run = jobs.start(tmp_path, options)
+    deadline = time.time() + 60
+    while run.read_status().get("position") != 1 and time.time() < deadline:
+        time.sleep(0.1)
+    pid = run.read_status()["pid"]
+    time.sleep(1.0)  # well past its imports: it is in its wait loop
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    rss_mb = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if line.startswith("VmRSS")).split()[1]) / 1024  # fmt: skip
+    assert "libtorch" not in maps and rss_mb < 150, rss_mb
+    slot.close()
+    deadline = time.time() + 120
+    while run.read_status().get("state") != "finished" and time.time() < deadline:
+        time.sleep(0.2)
+    assert run.read_status()["state"] == "finished", (run.path / "train.log").read_text()[-500:]
