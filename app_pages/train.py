@@ -9,8 +9,9 @@ from ui.controls import run_controls
 from ui.live import live_panel
 from ui.runs import run_ids, runs_root, state_badge
 from ui.sidebar import FORM_OPEN, current_run, display_name, meta
-from ui.train_form import empty_state, new_run_form, runs_table, start_quick_demo
+from ui.train_form import ask_for_quick_demo, empty_state, new_run_form, runs_table, start_asked_quick_demo
 
+start_asked_quick_demo()  # before anything is drawn: the click counts whatever the page showed
 have_runs = bool(run_ids(runs_root()))
 title, buttons = st.columns([3, 2], vertical_alignment="center")
 title.title(":material/model_training: Train")
@@ -19,9 +20,9 @@ if have_runs:
         if st.button("New run", icon=":material/add_circle:", key="new_run", type="tertiary"
                      if st.session_state.get(FORM_OPEN) else "secondary", help="Show or hide the new-run form"):  # fmt: skip
             st.session_state[FORM_OPEN] = not st.session_state.get(FORM_OPEN)
-        if st.button("Quick demo", icon=":material/rocket_launch:", key="quick_demo_again",
-                     help="A small network on MNIST with a 2-D latent space; its first pictures a second after training starts"):  # fmt: skip
-            start_quick_demo()
+        st.button("Quick demo", icon=":material/rocket_launch:", key="quick_demo_again", on_click=ask_for_quick_demo,
+                  help="A small network on MNIST with a 2-D latent space; its first pictures a second after training "
+                       "starts")  # fmt: skip
 else:
     empty_state()
 # The form is shown on request (or while there are no runs); starting a run folds it away (ui.sidebar.select),

@@ -467,6 +467,86 @@ def waiting_runs(root: Path, pool: str | None = None) -> list[RunDir]:
     return [run for _, _, run in sorted(waiting, key=lambda t: (t[0], t[1]))]
 
 
+STARTUP_S = 5.0  # a trainer's start before its first batch (imports, data): added to a queued run's duration
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None
+
+
+def remaining_seconds(run: RunDir) -> float | None:
+    """How long a training run still takes, from its own measured speed: its finished epochs' mean duration
+    (or, in its first epoch, the time the batches so far took), times what is left; None before it is known."""
+    status = run.read_status()
+    epoch, epochs = _number(status.get("epoch")) or 0.0, _number(status.get("epochs"))
+    batch, batches = _number(status.get("batch")) or 0.0, _number(status.get("batches"))
+    if not epochs:
+        return None
+    seconds = [s for r in run.read_metrics()[-5:] if (s := _number(r.get("seconds"))) is not None]
+    started = _number(status.get("epoch_started"))
+    if seconds:
+        per_epoch = sum(seconds) / len(seconds)
+    elif started and batches and batch >= 1:
+        per_epoch = (time.time() - started) / (batch / batches)
+    else:
+        return None
+    done = epoch + (batch / batches if batches else 0.0)
+    return max(0.0, (epochs - done) * per_epoch)
+
+
+def expected_seconds(root: Path, run: RunDir) -> float | None:
+    """How long a queued run will train: the median training time of the runs on this server that finished
+    with the same flags (a class's quick demos), per epoch times its epochs; None when none has."""
+    launch = read_json(run.path / LAUNCH_FILE) or {}
+    argv, epochs = launch.get("argv"), _number(launch.get("epochs"))
+    if not isinstance(argv, list) or not epochs:
+        return None
+    per_epoch = []
+    for other in Path(root).iterdir():
+        if other == run.path or not is_run_id(other.name):
+            continue
+        done = RunDir(other)
+        if (read_json(other / LAUNCH_FILE) or {}).get("argv") != argv or done.read_status().get("state") != "finished":
+            continue
+        rows = done.read_metrics()
+        total, count = _number(rows[-1].get("time")) if rows else None, len(rows)
+        if total and count:
+            per_epoch.append(total / count)
+    if not per_epoch:
+        return None
+    per_epoch.sort()
+    return STARTUP_S + per_epoch[len(per_epoch) // 2] * epochs
+
+
+def estimated_start(root: Path, run: RunDir, slots: int) -> float | None:
+    """Seconds until a queued run starts: the runs training in its pool end at their measured pace, then the
+    runs ahead of it in the queue take the freed slots in order, each for its expected time (see
+    `expected_seconds`). None when a duration is not known yet."""
+    pool = run.read_status().get("pool") or "cpu"
+    free = []
+    for other in Path(root).iterdir():
+        if not is_run_id(other.name) or other == run.path:
+            continue
+        status = RunDir(other).read_status()
+        if status.get("state") in ("starting", "running") and (status.get("pool") or "cpu") == pool and \
+                process_is(status.get("pid"), status.get("process")):  # fmt: skip
+            left = remaining_seconds(RunDir(other))
+            if left is None:
+                return None
+            free.append(left + (STARTUP_S if status.get("state") == "starting" else 0.0))
+    free = sorted(free)[:slots] + [0.0] * max(0, slots - len(free))
+    free.sort()
+    for ahead in waiting_runs(root, pool):
+        if ahead.id == run.id:
+            return free[0]
+        took = expected_seconds(root, ahead)
+        if took is None:
+            return None
+        free[0] += took
+        free.sort()
+    return free[0]
+
+
 def try_slot(folder: Path, slots: list[Slot]) -> tuple[IO, Slot] | None:
     """Take the first free slot of `slots` (an exclusive flock on its file in `folder`); None if all are held."""
     folder.mkdir(parents=True, exist_ok=True)

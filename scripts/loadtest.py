@@ -19,6 +19,16 @@ server's CPU seconds per page view: the CPU of the streamlit process and its
 children only (not the browsers', not the trainers'), divided by the page loads.
 The first draw of the live Train page (each session's first page, opened by its
 address) is reported apart. Prints Markdown tables and writes JSON.
+
+    python -m scripts.loadtest --students 10 --within 10 --out class.json
+
+A class instead: `--students` browser contexts (1280x720) open the Train page of
+an empty server and each presses Quick demo at a random moment within
+`--within` seconds, as a class does when told to. For each student: the time
+from the click to their own run's first reconstructions and latent scatter on
+their page, and to the finished demo (up to `--finish-timeout`). Then one more
+visitor opens the app, and the time its Train page takes to draw is reported.
+The server runs with the app's own queue settings ($CVAE_MAX_RUNS when set).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -38,6 +49,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from urllib.parse import parse_qs, urlparse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,8 +136,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(runs: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "CVAE_RUNS_DIR": str(runs), "CVAE_MAX_RUNS": "2"}
+def start_server(runs: Path, port: int, log: Path, max_runs: str | None = "2") -> subprocess.Popen:
+    env = {**os.environ, "CVAE_RUNS_DIR": str(runs)}
+    if max_runs is not None:
+        env["CVAE_MAX_RUNS"] = max_runs
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1"],
@@ -194,8 +208,140 @@ async def drive(url: str, run_ids: list[str], sessions: int, rounds: int, chromi
     return times, first, errors, wall
 
 
+async def student(browser, url: str, delay: float, finish_timeout: float, result: dict) -> None:
+    """One student: opens the Train page, presses Quick demo after `delay` s, waits for their own pictures."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 720})
+    page = await context.new_page()
+    try:
+        await page.goto(url)
+        button = page.get_by_role("button", name=re.compile("quick demo", re.IGNORECASE)).first
+        await button.wait_for(state="visible", timeout=120_000)
+        await asyncio.sleep(delay)
+        t0 = time.perf_counter()
+        await button.click(timeout=120_000)
+        await page.get_by_text("Their reconstructions").first.wait_for(state="visible", timeout=1_800_000)
+        result["first_reconstruction_s"] = time.perf_counter() - t0
+        result["run"] = parse_qs(urlparse(page.url).query).get("run", ["?"])[0]  # their own run, by its address
+        await page.get_by_text("Where the encoder puts").first.wait_for(state="visible", timeout=1_800_000)
+        result["first_latent_s"] = time.perf_counter() - t0
+        result["first_pictures_s"] = max(result["first_reconstruction_s"], result["first_latent_s"])
+        await page.get_by_text("Finished:").first.wait_for(state="visible", timeout=finish_timeout * 1000)
+        result["finished_s"] = time.perf_counter() - t0
+    except Exception as err:  # noqa: BLE001 - a timed-out student is a result, not a crash
+        result["error"] = str(err).splitlines()[0][:160]
+    finally:
+        await context.close()
+
+
+async def late_visitor(browser, url: str) -> float | None:
+    context = await browser.new_context(viewport={"width": 1280, "height": 720})
+    page = await context.new_page()
+    t0 = time.perf_counter()
+    try:
+        await page.goto(url)
+        await page.get_by_role("heading", name=re.compile("Train")).first.wait_for(state="visible", timeout=120_000)
+        await page.get_by_role("progressbar").or_(page.get_by_text("Queued")).first.wait_for(state="visible",
+                                                                                             timeout=120_000)  # fmt: skip
+        return time.perf_counter() - t0
+    except Exception:  # noqa: BLE001 - it did not draw: reported as None
+        return None
+    finally:
+        await context.close()
+
+
+async def drive_class(url: str, students: int, within: float, finish_timeout: float, chromium: str) -> tuple:
+    import random
+
+    from playwright.async_api import async_playwright
+
+    rng = random.Random(0)
+    results: list[dict] = [{} for _ in range(students)]
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        tasks = [asyncio.create_task(student(browser, url, rng.uniform(0, within), finish_timeout, results[k]))
+                 for k in range(students)]  # fmt: skip
+        await asyncio.sleep(within + 5)
+        late = await late_visitor(browser, url)
+        await asyncio.gather(*tasks)
+        await browser.close()
+    return results, late
+
+
+def _spread(values: list[float]) -> dict | None:
+    return {"median": round(statistics.median(values), 1), "worst": round(max(values), 1), "n": len(values)} if (
+        values) else None  # fmt: skip
+
+
+def class_main(args: argparse.Namespace) -> int:
+    """The class measurement (--students): see the module's docstring."""
+    tmp = Path(tempfile.mkdtemp(prefix="cvae-class-"))
+    runs, port = tmp / "runs", free_port()
+    server = start_server(runs, port, tmp / "server.log", max_runs=os.environ.get("CVAE_MAX_RUNS"))
+    load_before = os.getloadavg()
+    peak = {"all_kb": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak["all_kb"] = max(peak["all_kb"], rss_kb(server.pid))  # the server and its trainers
+            time.sleep(0.5)
+
+    threading.Thread(target=sample, daemon=True).start()
+    server_cpu0 = cpu_s(server.pid) or 0.0  # the streamlit process itself, not its trainers
+    try:
+        os.nice(args.browser_nice)
+        t0 = time.perf_counter()
+        results, late = asyncio.run(drive_class(f"http://127.0.0.1:{port}", args.students, args.within,
+                                                args.finish_timeout, args.chromium))  # fmt: skip
+        wall = time.perf_counter() - t0
+        server_cpu = (cpu_s(server.pid) or 0.0) - server_cpu0
+    finally:
+        done.set()
+        from cvae import jobs
+        from cvae.runs import RunDir, is_run_id
+
+        started = {}
+        for folder in runs.iterdir() if runs.is_dir() else []:
+            if is_run_id(folder.name):
+                started[folder.name] = RunDir(folder).read_status().get("state")
+                jobs.stop(RunDir(folder))
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
+                .stdout.splitlines() if line.startswith("Model name")), platform.processor())  # fmt: skip
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {cpu}",
+        "load_average_before": [round(x, 1) for x in load_before], "load_average_after": [round(x, 1) for x in os.getloadavg()],
+        "students": args.students, "within_s": args.within, "max_runs": os.environ.get("CVAE_MAX_RUNS", "default"),
+        "wall_s": round(wall, 1), "runs_started": started, "students_detail": results,
+        "first_pictures_s": _spread([r["first_pictures_s"] for r in results if "first_pictures_s" in r]),
+        "finished_s": _spread([r["finished_s"] for r in results if "finished_s" in r]),
+        "late_visitor_draw_s": None if late is None else round(late, 1),
+        "errors": [r["error"] for r in results if "error" in r],
+        "peak_rss_mb_server_and_trainers": round(peak["all_kb"] / 1024),
+        "server_cpu_s": round(server_cpu, 1), "server_cpu_share": round(server_cpu / (wall * (os.cpu_count() or 1)), 3),
+    }  # fmt: skip
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    print(f"\n{args.students} students press Quick demo within {args.within:g} s; {summary['machine']}; "
+          f"load average before {summary['load_average_before']}; {summary['date']}\n")  # fmt: skip
+    print("| from the click to | median (s) | worst (s) | students |\n|---|---|---|---|")
+    for key, label in (("first_pictures_s", "their first reconstructions and latent scatter"),
+                       ("finished_s", "their finished demo")):  # fmt: skip
+        r = summary[key]
+        print(f"| {label} | {r['median'] if r else '–'} | {r['worst'] if r else '–'} | {r['n'] if r else 0} |")
+    print(f"\na visitor arriving after the class: Train page drawn in {summary['late_visitor_draw_s']} s; peak memory "
+          f"of the server and its trainers {summary['peak_rss_mb_server_and_trainers']} MB; the streamlit process used "
+          f"{summary['server_cpu_s']} CPU-s ({100 * summary['server_cpu_share']:.1f} % of the machine) in {summary['wall_s']} s")  # fmt: skip
+    print(f"errors: {len(summary['errors'])}" + "".join(f"\n  {e}" for e in summary["errors"][:10]))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if summary["errors"] else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--students", type=int, default=0, help="measure a class pressing Quick demo instead (see above)")
+    ap.add_argument("--within", type=float, default=10.0, help="--students: the seconds over which they click")
+    ap.add_argument("--finish-timeout", type=float, default=900.0, help="--students: how long to wait for a finish")
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2, help="times each session opens the four pages")
     ap.add_argument("--epochs", type=int, default=100, help="epochs of each training run (they are stopped at the end)")
@@ -206,6 +352,8 @@ def main() -> int:
                          "on the students' machines, here they share its cores [19, the lowest]")  # fmt: skip
     ap.add_argument("--out", default="loadtest.json")
     args = ap.parse_args()
+    if args.students:
+        return class_main(args)
 
     tmp = Path(tempfile.mkdtemp(prefix="cvae-load-"))
     runs, port = tmp / "runs", free_port()

@@ -237,6 +237,20 @@ def test_no_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert started == [jobs.QUICK_DEMO_OPTIONS]
 
 
+def test_a_quick_demo_click_counts_after_a_classmates_run_changed_the_page(tmp_path: Path, tiny_run: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A class opens the empty Train page; the first click makes a run, so every other student's next rerun
+    draws the runs view, where their button is not: their click still starts their demo."""
+    monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path))
+    at = open_page("app_pages/train.py")
+    assert "No runs yet" in texts(at)
+    _copy(tiny_run, tmp_path / "classmates-demo")  # started by someone else meanwhile
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda root, opts, **kw: started.append(opts) or RunDir(root / "x"))
+    at.button(key="quick_demo").click().run()
+    assert started == [jobs.QUICK_DEMO_OPTIONS] and not at.exception
+
+
 def test_complete_page(runs: Path) -> None:
     def images(at: AppTest) -> list[tuple[str, str]]:  # (caption, url: named by the picture's bytes) per image
         return [(e.proto.imgs[0].caption, e.proto.imgs[0].url) for e in of_type(at, "Image")]

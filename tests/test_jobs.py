@@ -238,3 +238,33 @@ def test_a_run_waiting_in_the_queue_holds_no_torch(tmp_path: Path, monkeypatch: 
     while run.read_status().get("state") != "finished" and time.time() < deadline:
         time.sleep(0.2)
     assert run.read_status()["state"] == "finished", (run.path / "train.log").read_text()[-500:]
+
+
+def test_a_queued_run_is_told_when_it_starts_from_the_measured_pace(tmp_path: Path) -> None:
+    """One slot: the training run has 2 of its 3 epochs (10 s each) left; the two finished quick demos took 10 s
+    an epoch, so the first queued run starts in 20 s, the second once that one has trained its 3 epochs too."""
+    me = dict(pid=os.getpid(), process=process_identity(os.getpid()))
+    argv = ["--quick-demo"]
+
+    def run(name: str, state: str, epochs_done: int, **status: object) -> RunDir:
+        r = RunDir(tmp_path / name)
+        r.path.mkdir()
+        json.dump({"argv": argv, "epochs": 3}, (r.path / "launch.json").open("w"))
+        r.write_status(state=state, epoch=epochs_done, epochs=3, **status)
+        with r.metrics_path.open("w") as fh:
+            for e in range(1, epochs_done + 1):
+                fh.write(json.dumps({"epoch": e, "seconds": 10.0, "time": 10.0 * e}) + "\n")
+        return r
+
+    run("done-1", "finished", 3)
+    run("done-2", "finished", 3)
+    run("training", "running", 1, batch=0, batches=100, **me)
+    first = run("queued-1", "queued", 0, queued_at=1.0, **me)
+    second = run("queued-2", "queued", 0, queued_at=2.0, **me)
+    assert jobs.estimated_start(tmp_path, first, 1) == pytest.approx(20.0)
+    assert jobs.estimated_start(tmp_path, second, 1) == pytest.approx(20.0 + jobs.STARTUP_S + 30.0)
+    assert jobs.estimated_start(tmp_path, first, 2) == pytest.approx(0.0)  # a second slot is free: at once
+    assert jobs.estimated_start(tmp_path, second, 2) == pytest.approx(20.0)  # then the training one's
+    (tmp_path / "done-1" / "launch.json").write_text("[")  # broken launch files: those runs do not count
+    (tmp_path / "done-2" / "launch.json").write_text("{" * 10_000)
+    assert jobs.estimated_start(tmp_path, second, 1) is None  # nothing measured for these flags: no made-up time

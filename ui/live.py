@@ -15,13 +15,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from cvae.jobs import max_active
-from cvae.runs import log_tail
+from cvae.jobs import estimated_start, max_active
+from cvae.runs import RunDir, log_tail
 from ui import plots
 from ui.models import png_file
 from ui.profiling import profiled
@@ -121,8 +122,11 @@ def _status(run: Run, numbers: bool = True) -> None:
     if run.state == "queued":
         slots, pool = s.get("slots") or max_active(), s.get("pool") or "cpu"
         where = "on this server" if pool == "cpu" else "on this server's GPUs" if pool == "gpu" else f"on {pool}"
+        wait = _start_in(str(run.dir.path), int(slots))
+        when = "it starts by itself when its turn comes" if wait is None else "it starts in a moment" if (
+            wait < 2) else f"it starts in **about {format_seconds(wait)}**, by the measured pace of the runs ahead"  # fmt: skip
         st.info(f":material/hourglass_top: **{run.state_text.capitalize()}**: at most {slots} run(s) train at "
-                f"once {where}; this one starts by itself when its turn comes. {s.get('message') or ''}")  # fmt: skip
+                f"once {where}; {when}. {s.get('message') or ''}")  # fmt: skip
     elif run.active:
         where = f"epoch {min(epoch + 1, epochs)} of {epochs}" + (f" · batch {batch} of {per}" if per else "")
         if run.state == "starting" and not per:
@@ -149,6 +153,17 @@ def _status(run: Run, numbers: bool = True) -> None:
         _log(run)
     if numbers:
         _numbers(run, rows)
+
+
+@st.cache_data(ttl=5, max_entries=256, show_spinner=False)
+def _start_in(folder: str, slots: int) -> float | None:
+    """A queued run's estimated wait (cvae.jobs.estimated_start), shared by its tabs for a few seconds: it
+    reads every run of the queue."""
+    run = RunDir(Path(folder))
+    try:
+        return estimated_start(run.path.parent, run, slots)
+    except OSError:
+        return None
 
 
 def stop_text(epoch: int, has_checkpoint: bool) -> str:

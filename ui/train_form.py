@@ -54,17 +54,33 @@ def start_quick_demo() -> None:
     _start(dict(jobs.QUICK_DEMO_OPTIONS))
 
 
-def quick_demo_button(primary: bool = True, key: str = "quick_demo") -> None:
-    if st.button("Start the quick demo", icon=":material/rocket_launch:", type="primary" if primary else "secondary",
-                 key=key, help="A small network on MNIST digits with a 2-D latent space: about a minute."):  # fmt: skip
+QUICK_DEMO_ASKED = "quick_demo_asked"
+
+
+def ask_for_quick_demo() -> None:
+    """A Quick demo button's callback: it runs before the page does, so the click counts even when the page it
+    was on has changed meanwhile (the button gone: a classmate's run made the empty state the runs view)."""
+    st.session_state[QUICK_DEMO_ASKED] = True
+
+
+def start_asked_quick_demo() -> None:
+    """Start the quick demo if a button asked for it (see `ask_for_quick_demo`); called at the top of the page."""
+    if st.session_state.pop(QUICK_DEMO_ASKED, False):
         start_quick_demo()
+
+
+def quick_demo_button(primary: bool = True, key: str = "quick_demo") -> None:
+    st.button("Start the quick demo", icon=":material/rocket_launch:", type="primary" if primary else "secondary",
+              key=key, on_click=ask_for_quick_demo,
+              help="A small network on MNIST digits with a 2-D latent space; its first pictures a second after it "
+                   "starts training.")  # fmt: skip
 
 
 def empty_state() -> None:
     with st.container(border=True):
         st.markdown("## :material/waving_hand: No runs yet\nA **run** trains one conditional VAE and keeps everything it learns in a "
                     "folder: curves, reconstructions, the latent space and the model. Start with the quick demo: "
-                    "a small network on MNIST digits with a 2-D latent space. Pictures appear within about a minute.")  # fmt: skip
+                    "a small network on MNIST digits with a 2-D latent space. Its first pictures appear a second after it starts training, and improve live.")  # fmt: skip
         quick_demo_button()
 
 
