@@ -68,30 +68,39 @@ for completion, title, smaller, columns in present:
     group = [(run, rows) for run, rows in runs if run.completion == completion]
     key = "completion" if completion else "whole"
     configs = [{k: run.raw_config.get(k) or {} for k in ("data", "model", "train")} for run, _ in group]
-    differs = what_differs(configs) if len(group) > 1 else [""]
+    differs = what_differs(configs, most=3) if len(group) > 1 else [""]  # the legend: the main differences
+    in_full = what_differs(configs) if len(group) > 1 else [""]  # the table: all of them
     legend = []
     for (run, _), diff in zip(group, differs, strict=True):
         name = display_name(root, run.id)
         legend.append(f"{diff} ({name})" if diff and name != run.id else diff or name)
     series = [(name, rows) for name, (_, rows) in zip(legend, group, strict=True)]
-    st.plotly_chart(plots.compare_curves(series, "nelbo", title), key=f"compare_nelbo_{key}",
+    by_id = plots.run_colors([run.id for run, _ in group])
+    colors = [by_id[run.id] for run, _ in group]
+    st.plotly_chart(plots.compare_curves(series, "nelbo", title, colors=colors), key=f"compare_nelbo_{key}",
                     config={"displayModeBar": False})  # fmt: skip
     if len(group) > 1:
         st.caption("The legend names what differs between the chosen runs' settings; the rest is the same for all.")
     for column, (metric, name) in zip(st.columns(2), smaller, strict=False):
-        column.plotly_chart(plots.compare_curves(series, metric, name, legend=False),
+        column.plotly_chart(plots.compare_curves(series, metric, name, legend=False, colors=colors),
                             key=f"compare_{metric}_{key}", config={"displayModeBar": False})  # fmt: skip
     table = []
-    for (run, rows), what in zip(group, legend, strict=True):
+    for (run, rows), what in zip(group, in_full, strict=True):
         last = rows[-1]
         table.append({
-            "run": display_name(root, run.id), "what differs": what, "state": run.state_text,
+            "run": display_name(root, run.id), "what differs": what,
             "epochs": last.get("epoch"), "test −ELBO": last.get("test_nelbo"),
             **{label: last.get(field) for label, field in columns.items()},
             "minutes": sum(r.get("seconds") or 0 for r in rows) / 60,
         })  # fmt: skip
     st.subheader("Final figures" + (" of the completion runs" if completion and len(present) > 1 else ""))
+    # No sideways scroll at 1280 px: the differences in the one wide column, the numbers narrow.
+    for column in [c for c in columns if all(row[c] is None for row in table)]:  # a column no run has: left out
+        for row in table:
+            row.pop(column)
     st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "run": st.column_config.TextColumn(width="small"), "what differs": st.column_config.TextColumn(width="large"),
+        "epochs": st.column_config.NumberColumn(width="small"),
         "test −ELBO": nats, **dict.fromkeys(columns, nats),
         "minutes": st.column_config.NumberColumn("training minutes", format="%.1f"),
     })  # fmt: skip

@@ -156,12 +156,46 @@ def build_argv(options: dict[str, Any]) -> list[str]:
     return format_argv({k: v for k, v in options.items() if v != base.get(k)})
 
 
+# Memory a CPU run is taken to need, to size the default number of runs that train at once: a trainer holds
+# 0.6-0.7 GB for a small MLP run (torch itself is most of it) and 1.6 GB for the reference's conv net.
+RUN_MEMORY_BYTES = 1 << 30
+APP_MEMORY_BYTES = 2 << 30  # kept for the app (one Streamlit server with a class connected holds 1.5 GB)
+RUNS_PER_CORE = 8  # at most this many runs time-share one core by default
+
+
+def memory_bytes() -> int | None:
+    """This machine's memory (MemTotal of /proc/meminfo), or None where it cannot be read."""
+    try:
+        line = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def max_active() -> int:
-    """How many runs may train at once: $CVAE_MAX_RUNS, else one per two cores (at least one)."""
+    """How many runs may train at once: $CVAE_MAX_RUNS, else as many as the memory holds (RUN_MEMORY_BYTES each,
+    APP_MEMORY_BYTES left for the app), at most RUNS_PER_CORE per core, at least one.
+
+    Time-sharing the cores among a class's runs (each at one thread) gives every student their first pictures
+    within seconds, where a queue would make the last one wait for every run ahead; the kernel shares the CPU
+    out fairly among trainers of the same priority, and the memory bound keeps them all resident.
+    """
     raw = os.environ.get("CVAE_MAX_RUNS", "")
     if raw.isdigit() and int(raw) > 0:
         return int(raw)
-    return max(1, available_cores() // 2)
+    memory = memory_bytes()
+    by_memory = (memory - APP_MEMORY_BYTES) // RUN_MEMORY_BYTES if memory else available_cores() // 2
+    return max(1, min(RUNS_PER_CORE * available_cores(), by_memory))
+
+
+def busy_runs(root: Path) -> int:
+    """Runs of `root` queued or training now (by their status files), to share the cores out among them."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for folder in Path(root).iterdir():
+            if is_run_id(folder.name) and RunDir(folder).read_status().get("state") in ACTIVE_STATES:
+                count += 1
+    return count
 
 
 def train_nice() -> int:
@@ -175,15 +209,18 @@ def train_nice() -> int:
 
 
 def _queue_argv(argv: list[str], run: RunDir) -> list[str]:
-    """`python -m cvae.jobs` flags: N slots, a lower priority, and with N > 1 an equal share of the cores per run."""
+    """`python -m cvae.jobs` flags: N slots, a lower priority, and with N > 1 a share of the cores: all of them
+    for a run alone on the server, one core each (at least) for the runs of a class training together."""
     n = max_active()
     gpus = json.dumps([asdict(g) for g in list_gpus()])  # this process has torch loaded; the queue has not
     extra = ["--max-active", str(n), "--nice", str(train_nice()), "--gpus", gpus, "--run-dir", str(run.path)]
+    together = max(1, min(n, busy_runs(run.path.parent)))  # this run is already marked queued
+    threads = str(max(1, available_cores() // together))
     if n > 1 and "--threads" in argv and argv[argv.index("--threads") + 1] == "0":
         argv = [*argv]
-        argv[argv.index("--threads") + 1] = str(max(1, available_cores() // n))
+        argv[argv.index("--threads") + 1] = threads
     elif n > 1 and "--threads" not in argv:
-        argv = [*argv, "--threads", str(max(1, available_cores() // n))]
+        argv = [*argv, "--threads", threads]
     return [*extra, *argv]
 
 
@@ -592,7 +629,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     parser = OneLineParser(prog="python -m cvae.jobs", description="Queue a training run, then train it.")
     parser.add_argument(
-        "--max-active", type=int, default=None, help="CPU runs training at once [$CVAE_MAX_RUNS or cores/2]"
+        "--max-active", type=int, default=None, help="CPU runs training at once [$CVAE_MAX_RUNS, else what the memory holds]"
     )
     parser.add_argument("--run-dir", required=True, help="the run folder (its parent is the queue)")
     parser.add_argument("--gpus", default=None, help="the server's GPUs as JSON (what `list_gpus` gives), so "

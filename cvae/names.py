@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvae.classroom import User, check_manage
+from cvae.config import OPTIONS
 from cvae.errors import ConfigError
 from cvae.runs import RunDir, read_json, write_json
 
@@ -61,28 +62,44 @@ def _flatten(obj: dict, prefix: str = "") -> dict[str, object]:
 # Settings that change how a run is carried out or logged, not what it learns: left out of "what differs".
 NOT_A_DIFFERENCE = {
     "train.threads", "train.device", "train.print_every", "train.checkpoint_every", "train.latent_subset",
-    "train.grid_size", "train.preview_every", "data.data_dir",
+    "train.grid_size", "train.preview_every", "train.refine_steps", "data.data_dir",
 }  # fmt: skip
 SHORT = {
     "model.latent_dim": "z", "model.likelihood": "decoder", "model.learn_sigma": "learned σ",
     "model.arch": "arch", "train.learning_rate": "lr", "train.epochs": "epochs", "train.batch_size": "batch",
     "train.lr_schedule": "schedule", "data.dataset": "data", "train.seed": "seed", "model.mlp_hidden": "hidden",
     "data.train_subset": "train images", "data.binarize": "binarize", "model.fixed_sigma": "σ",
+    "train.warmup_epochs": "warm-up epochs", "model.condition": "condition",
 }  # fmt: skip
 
 
-def what_differs(configs: list[dict]) -> list[str]:
-    """For each run, its values of the config keys that differ between the runs (learning, not logging):
-    ["z=2 · decoder=bernoulli", "z=10 · decoder=bernoulli", ...]; "" for a run when nothing differs."""
+def _label(key: str) -> str:
+    """A config key in plain words: its short name (z, lr, ...), else its option's label ("warm-up epochs")."""
+    if key in SHORT:
+        return SHORT[key]
+    section, field = key.split(".", 1)
+    option = next((o for o in OPTIONS if o.section == section and o.field == field), None)
+    return option.label[0].lower() + option.label[1:] if option else field.replace("_", " ")
+
+
+def what_differs(configs: list[dict], most: int | None = None) -> list[str]:
+    """For each run, its values of the config keys that differ between the runs (learning, not logging), in
+    plain words: ["z=2 · decoder=bernoulli", "z=10 · decoder=bernoulli", ...]; "" for a run when nothing
+    differs. With `most`, at most that many (the usual suspects first) and "+ N more"."""
     keys = [k for k in differing_config(configs) if k not in NOT_A_DIFFERENCE]
     order = list(SHORT)  # the usual suspects first (latent size, decoder, ...), in this order
     keys.sort(key=lambda k: (order.index(k) if k in order else len(order), k))
-    parts = {k: k.split(".")[-1] for k in keys}
+    shown, hidden = (keys, 0) if most is None or len(keys) <= most else (keys[: most - 1], len(keys) - most + 1)
     flat = [_flatten(c) for c in configs]
-    return [" · ".join(f"{SHORT.get(k, short)}={_show(f.get(k))}" for k, short in parts.items()) for f in flat]
+    more = f" · + {hidden} more" if hidden else ""
+    return [" · ".join(f"{_label(k)}={_show(k, f.get(k))}" for k in shown) + (more if shown else "") for f in flat]
 
 
-def _show(value: object) -> str:
+def _show(key: str, value: object) -> str:
+    if value is None:  # an option left unset: for a subset, all the images; otherwise its automatic choice
+        return "all" if key.endswith("_subset") else "auto"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list):

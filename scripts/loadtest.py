@@ -49,8 +49,8 @@ import tempfile
 import threading
 import time
 import urllib.request
-from urllib.parse import parse_qs, urlparse
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 

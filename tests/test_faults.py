@@ -55,13 +55,16 @@ def _wait_for_first_epoch(run: RunDir, proc: subprocess.Popen, limit_s: float = 
 # condition: the extra flags, and how many kills (the label run takes the most; the others the same loop)
 CONDITIONS = {"label": ([], 20), "none": (["--condition", "none"], 6),
               "quadrants": (["--condition", "quadrants", "--quadrants", "0", "--mlp-hidden", "64"], 6)}  # fmt: skip
+# The default suite kills the label run 6 times; the twenty kills and the other conditions run with -m slow.
+KILLS = [pytest.param("label", 6, id="label-6"),
+         *(pytest.param(c, n, id=f"{c}-{n}", marks=pytest.mark.slow) for c, (_, n) in CONDITIONS.items())]  # fmt: skip
 
 
-@pytest.mark.parametrize("condition", CONDITIONS)
-def test_kill_9_twenty_times_then_resume(tmp_path: Path, condition: str) -> None:
+@pytest.mark.parametrize(("condition", "total"), KILLS)
+def test_kill_9_twenty_times_then_resume(tmp_path: Path, condition: str, total: int) -> None:
     """The kill moments scale with this machine's time to a first epoch (start-up included), measured by
     the first trainer: so the kills land before, during and after epochs on a fast or a slow machine alike."""
-    extra, total = CONDITIONS[condition]
+    extra = CONDITIONS[condition][0]
     rng = random.Random(0)
     run = RunDir(tmp_path / "r")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -20,7 +20,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cvae import jobs
-from cvae.runs import RunDir, write_json
+from cvae.runs import RunDir, process_identity, write_json
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py"]
@@ -66,11 +66,33 @@ def _keys(at: AppTest) -> set[str]:
     return {b.key for b in at.button}
 
 
-def test_queue_flags_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_number_of_runs_at_once_is_what_memory_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class's runs time-share the cores (first pictures for all within seconds) as far as memory allows."""
+    monkeypatch.delenv("CVAE_MAX_RUNS", raising=False)
+    monkeypatch.setattr(jobs, "available_cores", lambda: 2)
+    monkeypatch.setattr(jobs, "memory_bytes", lambda: 24 << 30)
+    assert jobs.max_active() == 16  # 8 a core
+    monkeypatch.setattr(jobs, "memory_bytes", lambda: 8 << 30)
+    assert jobs.max_active() == 6  # 8 GB less 2 for the app, 1 GB a run
+    monkeypatch.setattr(jobs, "memory_bytes", lambda: 2 << 30)
+    assert jobs.max_active() == 1
+    monkeypatch.setattr(jobs, "memory_bytes", lambda: None)  # no /proc/meminfo: one per two cores
+    assert jobs.max_active() == 1
+    monkeypatch.setenv("CVAE_MAX_RUNS", "3")
+    assert jobs.max_active() == 3
+
+
+def test_queue_flags_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jobs, "available_cores", lambda: 8)
-    run = RunDir(Path("/tmp/r"))
+    run = RunDir(tmp_path / "r")
     monkeypatch.setenv("CVAE_MAX_RUNS", "4")
     monkeypatch.delenv("CVAE_TRAIN_NICE", raising=False)
+    argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
+    assert argv[argv.index("--threads") + 1] == "8"  # alone on the server: every core
+    for k in range(6):  # a class's runs queued or training beside it: a quarter of the cores each (4 slots)
+        RunDir(tmp_path / f"other-{k}").path.mkdir()
+        RunDir(tmp_path / f"other-{k}").write_status(state="running" if k < 3 else "queued", pid=os.getpid(),
+                                                     process=process_identity(os.getpid()))  # fmt: skip
     argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
     monkeypatch.setattr(jobs, "list_gpus", lambda: [jobs.Gpu(0, "Fake GPU", 8 << 30)])
     argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
@@ -82,7 +104,7 @@ def test_queue_flags_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
         "--gpus",
         '[{"index": 0, "name": "Fake GPU", "memory": 8589934592}]',
         "--run-dir",
-        "/tmp/r",
+        str(run.path),
     ]  # the queue process learns the GPUs so
     assert jobs.parse_gpus(argv[5]) == [jobs.Gpu(0, "Fake GPU", 8 << 30)]  # it needs no torch to wait
     assert argv[argv.index("--threads") + 1] == "2"

@@ -189,3 +189,23 @@ def test_run_names_and_what_differs(tmp_path: Path) -> None:
     other = {"model": {"latent_dim": 10, "likelihood": "bernoulli"}, "train": {"learning_rate": 1e-4, "threads": 2}}
     assert what_differs([base, other]) == ["z=2 · lr=0.001", "z=10 · lr=0.0001"]
     assert what_differs([base, base]) == ["", ""]
+
+
+def test_compare_names_settings_in_plain_words_and_keeps_each_runs_colour() -> None:
+    from cvae.names import what_differs
+
+    a = {"train": {"learning_rate": 1e-3, "warmup_epochs": 1.0, "refine_steps": 10, "seed": 0},
+         "data": {"train_subset": None}, "model": {"latent_dim": 2, "learn_sigma": False}}  # fmt: skip
+    b = {"train": {"learning_rate": 1e-4, "warmup_epochs": 0.0, "refine_steps": 0, "seed": 1},
+         "data": {"train_subset": 1000}, "model": {"latent_dim": 10, "learn_sigma": True}}  # fmt: skip
+    full = what_differs([a, b])
+    assert full[0] == "z=2 · learned σ=no · lr=0.001 · seed=0 · train images=all · warm-up epochs=1"
+    assert "None" not in " ".join(full) and "_" not in " ".join(full)  # no internal names, no None
+    assert what_differs([a, b], most=3) == ["z=2 · learned σ=no · + 4 more", "z=10 · learned σ=yes · + 4 more"]
+    from ui import plots
+
+    ids = [f"run-{k}" for k in range(10)]
+    assert len(set(plots.run_colors(ids).values())) == 10  # ten runs, ten colours
+    alone = {i: plots.run_colors([i])[i] for i in ids}  # a run's own colour, from its id
+    assert all(plots.run_colors(ids)[i] == alone[i] for i in sorted(ids)[:1])  # kept whatever else is chosen
+    assert plots.run_colors(["run-4", "run-7"]) == plots.run_colors(["run-7", "run-4"])  # in any order

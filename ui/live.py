@@ -281,7 +281,8 @@ def _curves(run: Run) -> None:
             st.caption("Curves appear with the first batches.")
         return
     smoothing, recent = st.session_state.get("loss_smoothing"), st.session_state.get("loss_recent")
-    smoothing = 0.9 if smoothing is None else smoothing  # None: the user un-picked the chosen option
+    # "a little" by default: with more, the smoothed line lags the falling loss of the first epoch by tens of nats
+    smoothing = 0.6 if smoothing is None else smoothing  # None: the user un-picked the chosen option
     recent = 1.0 if recent is None else recent
     # Redrawn once at least 1 % more batches are in (every new batch early on): the chart shows at most 1,500
     # points, so a newer one would look the same, and every tab refreshing would rebuild it for nothing.
@@ -290,7 +291,7 @@ def _curves(run: Run) -> None:
     st.plotly_chart(chart, key="batch_chart", config={"displayModeBar": False})
     with st.container(horizontal=True, vertical_alignment="center"):
         st.segmented_control("Smoothing", list(SMOOTHING), format_func=SMOOTHING.get, key="loss_smoothing",
-                             default=0.9, help="Exponential moving average of the batch losses, as in TensorBoard")  # fmt: skip
+                             default=0.6, help="Exponential moving average of the batch losses, as in TensorBoard")  # fmt: skip
         st.segmented_control("Show", list(RECENT), format_func=RECENT.get, key="loss_recent", default=1.0,
                              help="Zoom in on the newest batches")  # fmt: skip
     rows = metrics(run.dir)

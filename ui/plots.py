@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
@@ -130,22 +132,42 @@ def epoch_curves(rows: list[dict]) -> go.Figure:
     return fig
 
 
-def compare_curves(series: list[tuple[str, list[dict]]], key: str, title: str, legend: bool = True) -> go.Figure:
-    """One line per run: test `key` ("nelbo", "recon", "kl") per epoch; `series` is (legend name, metric rows)."""
+RUN_COLORS = plotly.colors.qualitative.D3 + plotly.colors.qualitative.Dark2  # 18 colours, for runs
+
+
+def run_colors(run_ids: list[str]) -> dict[str, str]:
+    """A colour per run that stays the run's own on every page and visit: picked from its id's hash, the next
+    free one when two of the chosen runs would share it (the first in sorted order keeps its own)."""
+    taken: dict[str, str] = {}
+    for run_id in sorted(run_ids):
+        k = int(hashlib.sha256(run_id.encode()).hexdigest(), 16) % len(RUN_COLORS)
+        while RUN_COLORS[k] in taken.values() and len(taken) < len(RUN_COLORS):
+            k = (k + 1) % len(RUN_COLORS)
+        taken[run_id] = RUN_COLORS[k]
+    return taken
+
+
+def compare_curves(series: list[tuple[str, list[dict]]], key: str, title: str, legend: bool = True,
+                   colors: list[str] | None = None) -> go.Figure:  # fmt: skip
+    """One line per run: test `key` ("nelbo", "recon", "kl") per epoch; `series` is (legend name, metric rows),
+    `colors` one per series (see `run_colors`)."""
     fig = go.Figure()
-    colors = plotly.colors.qualitative.D3
-    for i, (name, rows) in enumerate(series):
+    colors = colors or [RUN_COLORS[i % len(RUN_COLORS)] for i in range(len(series))]
+    for (name, rows), color in zip(series, colors, strict=True):
         fig.add_scatter(
             x=[r.get("epoch") for r in rows], y=[r.get(f"test_{key}") for r in rows], mode="lines+markers",
-            name=name, line=dict(color=colors[i % len(colors)], width=3), marker=dict(size=6),
+            name=name, line=dict(color=color, width=3), marker=dict(size=6),
         )  # fmt: skip
     _epoch_ticks(fig, [r.get("epoch") for _, rows in series for r in rows])
     ys = np.array([r.get(f"test_{key}") for _, rows in series for r in rows[1:]], dtype=float)
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(title="nats per image", range=robust_range(ys, skip=0.0, lo_q=0, hi_q=100))
-    _layout(fig, 440 if legend else 300, title)
-    # Under the plot: the legend names can be long ("z=2 · decoder=bernoulli (my run)") and must not squeeze it.
-    fig.update_layout(showlegend=legend, legend=dict(orientation="h", y=-0.22, x=0, yanchor="top", xanchor="left"))
+    # Under the plot, one run a line (names can be long: "z=2 · lr=0.001 (my run)"), the figure as tall as the
+    # legend needs, so no entry is cut off.
+    rows = 28 * len(series) if legend else 0
+    _layout(fig, 340 + rows, title)
+    fig.update_layout(showlegend=legend, margin=dict(b=70 + rows),
+                      legend=dict(orientation="v", yref="container", y=0, yanchor="bottom", x=0, xanchor="left"))  # fmt: skip
     return fig
 
 

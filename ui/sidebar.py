@@ -106,7 +106,9 @@ def current_run() -> Run | None:
     """The picked run, or None (with a message on the page saying what to do)."""
     run_id = st.session_state.get(CURRENT)
     if not run_id:
-        st.info("No run yet. Start one on the **Train** page: the quick demo shows its first pictures a second after it starts training.")
+        st.info(
+            "No run yet. Start one on the **Train** page: the quick demo shows its first pictures a second after it starts training."
+        )
         st.page_link("app_pages/train.py", label="Go to Train", icon=":material/model_training:")
         return None
     try:
