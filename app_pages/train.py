@@ -9,9 +9,17 @@ from ui.controls import run_controls
 from ui.live import live_panel
 from ui.runs import run_ids, runs_root, state_badge
 from ui.sidebar import FORM_OPEN, current_run, display_name, meta
-from ui.train_form import ask_for_quick_demo, empty_state, new_run_form, runs_table, start_asked_quick_demo
+from ui.train_form import (
+    ask_for_quick_demo,
+    empty_state,
+    new_run_form,
+    runs_table,
+    start_problem,
+    warm_up_trainers,
+)
 
-start_asked_quick_demo()  # before anything is drawn: the click counts whatever the page showed
+warm_up_trainers()  # once a session: the fork server is ready before anyone clicks
+start_problem()  # a Quick demo click that could not start a run says why
 have_runs = bool(run_ids(runs_root()))
 title, buttons = st.columns([3, 2], vertical_alignment="center")
 title.title(":material/model_training: Train")

@@ -14,6 +14,7 @@ Everything is decoded once into tensors, so the training loop only indexes.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -129,8 +130,20 @@ def peek_info(config: DataConfig) -> DatasetInfo:
     return plan.info
 
 
+_KEPT: dict[DataConfig, ImageData] = {}  # loaded once and shared: see keep_loaded
+
+
+def keep_loaded(config: DataConfig) -> None:
+    """Load `config`'s data now and hand these very tensors to every later `load_data(config)` in this process
+    (and in processes forked from it, which share them copy-on-write: cvae.forkserver). Training only reads
+    them."""
+    _KEPT[config] = load_data(config)
+
+
 def load_data(config: DataConfig) -> ImageData:
     """Load, subset and binarize the dataset a `DataConfig` names."""
+    if config in _KEPT:
+        return dataclasses.replace(_KEPT[config])
     config.validate()
     root = resolve_data_dir(config.data_dir)
     name = config.dataset.strip()

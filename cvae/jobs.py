@@ -59,6 +59,7 @@ from cvae.runs import (
     LAUNCH_FILE,
     OWNER_FILE,
     RunDir,
+    active_runs,
     available_cores,
     fresh_run_path,
     is_run_id,
@@ -188,16 +189,6 @@ def max_active() -> int:
     return max(1, min(RUNS_PER_CORE * available_cores(), by_memory))
 
 
-def busy_runs(root: Path) -> int:
-    """Runs of `root` queued or training now (by their status files), to share the cores out among them."""
-    count = 0
-    with contextlib.suppress(OSError):
-        for folder in Path(root).iterdir():
-            if is_run_id(folder.name) and RunDir(folder).read_status().get("state") in ACTIVE_STATES:
-                count += 1
-    return count
-
-
 def train_nice() -> int:
     """How much lower than the app's the trainers' CPU priority is: $CVAE_TRAIN_NICE (0-19), else 10.
 
@@ -209,19 +200,11 @@ def train_nice() -> int:
 
 
 def _queue_argv(argv: list[str], run: RunDir) -> list[str]:
-    """`python -m cvae.jobs` flags: N slots, a lower priority, and with N > 1 a share of the cores: all of them
-    for a run alone on the server, one core each (at least) for the runs of a class training together."""
-    n = max_active()
+    """`python -m cvae.jobs` flags: N slots, a lower priority, the GPUs. The threads stay the run's own option:
+    with 0 (auto) the trainer shares the cores with the runs training beside it as they come and go."""
     gpus = json.dumps([asdict(g) for g in list_gpus()])  # this process has torch loaded; the queue has not
-    extra = ["--max-active", str(n), "--nice", str(train_nice()), "--gpus", gpus, "--run-dir", str(run.path)]
-    together = max(1, min(n, busy_runs(run.path.parent)))  # this run is already marked queued
-    threads = str(max(1, available_cores() // together))
-    if n > 1 and "--threads" in argv and argv[argv.index("--threads") + 1] == "0":
-        argv = [*argv]
-        argv[argv.index("--threads") + 1] = threads
-    elif n > 1 and "--threads" not in argv:
-        argv = [*argv, "--threads", threads]
-    return [*extra, *argv]
+    flags = ["--max-active", str(max_active()), "--nice", str(train_nice()), "--gpus", gpus, "--run-dir", str(run.path)]
+    return [*flags, *argv]
 
 
 def _spawn(run: RunDir, argv: list[str], epochs: int) -> int:
@@ -235,19 +218,53 @@ def _spawn(run: RunDir, argv: list[str], epochs: int) -> int:
     run.write_status(state="queued", pid=None, process=None, position=None, epochs=epochs, batch=0,
                      message="joining the queue", queued_at=time.time())  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "cvae.jobs", *_queue_argv(argv, run)]
+    flags = _queue_argv(argv, run)
     with open(run.log_path, "ab") as log:
-        log.write(f"\n$ python -m cvae.jobs {' '.join(command[3:])}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(  # noqa: S603 - a fixed module and validated flags, no shell
-            command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
-        )  # fmt: skip
-    # Reap the child when it exits (no zombie); this thread only waits, it never trains.
-    threading.Thread(target=proc.wait, daemon=True).start()
+        log.write(f"\n$ python -m cvae.jobs {' '.join(flags)}\n".encode())
+    pid = _forked(run, flags)
+    if pid is None:
+        with open(run.log_path, "ab") as log:
+            proc = subprocess.Popen(  # noqa: S603 - a fixed module and validated flags, no shell
+                [sys.executable, "-m", "cvae.jobs", *flags], cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+            )  # fmt: skip
+        # Reap the child when it exits (no zombie); this thread only waits, it never trains.
+        threading.Thread(target=proc.wait, daemon=True).start()
+        pid = proc.pid
     # The same pid and identity the queue process writes itself: whichever write lands last, they agree.
-    run.write_status(pid=proc.pid, process=process_identity(proc.pid), started=time.time())
-    return proc.pid
+    run.write_status(pid=pid, process=process_identity(pid), started=time.time())
+    return pid
+
+
+def fork_server_on() -> bool:
+    """Whether runs start from a fork server (cvae.forkserver): on Linux, unless $CVAE_FORK_SERVER is 0."""
+    return sys.platform.startswith("linux") and os.environ.get("CVAE_FORK_SERVER", "1") != "0"
+
+
+def fork_server_wanted(run: RunDir, flags: list[str]) -> bool:
+    """Whether a run asks the runs folder's fork server for its process: a CPU run, where the server is on."""
+    if not fork_server_on():
+        return False
+    try:
+        gpus = parse_gpus(flags[flags.index("--gpus") + 1])
+    except (ValueError, IndexError, ConfigError):
+        return False
+    # A forked process cannot use CUDA: with GPUs on the server, runs are spawned as before.
+    return not gpus and requested_device(flags, run) in ("cpu", "auto")
+
+
+def _forked(run: RunDir, flags: list[str]) -> int | None:
+    """The run's process from the fork server, or None (then it is spawned): the server is started on the
+    first need, so that the runs after this one start warm."""
+    if not fork_server_wanted(run, flags):
+        return None
+    from cvae import forkserver
+
+    pid = forkserver.request(run.path.parent, flags, run.log_path)
+    if pid is None and active_runs(run.path.parent, besides=run):  # a class is starting runs: warm up for the next
+        with contextlib.suppress(OSError):
+            forkserver.start(run.path.parent)
+    return pid
 
 
 def start(
@@ -365,7 +382,7 @@ def _is_trainer(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return pid_alive(pid)  # no /proc (macOS): trust the status file
-    return b"cvae.train" in cmdline or b"cvae.jobs" in cmdline
+    return b"cvae.train" in cmdline or b"cvae.jobs" in cmdline or b"cvae.forkserver" in cmdline
 
 
 def stop(run: RunDir, user: User | None = None) -> bool:
@@ -376,6 +393,8 @@ def stop(run: RunDir, user: User | None = None) -> bool:
     pid = status.get("pid")
     if status.get("state") not in ACTIVE_STATES or not isinstance(pid, int) or not _is_trainer(pid):
         return False
+    if status.get("process") and not process_is(pid, status.get("process")):
+        return False  # the pid now names another process (a fork server's, or a reused one)
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -629,7 +648,10 @@ def cli(argv: list[str] | None = None) -> int:
 
     parser = OneLineParser(prog="python -m cvae.jobs", description="Queue a training run, then train it.")
     parser.add_argument(
-        "--max-active", type=int, default=None, help="CPU runs training at once [$CVAE_MAX_RUNS, else what the memory holds]"
+        "--max-active",
+        type=int,
+        default=None,
+        help="CPU runs training at once [$CVAE_MAX_RUNS, else what the memory holds]",
     )
     parser.add_argument("--run-dir", required=True, help="the run folder (its parent is the queue)")
     parser.add_argument("--gpus", default=None, help="the server's GPUs as JSON (what `list_gpus` gives), so "

@@ -33,7 +33,7 @@ from cvae.errors import CVAEError
 from cvae.evaluate import evaluate_elbo, refined_nelbo
 from cvae.model import CVAE, count_parameters, term_names
 from cvae.progress import Callback
-from cvae.runs import RunDir, process_identity
+from cvae.runs import RunDir, active_runs, available_cores, process_identity
 from cvae.runtime import (
     autocast,
     make_optimizer,
@@ -178,6 +178,7 @@ def fit(
     batch_log = open(run.batches_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     kept = {"epoch": start_epoch}  # the last epoch whose checkpoint is on disk (the writer thread moves it)
     writer = EpochWriter()
+    share = CoreShare(run, cfg.threads) if device.type == "cpu" else None
     preview = None
     if cfg.preview_every > 0 and graph is None:  # a CUDA graph runs a whole epoch without coming back per batch
         preview = LivePreview(cfg.preview_every, run, writer, d.batches, functools.partial(
@@ -188,7 +189,7 @@ def fit(
         with StopRequested() as stop:
             for epoch in range(start_epoch + 1, end_epoch + 1):
                 t_epoch = time.time()
-                step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=dynamic, graph=graph)
+                step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=dynamic, graph=graph, share=share)
                 train = step.epoch(epoch, cfg, run, batch_log, callbacks, stop, t_run, preview)
                 t_trained = time.time()
                 if stop.requested:
@@ -284,6 +285,29 @@ class EpochWriter:
         self._thread.join()
 
 
+SHARE_EVERY_S = 5.0  # how often a trainer with threads 0 looks at how many runs share its cores
+
+
+class CoreShare:
+    """Threads 0 (auto): the cores shared out among the runs training in this run's runs folder, looked at anew
+    every SHARE_EVERY_S, so a class's runs use one core each while they overlap and a run alone gets them all.
+    More threads than cores' share would make each run's threads wait for one another's time slices."""
+
+    def __init__(self, run: RunDir, threads: int) -> None:
+        self.run, self.auto, self.current, self.next_at = run, threads == 0, 0, 0.0
+
+    def __call__(self) -> None:
+        now = time.time()
+        if not self.auto or now < self.next_at:
+            return
+        self.next_at = now + SHARE_EVERY_S
+        others = active_runs(self.run.path.parent, besides=self.run, states=("starting", "running"))
+        want = max(1, available_cores() // (1 + others))
+        if want != self.current:
+            torch.set_num_threads(want)
+            self.current = want
+
+
 class LivePreview:
     """Pictures of the epoch in progress (reconstructions and latent means), so a class sees its models learn
     long before an epoch ends: the first FIRST_PREVIEW_S after the first batch, then every `every` seconds, but
@@ -294,6 +318,7 @@ class LivePreview:
                  make: Callable[..., EpochArtifacts]) -> None:  # fmt: skip
         self.every, self.run, self.writer, self.batches, self.make = every, run, writer, batches, make
         self.next_at: float | None = None
+        self.saved = False
 
     def __call__(self, epoch: int, batch: int, t_run: float) -> None:
         now = time.time()
@@ -304,16 +329,23 @@ class LivePreview:
         pictures = self.make(epoch=epoch)
         cost = time.time() - now
         where = dict(epoch=epoch, batch=batch, batches=self.batches, time=time.time() - t_run, seconds=cost)
-        self.writer.submit(functools.partial(pictures.save_live, self.run, where))
+        self.writer.submit(functools.partial(self._save, pictures, where))
         self.next_at = time.time() + max(self.every, cost / PREVIEW_SHARE)
+
+    def _save(self, pictures: EpochArtifacts, where: dict) -> None:
+        pictures.save_live(self.run, where)
+        if not self.saved:  # when a run's first pictures were there to see: the class's figure (scripts.loadtest)
+            self.saved = True
+            self.run.write_status(first_pictures_at=time.time())
 
 
 class Step:
     """One epoch of optimisation steps, with running sums kept on the device."""
 
     def __init__(self, model: CVAE, optimizer: torch.optim.Optimizer, schedule: LearningRate, d: DeviceData,
-                 amp_dtype: torch.dtype | None, *, dynamic: bool, graph: GraphStep | None = None) -> None:  # fmt: skip
-        self.model, self.optimizer, self.schedule, self.d = model, optimizer, schedule, d
+                 amp_dtype: torch.dtype | None, *, dynamic: bool, graph: GraphStep | None = None,
+                 share: CoreShare | None = None) -> None:  # fmt: skip
+        self.model, self.optimizer, self.schedule, self.d, self.share = model, optimizer, schedule, d, share
         self.amp_dtype, self.dynamic, self.graph = amp_dtype, dynamic, graph
         self.device = d.train_x.device
         self.names = term_names(model.config)  # what the model's objective returns, summed over the epoch
@@ -370,6 +402,8 @@ class Step:
                 break
             if preview is not None:
                 preview(epoch, b + 1, t_run)
+            if self.share is not None:
+                self.share()
         return dict(zip(self.names, (sums / max(self.seen, 1)).tolist(), strict=True))
 
 

@@ -482,6 +482,17 @@ def list_runs(root: Path, *, started: bool = False) -> list[RunDir]:
     return [run for *_, run in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
 
 
+def active_runs(root: Path, besides: RunDir | None = None, states: tuple[str, ...] = ACTIVE_STATES) -> int:
+    """How many runs of `root` (other than `besides`) are in one of `states` now, by their live status files."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for folder in Path(root).iterdir():
+            if (besides is None or folder != besides.path) and is_run_id(folder.name) and \
+                    RunDir(folder).read_status().get("state") in states:  # fmt: skip
+                count += 1
+    return count
+
+
 def fresh_run_path(root: Path, run_id: str) -> RunDir:
     """A newly made, empty run folder: `run_id`, or `run_id-2`, `-3`, ... when two runs start in one second."""
     for n in range(1, 1000):

@@ -91,6 +91,26 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+def parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of `pid` and its descendants: memory shared between them (torch's pages, the data a
+    fork server's children share) counted once in all, not once per process as in RSS."""
+    total = 0
+    for p in tree(pid):
+        try:
+            total += next(int(line.split()[1]) for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+                          if line.startswith("Pss:"))  # fmt: skip
+        except (OSError, ValueError, StopIteration):
+            continue
+    return total
+
+
 def cpu_s(pid: int) -> float | None:
     """User + system CPU seconds `pid` has used, or None if it is gone."""
     try:
@@ -208,7 +228,15 @@ async def drive(url: str, run_ids: list[str], sessions: int, rounds: int, chromi
     return times, first, errors, wall
 
 
-async def student(browser, url: str, delay: float, finish_timeout: float, result: dict) -> None:
+def _queued_at(runs: Path, run_id: str) -> float:
+    try:
+        value = json.loads((runs / run_id / "status.json").read_text()).get("queued_at")
+    except (OSError, ValueError):
+        return 0.0
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+async def student(browser, url: str, runs: Path, delay: float, finish_timeout: float, result: dict) -> None:
     """One student: opens the Train page, presses Quick demo after `delay` s, waits for their own pictures."""
     context = await browser.new_context(viewport={"width": 1280, "height": 720})
     page = await context.new_page()
@@ -217,14 +245,26 @@ async def student(browser, url: str, delay: float, finish_timeout: float, result
         button = page.get_by_role("button", name=re.compile("quick demo", re.IGNORECASE)).first
         await button.wait_for(state="visible", timeout=120_000)
         await asyncio.sleep(delay)
-        t0 = time.perf_counter()
+
+        def shown() -> str:
+            return parse_qs(urlparse(page.url).query).get("run", [""])[0]
+
+        t0, clicked = time.perf_counter(), time.time()
         await button.click(timeout=120_000)
+        # Their own run: one queued after the click (the page may first show a classmate's, the newest, for the
+        # moment before it has started theirs).
+        while not shown() or _queued_at(runs, shown()) < clicked - 1.0:
+            await asyncio.sleep(0.1)
+            if time.perf_counter() - t0 > 600:
+                raise TimeoutError("the page never showed a run of its own")
+        result["run"] = shown()
         await page.get_by_text("Their reconstructions").first.wait_for(state="visible", timeout=1_800_000)
         result["first_reconstruction_s"] = time.perf_counter() - t0
-        result["run"] = parse_qs(urlparse(page.url).query).get("run", ["?"])[0]  # their own run, by its address
         await page.get_by_text("Where the encoder puts").first.wait_for(state="visible", timeout=1_800_000)
         result["first_latent_s"] = time.perf_counter() - t0
         result["first_pictures_s"] = max(result["first_reconstruction_s"], result["first_latent_s"])
+        if shown() != result["run"]:
+            raise RuntimeError(f"the page went from its own run {result['run']} to {shown()}")
         await page.get_by_text("Finished:").first.wait_for(state="visible", timeout=finish_timeout * 1000)
         result["finished_s"] = time.perf_counter() - t0
     except Exception as err:  # noqa: BLE001 - a timed-out student is a result, not a crash
@@ -249,7 +289,8 @@ async def late_visitor(browser, url: str) -> float | None:
         await context.close()
 
 
-async def drive_class(url: str, students: int, within: float, finish_timeout: float, chromium: str) -> tuple:
+async def drive_class(url: str, runs: Path, students: int, within: float, finish_timeout: float,
+                      chromium: str) -> tuple:  # fmt: skip
     import random
 
     from playwright.async_api import async_playwright
@@ -258,7 +299,7 @@ async def drive_class(url: str, students: int, within: float, finish_timeout: fl
     results: list[dict] = [{} for _ in range(students)]
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        tasks = [asyncio.create_task(student(browser, url, rng.uniform(0, within), finish_timeout, results[k]))
+        tasks = [asyncio.create_task(student(browser, url, runs, rng.uniform(0, within), finish_timeout, results[k]))
                  for k in range(students)]  # fmt: skip
         await asyncio.sleep(within + 5)
         late = await late_visitor(browser, url)
@@ -278,12 +319,17 @@ def class_main(args: argparse.Namespace) -> int:
     runs, port = tmp / "runs", free_port()
     server = start_server(runs, port, tmp / "server.log", max_runs=os.environ.get("CVAE_MAX_RUNS"))
     load_before = os.getloadavg()
-    peak = {"all_kb": 0}
+    peak = {"all_kb": 0, "pss_kb": 0}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak["all_kb"] = max(peak["all_kb"], rss_kb(server.pid))  # the server and its trainers
+            # the server and its trainers: its children, and the fork server's (which forks them)
+            found = subprocess.run(["pgrep", "-f", f"cvae.forkserver {runs}"], capture_output=True, text=True)
+            matches = {int(f) for f in found.stdout.split()}  # the fork server and its children (its command line)
+            forks = [f for f in matches if parent(f) not in matches]  # the server alone: its tree holds the runs
+            peak["all_kb"] = max(peak["all_kb"], rss_kb(server.pid) + sum(rss_kb(f) for f in forks))
+            peak["pss_kb"] = max(peak["pss_kb"], pss_kb(server.pid) + sum(pss_kb(f) for f in forks))
             time.sleep(0.5)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -291,7 +337,7 @@ def class_main(args: argparse.Namespace) -> int:
     try:
         os.nice(args.browser_nice)
         t0 = time.perf_counter()
-        results, late = asyncio.run(drive_class(f"http://127.0.0.1:{port}", args.students, args.within,
+        results, late = asyncio.run(drive_class(f"http://127.0.0.1:{port}", runs, args.students, args.within,
                                                 args.finish_timeout, args.chromium))  # fmt: skip
         wall = time.perf_counter() - t0
         server_cpu = (cpu_s(server.pid) or 0.0) - server_cpu0
@@ -300,10 +346,13 @@ def class_main(args: argparse.Namespace) -> int:
         from cvae import jobs
         from cvae.runs import RunDir, is_run_id
 
-        started = {}
+        started, server_side = {}, []
         for folder in runs.iterdir() if runs.is_dir() else []:
             if is_run_id(folder.name):
-                started[folder.name] = RunDir(folder).read_status().get("state")
+                status = RunDir(folder).read_status()
+                started[folder.name] = status.get("state")
+                if isinstance(status.get("first_pictures_at"), float) and isinstance(status.get("queued_at"), float):
+                    server_side.append(status["first_pictures_at"] - status["queued_at"])
                 jobs.stop(RunDir(folder))
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
@@ -315,22 +364,26 @@ def class_main(args: argparse.Namespace) -> int:
         "students": args.students, "within_s": args.within, "max_runs": os.environ.get("CVAE_MAX_RUNS", "default"),
         "wall_s": round(wall, 1), "runs_started": started, "students_detail": results,
         "first_pictures_s": _spread([r["first_pictures_s"] for r in results if "first_pictures_s" in r]),
+        "first_pictures_written_s": _spread(server_side),
         "finished_s": _spread([r["finished_s"] for r in results if "finished_s" in r]),
         "late_visitor_draw_s": None if late is None else round(late, 1),
         "errors": [r["error"] for r in results if "error" in r],
         "peak_rss_mb_server_and_trainers": round(peak["all_kb"] / 1024),
+        "peak_pss_mb_server_and_trainers": round(peak["pss_kb"] / 1024),
         "server_cpu_s": round(server_cpu, 1), "server_cpu_share": round(server_cpu / (wall * (os.cpu_count() or 1)), 3),
     }  # fmt: skip
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(f"\n{args.students} students press Quick demo within {args.within:g} s; {summary['machine']}; "
           f"load average before {summary['load_average_before']}; {summary['date']}\n")  # fmt: skip
     print("| from the click to | median (s) | worst (s) | students |\n|---|---|---|---|")
-    for key, label in (("first_pictures_s", "their first reconstructions and latent scatter"),
+    for key, label in (("first_pictures_written_s", "their run's first pictures written (server side)"),
+                       ("first_pictures_s", "their first reconstructions and latent scatter on their page"),
                        ("finished_s", "their finished demo")):  # fmt: skip
         r = summary[key]
         print(f"| {label} | {r['median'] if r else '–'} | {r['worst'] if r else '–'} | {r['n'] if r else 0} |")
     print(f"\na visitor arriving after the class: Train page drawn in {summary['late_visitor_draw_s']} s; peak memory "
-          f"of the server and its trainers {summary['peak_rss_mb_server_and_trainers']} MB; the streamlit process used "
+          f"of the server and its trainers {summary['peak_pss_mb_server_and_trainers']} MB PSS (shared pages counted once; "
+          f"{summary['peak_rss_mb_server_and_trainers']} MB summed RSS); the streamlit process used "
           f"{summary['server_cpu_s']} CPU-s ({100 * summary['server_cpu_share']:.1f} % of the machine) in {summary['wall_s']} s")  # fmt: skip
     print(f"errors: {len(summary['errors'])}" + "".join(f"\n  {e}" for e in summary["errors"][:10]))
     shutil.rmtree(tmp, ignore_errors=True)

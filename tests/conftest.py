@@ -18,6 +18,9 @@ import torch
 from cvae.train import main
 
 torch.set_num_threads(2)
+# Every test's runs folder would get a warm fork server of its own (0.5 GB, kept for minutes): off, except in
+# tests/test_forkserver.py, which turns it on for the runs it starts.
+os.environ["CVAE_FORK_SERVER"] = "0"
 
 
 @pytest.fixture(scope="session")

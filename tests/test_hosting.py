@@ -82,37 +82,45 @@ def test_the_default_number_of_runs_at_once_is_what_memory_holds(monkeypatch: py
     assert jobs.max_active() == 3
 
 
-def test_queue_flags_share_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "available_cores", lambda: 8)
+def test_queue_flags_and_the_cores_shared_among_the_runs_training_together(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The queue gets the slots, the priority and the GPUs; a trainer with threads 0 (the app's) takes every core
+    alone, and a share of them while other runs of its runs folder train, looked at anew as they come and go."""
+    import torch
+
+    from cvae import loop
+
     run = RunDir(tmp_path / "r")
     monkeypatch.setenv("CVAE_MAX_RUNS", "4")
     monkeypatch.delenv("CVAE_TRAIN_NICE", raising=False)
-    argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
-    assert argv[argv.index("--threads") + 1] == "8"  # alone on the server: every core
-    for k in range(6):  # a class's runs queued or training beside it: a quarter of the cores each (4 slots)
-        RunDir(tmp_path / f"other-{k}").path.mkdir()
-        RunDir(tmp_path / f"other-{k}").write_status(state="running" if k < 3 else "queued", pid=os.getpid(),
-                                                     process=process_identity(os.getpid()))  # fmt: skip
-    argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
     monkeypatch.setattr(jobs, "list_gpus", lambda: [jobs.Gpu(0, "Fake GPU", 8 << 30)])
     argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
-    assert argv[:8] == [
-        "--max-active",
-        "4",
-        "--nice",
-        "10",
-        "--gpus",
-        '[{"index": 0, "name": "Fake GPU", "memory": 8589934592}]',
-        "--run-dir",
-        str(run.path),
-    ]  # the queue process learns the GPUs so
-    assert jobs.parse_gpus(argv[5]) == [jobs.Gpu(0, "Fake GPU", 8 << 30)]  # it needs no torch to wait
-    assert argv[argv.index("--threads") + 1] == "2"
+    gpus = '[{"index": 0, "name": "Fake GPU", "memory": 8589934592}]'
+    assert argv == ["--max-active", "4", "--nice", "10", "--gpus", gpus, "--run-dir", str(run.path), "--quick-demo"]
+    assert jobs.parse_gpus(argv[5]) == [jobs.Gpu(0, "Fake GPU", 8 << 30)]  # so the queue needs no torch to wait
     monkeypatch.setenv("CVAE_TRAIN_NICE", "0")
     assert jobs._queue_argv([], run)[2:4] == ["--nice", "0"]
-    monkeypatch.setenv("CVAE_MAX_RUNS", "1")
-    argv = jobs._queue_argv(jobs.build_argv(jobs.QUICK_DEMO_OPTIONS), run)
-    assert "--threads" not in argv  # one run at a time: the trainer's default, all the cores
+
+    monkeypatch.setattr(loop, "available_cores", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        share = loop.CoreShare(run, threads=0)
+        share()
+        assert torch.get_num_threads() == 8  # alone: every core
+        for k in range(4):  # three train beside it, one waits in the queue (it uses no core)
+            RunDir(tmp_path / f"other-{k}").path.mkdir()
+            RunDir(tmp_path / f"other-{k}").write_status(state="running" if k < 3 else "queued", pid=os.getpid(),
+                                                         process=process_identity(os.getpid()))  # fmt: skip
+        share()
+        assert torch.get_num_threads() == 8  # looked at again only after SHARE_EVERY_S
+        share.next_at = 0.0
+        share()
+        assert torch.get_num_threads() == 2  # four training: a quarter each
+        fixed = loop.CoreShare(run, threads=3)  # a run given its threads keeps them
+        fixed()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -209,3 +209,14 @@ def test_compare_names_settings_in_plain_words_and_keeps_each_runs_colour() -> N
     alone = {i: plots.run_colors([i])[i] for i in ids}  # a run's own colour, from its id
     assert all(plots.run_colors(ids)[i] == alone[i] for i in sorted(ids)[:1])  # kept whatever else is chosen
     assert plots.run_colors(["run-4", "run-7"]) == plots.run_colors(["run-7", "run-4"])  # in any order
+
+
+def test_the_run_picker_never_shows_two_runs_alike() -> None:
+    """The browser answers a pick with the label it showed: a class's demos started in one minute, or two runs
+    given one name, must not read alike (the page then showed a classmate's run)."""
+    from ui.sidebar import readable_id, unique_labels
+
+    assert readable_id("20261202-170733-MNIST-bernoulli-z2") == "MNIST-bernoulli-z2 (12-02 17:07:33)"
+    assert readable_id("20261202-170733-MNIST-bernoulli-z2-2") == "MNIST-bernoulli-z2-2 (12-02 17:07:33)"
+    labels = unique_labels({"a": "running · demo", "b": "running · demo", "c": "finished · demo"})
+    assert labels == {"a": "running · demo · a", "b": "running · demo · b", "c": "finished · demo"}

@@ -23,10 +23,15 @@ def select(run_id: str) -> None:
 
 
 def _to_url() -> None:
-    """The picker changed: put the new run in the address bar before the page reads it."""
-    st.session_state[CURRENT] = st.session_state.get("run")
-    if st.session_state.get("run"):
-        st.query_params["run"] = st.session_state["run"]
+    """The picker changed: put the new run in the address bar before the page reads it. The browser names its
+    choice by the label it was shown, which goes stale when the run's state changes: a value that is no run of
+    this folder is left alone (the address keeps the run the page shows)."""
+    chosen = st.session_state.get("run")
+    if chosen and chosen not in run_ids(runs_root()):
+        return
+    st.session_state[CURRENT] = chosen
+    if chosen:
+        st.query_params["run"] = chosen
     else:
         st.query_params.pop("run", None)
 
@@ -47,7 +52,7 @@ def run_picker() -> None:
         st.sidebar.warning(f"No run called {wanted[:60]!r} here (deleted, or a mistyped address); showing another.")
     st.session_state["run"] = st.session_state[CURRENT] = chosen if chosen in ids else None
     _to_url()
-    labels = {i: picker_label(root, i) for i in ids}
+    labels = unique_labels({i: picker_label(root, i) for i in ids})
     st.sidebar.selectbox(
         "Run", ids, key="run", on_change=_to_url, placeholder="no runs yet",
         format_func=lambda i: labels.get(i, i),
@@ -55,6 +60,15 @@ def run_picker() -> None:
              "Give a run a name on the Train page.",
     )  # fmt: skip
     st.sidebar.caption(f"Runs folder: `{_short(root)}`", help=str(root))
+
+
+def unique_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The picker's labels, each run's its own: the browser answers with the label, so two runs shown alike
+    (a class's quick demos started in the same second) would be taken for one another; those get their id."""
+    seen: dict[str, int] = {}
+    for label in labels.values():
+        seen[label] = seen.get(label, 0) + 1
+    return {i: f"{label} · {i}" if seen[label] > 1 else label for i, label in labels.items()}
 
 
 def _short(root: Path) -> str:
@@ -77,18 +91,18 @@ def picker_label(root: Path, run_id: str) -> str:
 
 
 def display_name(root: Path, run_id: str) -> str:
-    """The name a person gave the run, or its id made readable: 'MNIST-bernoulli-z2 (11-27 02:00)'."""
+    """The name a person gave the run, or its id made readable: 'MNIST-bernoulli-z2 (11-27 02:00:41)'."""
     return meta(root / run_id)["name"] or readable_id(run_id)
 
 
 def readable_id(run_id: str) -> str:
-    """A generated id '<yyyymmdd>-<hhmmss>-<what>' as '<what> (mm-dd hh:mm)', the part that tells runs apart
+    """A generated id '<yyyymmdd>-<hhmmss>-<what>' as '<what> (mm-dd hh:mm:ss)', the part that tells runs apart
     first; any other id as it is."""
-    match = re.fullmatch(r"\d{4}(\d{2})(\d{2})-(\d{2})(\d{2})\d{2}-(.+)", run_id)
+    match = re.fullmatch(r"\d{4}(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-(.+)", run_id)
     if not match:
         return run_id
-    month, day, hour, minute, what = match.groups()
-    return f"{what} ({month}-{day} {hour}:{minute})"
+    month, day, hour, minute, second, what = match.groups()
+    return f"{what} ({month}-{day} {hour}:{minute}:{second})"  # to the second: a class starts many in a minute
 
 
 def meta(run_dir: Path) -> dict[str, str]:

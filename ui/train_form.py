@@ -49,24 +49,42 @@ def _start(options: dict[str, Any]) -> None:
     st.rerun()
 
 
-def start_quick_demo() -> None:
-    """The library's quick-demo preset, by name (cvae.config.QUICK_DEMO)."""
-    _start(dict(jobs.QUICK_DEMO_OPTIONS))
+WARMED = "trainers_warmed"
+START_PROBLEM = "quick_demo_problem"  # why the last Quick demo click could not start one, shown by the page
 
 
-QUICK_DEMO_ASKED = "quick_demo_asked"
+def warm_up_trainers() -> None:
+    """Start the runs folder's fork server (cvae.forkserver) once per browser session, so the runs this session
+    starts (and its classmates') start warm, in milliseconds, instead of each importing torch."""
+    if st.session_state.get(WARMED) or not jobs.fork_server_on():
+        return
+    st.session_state[WARMED] = True
+    from cvae import forkserver
+
+    forkserver.ensure(runs_root())
 
 
 def ask_for_quick_demo() -> None:
-    """A Quick demo button's callback: it runs before the page does, so the click counts even when the page it
-    was on has changed meanwhile (the button gone: a classmate's run made the empty state the runs view)."""
-    st.session_state[QUICK_DEMO_ASKED] = True
+    """A Quick demo button's callback: it starts the library's preset (cvae.config.QUICK_DEMO, by name) before the
+    page runs, so the click counts even when
+    the page it was on has changed meanwhile (a classmate's run made the empty state the runs view), and the
+    page draws the new run at once (the run picker has not been drawn yet)."""
+    try:
+        run = jobs.start(runs_root(), dict(jobs.QUICK_DEMO_OPTIONS), user=current_user(), data_roots=jobs.data_roots())
+    except CVAEError as err:
+        st.session_state[START_PROBLEM] = f"Could not start the run: {err}"
+        return
+    except OSError as err:  # disk full, read-only runs folder: one sentence, no traceback
+        st.session_state[START_PROBLEM] = f"Could not start the run: {jobs.explain(err)}"
+        return
+    select(run.id)
 
 
-def start_asked_quick_demo() -> None:
-    """Start the quick demo if a button asked for it (see `ask_for_quick_demo`); called at the top of the page."""
-    if st.session_state.pop(QUICK_DEMO_ASKED, False):
-        start_quick_demo()
+def start_problem() -> None:
+    """The page's one line for a Quick demo click that could not start (see `ask_for_quick_demo`)."""
+    problem = st.session_state.pop(START_PROBLEM, None)
+    if problem:
+        st.error(problem)
 
 
 def quick_demo_button(primary: bool = True, key: str = "quick_demo") -> None:
