@@ -406,10 +406,11 @@ class TrainConfig:
                                 high=100_000, label="Test images in the latent plot", resume="override")  # fmt: skip
     grid_size: int = option(64, "test images shown as reconstructions", low=0, high=1024, form=None)
     preview_every: float = option(5.0, "while an epoch trains, refresh its live pictures (reconstructions and "
-                                  "latent means) every N seconds of training, the first after one second "
+                                  "latent means) every N seconds of training, the first half a second after training starts "
                                   "(0 = pictures at epoch ends only)", low=0, high=86_400,
                                   label="Live pictures every N seconds", resume="override")  # fmt: skip
-    threads: int = option(0, "CPU threads (0 = one per available core)", low=0, high=1024,
+    threads: int = option(0, "CPU threads (0 = the available cores, shared with the runs training beside it in "
+                          "the same runs folder)", low=0, high=1024,
                           label="CPU threads (0 = all)", resume="override")  # fmt: skip
     lr_schedule: LRSchedule = option("plateau", "plateau: cut by 10 when the training loss stalls (the "
                                      "reference); cosine: a linear warm-up, then down to 0 at the last epoch; "

@@ -48,7 +48,7 @@ from cvae.runtime import (
 from cvae.schedule import LearningRate
 
 STATUS_EVERY_S = 1.0  # rewrite status.json at most this often while training
-FIRST_PREVIEW_S = 1.0  # the first live pictures, this long after the first batch: a class sees a model at once
+FIRST_PREVIEW_S = 0.5  # the first live pictures, this long after the first batch: a class sees a model at once
 PREVIEW_SHARE = 0.05  # live pictures take at most this share of the training time (they run on its thread)
 PREVIEW_LATENTS = 1000  # test images in a live latent scatter (the epoch's own has the whole latent subset)
 
