@@ -23,7 +23,7 @@ c1, c2 = st.columns([1, 2])
 kind = c1.segmented_control("Decoder output", ["mean", "sample"], default="mean", key="recon_kind",
                             format_func=lambda k: {"mean": "Mean", "sample": "Sampled"}[k]) or "mean"  # fmt: skip
 epoch = c2.select_slider("Epoch", epochs, value=epochs[-1], key="recon_epoch")
-left, right = st.columns(2)
+left, right, _ = st.columns([2, 2, 1])  # at 1280x720 the pair and its captions fit the first screen
 truth = png_file(run.dir.artifacts / "truth.png", 3)
 recon = png_file(run.dir.artifact(epoch, f"recon_{kind}.png"), 3)
 if truth is not None:

@@ -136,7 +136,7 @@ def test_train_page_widgets(runs: Path) -> None:
         "f_seed",
     } <= keys
     assert {b.key for b in at.button} >= {"start", "resume"}
-    assert len(at.get("plotly_chart")) == 2  # batch loss and the per-epoch curves
+    assert len(at.get("plotly_chart")) == 3  # the latent scatter, the batch loss and the per-epoch curves
     assert "Finished" in texts(at)
 
 
@@ -288,7 +288,7 @@ def test_complete_page_preset_starts_the_one_quadrant_model(tmp_path: Path, monk
     write_json(queued / "launch.json", {"argv": jobs.build_argv(started[0]), "epochs": 1})
     RunDir(queued).write_status(state="queued", pid=os.getpid())
     at = open_page("app_pages/complete.py")
-    assert "One is training" in texts(at) and "starts by itself when its turn comes" in texts(at)  # its progress
+    assert "One is training" in texts(at) and "Queued" in texts(at) and "it starts" in texts(at)  # its progress
 
 
 def test_bad_run_id_in_url(runs: Path) -> None:

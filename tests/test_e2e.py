@@ -45,6 +45,15 @@ def _points(page, index: int) -> int:
     )
 
 
+def _chart(page, title: str) -> int:
+    """The index of the plotly chart whose title holds `title` (-1 while none is drawn)."""
+    return page.evaluate(
+        "t => [...document.querySelectorAll('.js-plotly-plot')].findIndex(p => p._fullLayout &&"
+        " p._fullLayout.title && String(p._fullLayout.title.text || '').includes(t))",
+        title,
+    )
+
+
 WIDTH, HEIGHT = 1280, 720  # a classroom projector
 
 
@@ -135,24 +144,29 @@ def test_app_in_a_browser(server, tmp_path: Path) -> None:
         run_id = page.url.split("run=")[1].split("&")[0]
         assert (runs / run_id / "status.json").is_file()
 
-        # The form folds away; the live run takes the first screen: progress, the four numbers, the loss chart.
+        # The form folds away; the live run takes the first screen: progress, the four numbers, the model's own
+        # pictures while it learns (reconstructions and latent scatter), then the loss chart.
         page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
         assert page.get_by_role("button", name="Start training").count() == 0
-        first = _points(page, 0)
         deadline = time.time() + 60
-        while _points(page, 0) <= first and time.time() < deadline:
+        while _chart(page, "Batch loss") < 0 and time.time() < deadline:
+            page.wait_for_timeout(300)
+        first = _points(page, _chart(page, "Batch loss"))
+        while _points(page, _chart(page, "Batch loss")) <= first and time.time() < deadline:
             page.wait_for_timeout(500)
-        assert _points(page, 0) > first, "the loss chart did not update"
+        assert _points(page, _chart(page, "Batch loss")) > first, "the loss chart did not update"
         if page.locator('[data-testid="stProgress"]').count():
             _on_first_screen(page.locator('[data-testid="stProgress"]'), "the progress bar")
         _on_first_screen(page.locator('[data-testid="stMetric"]').nth(3), "the fourth number")
-        _on_first_screen(page.locator(".js-plotly-plot").first, "the batch-loss chart")
+        page.get_by_text("Their reconstructions").first.wait_for(timeout=60_000)  # live, before an epoch ends
+        _on_first_screen(page.locator('[data-testid="stImage"]').nth(1), "the live reconstructions")
+        _on_first_screen(page.get_by_text("Where the encoder puts").first, "the live latent scatter")
         page.get_by_text("test −ELBO").first.wait_for(timeout=60_000)  # the first epoch's numbers are drawn
         _shot(page, shots, "train_live")
         page.get_by_text("Finished: 4 epochs").wait_for(timeout=90_000)
-        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=20_000)
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 3", timeout=20_000)
         page.get_by_text("refined for each test image by 5 gradient steps").wait_for(timeout=20_000)
-        _on_first_screen(page.locator(".js-plotly-plot").first, "the batch-loss chart of a finished run")
+        _on_first_screen(page.get_by_text("Their reconstructions after epoch 4").first, "the last reconstructions")
         _shot(page, shots, "train")
 
         # Latent space: the scatter with Play and the epoch slider on the first screen; a clicked dot beside it.

@@ -334,5 +334,6 @@ def _pictures(run: Run) -> None:
 def _latent_figure(path: str, version: tuple[int, int], names: tuple[str, ...], _z, _labels) -> go.Figure:
     """The latent scatter of one picture set, built once per file version and shared by every tab."""
     fig = plots.latent_snapshot(_z, _labels, list(names), "", legend=True, height=340)
-    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(title=None, font=plots.FONT))
+    note = bool(_z.shape[-1] > 2)  # above 2-D the title says how the PCA projects it: room for that line
+    fig.update_layout(margin=dict(l=10, r=10, t=40 if note else 10, b=10), legend=dict(title=None, font=plots.FONT))
     return plots.freeze(fig)
