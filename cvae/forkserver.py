@@ -181,7 +181,10 @@ def serve(root: Path) -> int:
     import torch
 
     torch.set_num_threads(1)
-    import cvae.jobs  # noqa: F401 - loaded for the children
+    import PIL.Image  # noqa: F401 - loaded for the children: the pictures of every epoch
+    import torchvision.utils  # noqa: F401
+
+    import cvae.jobs  # noqa: F401
     import cvae.train  # noqa: F401
     from cvae.config import DataConfig
     from cvae.data import keep_loaded
