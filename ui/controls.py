@@ -34,9 +34,9 @@ def run_controls(run: Run) -> None:
             if st.button(f"Resume from epoch {epoch}" if epoch else "Resume", icon=":material/resume:", key="resume",
                          type=kind, help="Train more epochs from the last checkpoint."):  # fmt: skip
                 _do("resume", jobs.resume, run.dir, int(st.session_state.get("more_epochs") or 5), current_user())
-            st.number_input(f"Epochs to add (to the {epoch} done)" if epoch else "Epochs to add", 1, 100_000, 5,
-                            key="more_epochs", width=170,
-                            help="Resume trains this many more epochs: with 3 done and 5 added, the run ends at 8.")  # fmt: skip
+            st.number_input("Epochs to add", 1, 100_000, 5, key="more_epochs", width=140,
+                            help=f"Resume trains this many more epochs after the {epoch} done: with 5, the run "
+                                 f"ends at epoch {epoch + 5}.")  # fmt: skip
         elif jobs.can_start_again(run.dir):
             st.caption("No checkpoint yet (it ended before its first epoch).")
             if st.button("Start again", icon=":material/restart_alt:", key="start_again", type="primary"):
