@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parent
-IDLE_S = float(os.environ.get("CVAE_FORK_IDLE_S", "300"))  # nothing forked and no child alive for this long: leave
+IDLE_S = float(os.environ.get("CVAE_FORK_IDLE_S", "1800"))  # nothing forked, no child alive this long: leave
+WARMING_S = 20.0  # how long a run waits for a server that is still loading, rather than start cold beside it
 MAX_REQUEST = 1 << 20  # bytes: a request is a few flags
 
 
@@ -72,6 +73,27 @@ def request(root: Path, argv: list[str], log: Path, timeout: float = 5.0) -> int
         return None
     pid = reply.get("pid") if isinstance(reply, dict) else None
     return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
+
+
+def warming(root: Path) -> bool:
+    """True while a server for `root` is alive (loading, or serving): the pid it wrote once it took its lock
+    is a live fork server's. (Only read, never locked here: a starting server must find its lock free.)"""
+    try:
+        pid = int((Path(root) / ".slots" / "fork.pid").read_text())
+        return b"cvae.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
+def request_warm(root: Path, argv: list[str], log: Path) -> int | None:
+    """`request`, waiting up to WARMING_S for a server that is still loading (a class's first clicks come
+    while it imports torch: a cold start of each beside it would cost them all more)."""
+    deadline = time.monotonic() + WARMING_S
+    while True:
+        pid = request(root, argv, log)
+        if pid is not None or time.monotonic() > deadline or not warming(root):
+            return pid
+        time.sleep(0.2)
 
 
 def ensure(root: Path) -> None:
@@ -175,6 +197,7 @@ def serve(root: Path) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another one serves this runs folder
+    (root / ".slots" / "fork.pid").write_text(str(os.getpid()))
     version = code_version()
     # What every run would import and read first, done once: the children get it for free. One thread, so that
     # no OpenMP team exists to be forked (each child sets its own thread count).

@@ -260,7 +260,7 @@ def _forked(run: RunDir, flags: list[str]) -> int | None:
         return None
     from cvae import forkserver
 
-    pid = forkserver.request(run.path.parent, flags, run.log_path)
+    pid = forkserver.request_warm(run.path.parent, flags, run.log_path)
     if pid is None and active_runs(run.path.parent, besides=run):  # a class is starting runs: warm up for the next
         with contextlib.suppress(OSError):
             forkserver.start(run.path.parent)

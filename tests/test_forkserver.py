@@ -116,3 +116,24 @@ def test_a_forked_quick_demo_shares_the_servers_mnist(tmp_path: Path, server: su
     # Its model, activations, thread pools and the heap pages it touched stay under this; a copy of the data
     # would add 0.4 GB on top (MNIST binarized, train and test, as float32).
     assert private_mb < 450, private_mb
+
+
+def test_a_run_started_while_the_server_loads_waits_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class's first clicks come while the server still imports torch: those runs are forked once it is
+    ready, not started cold beside it."""
+    monkeypatch.setenv("CVAE_FORK_SERVER", "1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "cvae.forkserver", str(tmp_path)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.time() + 30
+        while not forkserver.warming(tmp_path) and time.time() < deadline:
+            time.sleep(0.02)
+        assert forkserver.warming(tmp_path) and forkserver.request(tmp_path, [], tmp_path / "x.log") is None  # loading
+        run = jobs.start(tmp_path, {**SMALL, "epochs": 1})
+        assert b"cvae.forkserver" in _cmdline(run.read_status()["pid"])
+        _wait([run])
+        assert run.read_status()["state"] == "finished"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
