@@ -327,13 +327,14 @@ def _pictures(run: Run) -> None:
         path = shown["latent"]
         right.plotly_chart(_latent_figure(str(path), stamp(path), tuple(names), z, labels), key="live_latent",
                            config={"displayModeBar": False, "staticPlot": True})  # fmt: skip
-        right.caption(f"Where the encoder puts {len(z):,} test images {when}")
+        note = plots.project(z[None])[1]
+        right.caption(f"Where the encoder puts {len(z):,} test images {when}" + (f"; {note}" if note else ""))
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _latent_figure(path: str, version: tuple[int, int], names: tuple[str, ...], _z, _labels) -> go.Figure:
     """The latent scatter of one picture set, built once per file version and shared by every tab."""
     fig = plots.latent_snapshot(_z, _labels, list(names), "", legend=True, height=340)
-    note = bool(_z.shape[-1] > 2)  # above 2-D the title says how the PCA projects it: room for that line
-    fig.update_layout(margin=dict(l=10, r=10, t=40 if note else 10, b=10), legend=dict(title=None, font=plots.FONT))
+    # No title: the caption under it says what the points are (and how a PCA projects them above 2-D).
+    fig.update_layout(title=None, margin=dict(l=10, r=10, t=10, b=10), legend=dict(title=None, font=plots.FONT))
     return plots.freeze(fig)
