@@ -327,8 +327,8 @@ def _pictures(run: Run) -> None:
         path = shown["latent"]
         right.plotly_chart(_latent_figure(str(path), stamp(path), tuple(names), z, labels), key="live_latent",
                            config={"displayModeBar": False, "staticPlot": True})  # fmt: skip
-        note = plots.project(z[None])[1]
-        right.caption(f"Where the encoder puts {len(z):,} test images {when}" + (f"; {note}" if note else ""))
+        how = f"; the 2 principal axes of the {z.shape[1]}-D means" if z.shape[1] > 2 else ""  # two lines at most
+        right.caption(f"Where the encoder puts {len(z):,} test images {when}{how}")
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
