@@ -36,17 +36,25 @@ RELEVANT = {
 }
 
 
-def _start(options: dict[str, Any]) -> None:
+def _launch(options: dict[str, Any]) -> str | None:
+    """Start a run and show it next (the form folds away: the new run is what matters now); the one-line
+    problem when it could not start, else None."""
     try:
         run = jobs.start(runs_root(), options, user=current_user(), data_roots=jobs.data_roots())
     except CVAEError as err:
-        st.error(f"Could not start the run: {err}")
-        return
+        return f"Could not start the run: {err}"
     except OSError as err:  # disk full, read-only runs folder: one sentence, no traceback
-        st.error(f"Could not start the run: {jobs.explain(err)}")
-        return
-    select(run.id)  # and fold the form away: the new run is what matters now
-    st.rerun()
+        return f"Could not start the run: {jobs.explain(err)}"
+    select(run.id)
+    return None
+
+
+def _start(options: dict[str, Any]) -> None:
+    problem = _launch(options)
+    if problem:
+        st.error(problem)
+    else:
+        st.rerun()
 
 
 WARMED = "trainers_warmed"
@@ -66,18 +74,11 @@ def warm_up_trainers() -> None:
 
 def ask_for_quick_demo() -> None:
     """A Quick demo button's callback: it starts the library's preset (cvae.config.QUICK_DEMO, by name) before the
-    page runs, so the click counts even when
-    the page it was on has changed meanwhile (a classmate's run made the empty state the runs view), and the
-    page draws the new run at once (the run picker has not been drawn yet)."""
-    try:
-        run = jobs.start(runs_root(), dict(jobs.QUICK_DEMO_OPTIONS), user=current_user(), data_roots=jobs.data_roots())
-    except CVAEError as err:
-        st.session_state[START_PROBLEM] = f"Could not start the run: {err}"
-        return
-    except OSError as err:  # disk full, read-only runs folder: one sentence, no traceback
-        st.session_state[START_PROBLEM] = f"Could not start the run: {jobs.explain(err)}"
-        return
-    select(run.id)
+    page runs, so the click counts even when the page it was on has changed meanwhile (a classmate's run made
+    the empty state the runs view), and the page draws the new run at once (the run picker is not drawn yet)."""
+    problem = _launch(dict(jobs.QUICK_DEMO_OPTIONS))
+    if problem:
+        st.session_state[START_PROBLEM] = problem  # shown by the page (a callback draws nothing)
 
 
 def start_problem() -> None:
