@@ -92,6 +92,15 @@ def run_owner(run: RunDir) -> str | None:
     return str(owner) if isinstance(owner, str) and owner else None
 
 
+def record_owner(run: RunDir, user: User) -> None:
+    write_json(run.path / OWNER_FILE, {"owner": user.name, "created": time.time(), "lecturer": user.lecturer})
+
+
+def by_lecturer(run: RunDir) -> bool:
+    """Started by a lecturer (owner.json says so: only the app writes it), so it goes first in the queue."""
+    return (read_json(run.path / OWNER_FILE) or {}).get("lecturer") is True
+
+
 def may_manage(user: User | None, owner: str | None) -> bool:
     """Stop, resume, delete, rename: sign-in off, a lecturer, or the run's own owner."""
     return user is None or user.lecturer or (owner is not None and owner == user.name)

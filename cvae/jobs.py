@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from cvae.classroom import User, check_manage, check_may_start, locked
+from cvae.classroom import User, by_lecturer, check_manage, check_may_start, locked, record_owner
 from cvae.cli import OneLineParser, add_options, format_argv, given
 from cvae.config import BY_NAME, DEFAULTS, QUICK_DEMO, DataConfig
 from cvae.errors import ConfigError
@@ -295,7 +295,7 @@ def start(
         try:
             write_json(run.path / LAUNCH_FILE, {"argv": argv, "epochs": opts["epochs"]})
             if user is not None:
-                write_json(run.path / OWNER_FILE, {"owner": user.name, "created": time.time()})
+                record_owner(run, user)
             _spawn(run, argv, opts["epochs"])
         except OSError:
             shutil.rmtree(run.path, ignore_errors=True)  # no half-made run left behind (disk full, read-only)
@@ -511,7 +511,8 @@ def requested_device(train_args: list[str], run: RunDir) -> str:
 
 
 def waiting_runs(root: Path, pool: str | None = None) -> list[RunDir]:
-    """Runs waiting for a slot, in queue order (live processes only); with `pool`, only those waiting in it."""
+    """Runs waiting for a slot, in queue order (live processes only); with `pool`, only those waiting in it.
+    A lecturer's runs come first (what the whole class will look at), then each in the order it joined."""
     waiting = []
     runs = [RunDir(p) for p in Path(root).iterdir() if is_run_id(p.name) and (p / "status.json").is_file()]
     for run in runs:  # queued runs have no config.json yet, so not list_runs
@@ -519,8 +520,8 @@ def waiting_runs(root: Path, pool: str | None = None) -> list[RunDir]:
         if status.get("state") != "queued" or not process_is(status.get("pid"), status.get("process")):
             continue
         if pool is None or status.get("pool", "cpu") == pool:
-            waiting.append((float(status.get("queued_at") or 0), run.id, run))
-    return [run for _, _, run in sorted(waiting, key=lambda t: (t[0], t[1]))]
+            waiting.append((not by_lecturer(run), float(status.get("queued_at") or 0), run.id, run))
+    return [run for *_, run in sorted(waiting, key=lambda t: t[:3])]
 
 
 STARTUP_S = 5.0  # a trainer's start before its first batch (imports, data): added to a queued run's duration

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cvae import jobs
+from cvae import classroom, jobs
 from cvae.errors import ConfigError
 from cvae.runs import RunDir, process_identity
 
@@ -140,6 +140,30 @@ def test_two_gpus_two_runs_each_four_train_on_distinct_slots_the_fifth_waits(
     assert got and got[0][1] == jobs.Slot("gpu1-0.lock", "cuda:1")
     got[0][0].close()
     for handle, _ in held:
+        handle.close()
+
+
+def test_a_lecturers_run_goes_ahead_of_the_students_waiting_and_takes_the_next_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs, "POLL_S", 0.02)
+    students = [queued(tmp_path, f"student{i}", "cpu", at=100.0 + i) for i in range(3)]
+    for i, run in enumerate(students):
+        classroom.record_owner(run, classroom.User(f"s{i}"))
+    lecture = queued(tmp_path, "lecture", "cpu", at=200.0)  # joined last
+    classroom.record_owner(lecture, classroom.User("prof", role="lecturer"))
+    assert jobs.waiting_runs(tmp_path, "cpu") == [lecture, *students]
+    # A student cannot claim it by a hand-made owner.json value that is not exactly true.
+    (students[2].path / "owner.json").write_text('{"owner": "s2", "lecturer": "yes"}')
+    assert jobs.waiting_runs(tmp_path, "cpu")[0] == lecture
+    slots = jobs.plan_slots("cpu", 1, [])[1]
+    handle, _ = jobs.wait_for_slot(lecture, tmp_path, slots, pool="cpu")
+    lecture.write_status(state="starting")
+    try:
+        asks = iter([False, True])  # one look at the queue, then give up: the lecturer's run holds the slot
+        assert jobs.wait_for_slot(students[0], tmp_path, slots, pool="cpu", should_stop=lambda: next(asks)) is None
+        assert students[0].read_status()["position"] == 1
+    finally:
         handle.close()
 
 
