@@ -1,6 +1,7 @@
 """`cvae`: one command for the library's tools (also `python -m cvae`).
 
 cvae train --quick-demo            # python -m cvae.train
+cvae estimate --quick-demo         # python -m cvae.estimate: its time here, measured
 cvae evaluate checkpoints/<run>    # python -m cvae.evaluate
 cvae generate uniform checkpoints/<run>
 cvae class add --from class.txt    # per-student accounts, one-time passwords
@@ -17,6 +18,7 @@ from pathlib import Path
 
 COMMANDS = {
     "train": ("cvae.train", "train a CVAE into a run folder"),
+    "estimate": ("cvae.estimate", "how long a run with these options takes on this machine, measured"),
     "evaluate": ("cvae.evaluate", "test-set likelihoods of a trained run, in nats"),
     "generate": ("cvae.generate", "image grids per class, or a completion sheet"),
     "class": ("cvae.classroom", "accounts for a class on a shared server (add, remove, list)"),

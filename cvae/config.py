@@ -253,7 +253,7 @@ class ModelConfig:
                                   "p(x | z, c): label (the class, the reference), none (a plain VAE: no label "
                                   "anywhere, so z must hold the class too) or quadrants (the CVAE paper's digit "
                                   "completion: c is the given part of the digit and only the hidden part is scored; "
-                                  "see docs/completion.md)", label="Condition")  # fmt: skip
+                                  "see docs/completion.md)", label="Condition", form="main")  # fmt: skip
     quadrants: int = option(1, "condition quadrants: how many quadrants are given (bottom-left, then top-left, "
                             "then top-right); 0 = a random 1-3 per training image", low=0, high=3,
                             label="Quadrants given")  # fmt: skip

@@ -57,7 +57,6 @@ from cvae.errors import ConfigError
 from cvae.runs import (
     ACTIVE_STATES,
     LAUNCH_FILE,
-    OWNER_FILE,
     RunDir,
     active_runs,
     available_cores,

@@ -11,6 +11,16 @@ import sys
 from typing import Any, Protocol
 
 
+def format_seconds(seconds: float) -> str:
+    """A duration as a person reads it: 45 s, 3 min 05 s, 1 h 20 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 class Callback(Protocol):
     def on_batch(self, record: dict[str, Any]) -> None: ...
     def on_epoch(self, record: dict[str, Any]) -> None: ...

@@ -21,6 +21,9 @@ torch.set_num_threads(2)
 # Every test's runs folder would get a warm fork server of its own (0.5 GB, kept for minutes): off, except in
 # tests/test_forkserver.py, which turns it on for the runs it starts.
 os.environ["CVAE_FORK_SERVER"] = "0"
+# Every AppTest of the Train page would measure the form's settings in a process of its own (seconds of CPU
+# each): off, except in the tests of the estimate itself.
+os.environ["CVAE_ESTIMATE"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cvae.jobs import estimated_start, max_active
+from cvae.progress import format_seconds
 from cvae.runs import RunDir, log_tail
 from ui import plots
 from ui.models import png_file
@@ -29,7 +30,6 @@ from ui.profiling import profiled
 from ui.runs import (
     Run,
     batches_versioned,
-    format_seconds,
     latent_points,
     metrics,
     newest_pictures,

@@ -287,12 +287,3 @@ def latent_points(run: RunDir, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One latent file's means (N, Z) and their labels; raises OSError/ValueError for a missing or bad file."""
     labels = run.artifacts / "latent_labels.npy"
     return _points(str(path), stamp(path), str(labels), stamp(labels))
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

@@ -8,18 +8,24 @@ are the config's own one-line messages.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import streamlit as st
 
-from cvae import jobs
+from cvae import estimate, jobs
 from cvae.config import BY_NAME, OPTIONS, Option
 from cvae.errors import CVAEError
+from cvae.progress import format_seconds
 from ui.auth import current_user, mode
 from ui.runs import metrics, open_runs, runs_root
 from ui.sidebar import select
 
 BUILTIN = {"MNIST": "MNIST (digits, 28×28, grey)", "CIFAR10": "CIFAR-10 (photos, 32×32, colour)"}
+# Choices in words where the command line's spelling says little to a student.
+SHOWN = {"condition": {"label": "CVAE: given the class", "none": "Plain VAE: no label",
+                       "quadrants": "Digit completion: given part of the digit"}}  # fmt: skip
 
 # When a widget matters, from the values chosen so far (the config refuses the rest anyway).
 RELEVANT = {
@@ -103,27 +109,27 @@ def empty_state() -> None:
         quick_demo_button()
 
 
-def _widget(opt: Option, where: Any, values: dict[str, Any]) -> Any:
-    """One option's widget, from its declaration: a choice, a switch, a number or text."""
+def _widget(opt: Option, where: Any, values: dict[str, Any], default: Any) -> Any:
+    """One option's widget, from its declaration: a choice, a switch, a number or text, starting at `default`."""
     disabled = not RELEVANT.get(opt.name, lambda v: True)(values)
     common = dict(label=opt.label, help=opt.help, key=f"f_{opt.name}", disabled=disabled)
     if opt.choices:
-        shown = dict(zip(opt.choices, opt.user_choices(), strict=True))
+        shown = SHOWN.get(opt.name) or dict(zip(opt.choices, opt.user_choices(), strict=True))
         if len(opt.choices) <= 2:  # a radio reads at a glance; more choices wrap: a select box
             return where.radio(options=list(opt.choices), format_func=shown.get, horizontal=True,
-                               index=opt.choices.index(opt.default), **common)  # fmt: skip
-        return where.selectbox(options=list(opt.choices), format_func=shown.get, index=opt.choices.index(opt.default),
+                               index=opt.choices.index(default), **common)  # fmt: skip
+        return where.selectbox(options=list(opt.choices), format_func=shown.get, index=opt.choices.index(default),
                                **common)  # fmt: skip
     if opt.kind is bool:
-        return where.checkbox(value=opt.default, **common)
+        return where.checkbox(value=default, **common)
     if opt.kind in (int, float):
         low = None if opt.low is None or opt.low_open else opt.kind(opt.low)
         high = None if opt.high is None else opt.kind(opt.high)
         fmt = "%d" if opt.kind is int else "%g"
-        value = where.number_input(min_value=low, max_value=high, value=opt.default, format=fmt,
+        value = where.number_input(min_value=low, max_value=high, value=default, format=fmt,
                                    placeholder="all" if opt.optional else None, **common)  # fmt: skip
         return None if value is None else opt.kind(value)
-    return where.text_input(value=opt.default, **common)
+    return where.text_input(value=default, **common)
 
 
 def _dataset(where: Any) -> str:
@@ -136,35 +142,160 @@ def _dataset(where: Any) -> str:
 
 
 def new_run_form() -> None:
-    """Every option of the command line, with its defaults; checked before anything starts."""
+    """Every option of the command line, starting from defaults sized to this server, with the chosen settings'
+    measured time before Start; checked before anything starts."""
+    sized = sized_defaults()
+    if sized is None:
+        _poll_until(lambda: sized_defaults() is not None,
+                    ":material/timer: Measuring this server's speed, to size the form's defaults (once for the "
+                    "whole class)…")  # fmt: skip
+        return
     main = [o for o in OPTIONS if o.form == "main" and o.name != "dataset"]
     more = [o for o in OPTIONS if o.form == "more"]
     values: dict[str, Any] = {"dataset": _dataset(st)}
-    before = _current()
+    before = _current(sized)
     columns = st.columns(3)
     for k, opt in enumerate(main):
-        values[opt.name] = _widget(opt, columns[k % 3], {**before, **values})
+        values[opt.name] = _widget(opt, columns[k % 3], {**before, **values}, sized.get(opt.name, opt.default))
     with st.expander("More options"):
         columns = st.columns(4)
         for k, opt in enumerate(more):
-            values[opt.name] = _widget(opt, columns[k % 4], {**before, **values})
-    if st.button("Start training", icon=":material/play_arrow:", type="primary", key="start"):
-        # What the user changed, as on a command line: untouched options keep the trainer's defaults (for
-        # condition quadrants, the completion model's own settings).
-        options = {k: v for k, v in values.items()
-                   if RELEVANT.get(k, lambda v: True)(values) and v != BY_NAME[k].default}  # fmt: skip
+            values[opt.name] = _widget(opt, columns[k % 4], {**before, **values}, sized.get(opt.name, opt.default))
+    # What the user chose, as on a command line: options left at the trainer's defaults are not passed (for
+    # condition quadrants, the completion model's own settings apply to them).
+    options = {k: v for k, v in values.items()
+               if RELEVANT.get(k, lambda v: True)(values) and v != BY_NAME[k].default}  # fmt: skip
+    start, when = st.columns([1, 4], vertical_alignment="center")
+    if start.button("Start training", icon=":material/play_arrow:", type="primary", key="start"):
         try:
             jobs.check_options(options, data_roots=jobs.data_roots())
         except CVAEError as err:
             st.error(str(err)[:1].upper() + str(err)[1:] + ".")
             return
         _start(options)
+    with when:
+        time_estimate(options)
+    if sized.get("arch") == "mlp" and BY_NAME["arch"].default == "conv" and SIZED_BECAUSE in st.session_state:
+        st.caption(st.session_state[SIZED_BECAUSE])
 
 
-def _current() -> dict[str, Any]:
+# ------------------------------------------------------------- measured time before Start
+
+ESTIMATE_TTL_S = 600.0  # a measurement holds this long: the server's load changes
+SIZING_TTL_S = 3600.0  # the server's speed for the form's defaults: measured once an hour at most
+FORM_BUDGET_S = 600.0  # the form's defaults train within this long on this server (a lab exercise), or get smaller
+SIZED, SIZED_BECAUSE = "form_sized_defaults", "form_sized_because"
+
+
+class Estimates:
+    """Measured estimates (cvae.estimate, in a process of its own), shared by every session of the app and
+    measured one at a time in the background: a page never waits for one, and a class asking for the same
+    settings pays once."""
+
+    def __init__(self) -> None:
+        self.lock, self.one_at_a_time = threading.Lock(), threading.Lock()
+        self.done: dict[tuple, tuple[float, estimate.Estimate | str]] = {}
+        self.pending: dict[tuple, threading.Thread] = {}
+
+    def key(self, options: dict[str, Any]) -> tuple:
+        root = runs_root()
+        return str(root), tuple(jobs.build_argv(options)), estimate.threads_now(root)
+
+    def get(self, options: dict[str, Any], ttl: float = ESTIMATE_TTL_S) -> estimate.Estimate | str | None:
+        """The estimate (or the one-line reason there is none) for `options` now; None while it is measured
+        (started if it is not)."""
+        key = self.key(options)
+        with self.lock:
+            got = self.done.get(key)
+            if got is not None and time.time() - got[0] < ttl:
+                return got[1]
+            thread = self.pending.get(key)
+            if thread is None:
+                thread = threading.Thread(target=self._measure, args=(key, dict(options)), daemon=True)
+                self.pending[key] = thread
+                thread.start()
+        return None
+
+    def _measure(self, key: tuple, options: dict[str, Any]) -> None:
+        with self.one_at_a_time:
+            try:
+                result: estimate.Estimate | str = estimate.in_subprocess(options, runs_root(), nice=jobs.train_nice())
+            except CVAEError as err:
+                result = str(err)
+            except OSError as err:
+                result = jobs.explain(err)
+        with self.lock:
+            self.done[key] = (time.time(), result)
+            self.pending.pop(key, None)
+
+
+@st.cache_resource
+def estimates() -> Estimates:
+    return Estimates()
+
+
+def sized_defaults() -> dict[str, Any] | None:
+    """The form's starting values on this server: the command line's, unless the reference's conv net would
+    take longer than FORM_BUDGET_S here (a CPU server: hours); then the MLP, and fewer epochs if even that is
+    too long. None while this is measured (in the background: the page stays usable). Decided once per browser
+    session (a form's defaults do not move under a student), from measurements the whole class shares."""
+    if SIZED in st.session_state:
+        return st.session_state[SIZED]
+    if not estimate.enabled():
+        return {}
+    reference = estimates().get({}, ttl=SIZING_TTL_S)
+    sized: dict[str, Any] = {}
+    if isinstance(reference, estimate.Estimate) and reference.seconds > FORM_BUDGET_S:
+        sized["arch"] = "mlp"
+        small = estimates().get(sized, ttl=SIZING_TTL_S)
+        if small is None:
+            return None
+        if isinstance(small, estimate.Estimate) and small.seconds > FORM_BUDGET_S:
+            fit = int((FORM_BUDGET_S - small.startup - small.final) // max(small.per_epoch, 1e-9))
+            sized["epochs"] = max(1, min(small.epochs, fit))
+        st.session_state[SIZED_BECAUSE] = (
+            f"The reference's conv net would take {format_seconds(reference.seconds)} here, so the form starts "
+            "from the MLP; choose Architecture conv for the reference's.")  # fmt: skip
+    elif reference is None:
+        return None
+    st.session_state[SIZED] = sized
+    return sized
+
+
+def _poll_until(ready: Any, text: str) -> None:
+    """`text` in a fragment that looks again every 2 s, and reruns the page once `ready()` holds."""
+
+    @st.fragment(run_every=2.0)
+    def poll() -> None:
+        if ready():
+            st.rerun()
+        st.caption(text)
+
+    poll()
+
+
+def time_estimate(options: dict[str, Any]) -> None:
+    """The chosen settings' time on this server, measured (cvae.estimate) in the background."""
+    if not estimate.enabled():
+        return
+    got = estimates().get(options)
+    if got is None:
+        _poll_until(lambda: estimates().get(options) is not None,
+                    ":material/timer: Measuring these settings on this server, for a time estimate…")  # fmt: skip
+    elif isinstance(got, str):
+        st.caption(f":material/timer: No time estimate: {got}.")
+    else:
+        busy = estimate.threads_now(runs_root()) < estimate.available_cores()
+        st.markdown(f":material/timer: **About {format_seconds(got.seconds)}** on this server"
+                    f"{', as busy as it is now' if busy else ''}: {got.epochs} epoch{'s' * (got.epochs != 1)} of "
+                    f"{format_seconds(got.per_epoch)} at {got.images_per_s:,.0f} images/s (measured on these "
+                    "settings)", help=got.describe())  # fmt: skip
+
+
+def _current(sized: dict[str, Any]) -> dict[str, Any]:
     """The widgets' values from the last run of the script (for RELEVANT, before they are drawn)."""
     state = st.session_state
-    return {o.name: state.get(f"f_{o.name}", o.default) for o in OPTIONS}
+    return {o.name: state.get(f"f_{o.name}", sized.get(o.name, o.default)) for o in OPTIONS}
 
 
 def runs_table() -> None:
