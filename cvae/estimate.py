@@ -148,6 +148,28 @@ def measure(options: dict[str, Any], *, threads: int) -> Estimate:
                     images_per_s=batch / per_batch)  # fmt: skip
 
 
+QUICK_DEMO_BUDGET_S = 180.0  # a class's quick demos finish within about this long, however many click at once
+
+
+def sized_quick_demo(alone: Estimate | None, sharing: int) -> dict[str, Any]:
+    """The quick demo's options for a click now: the preset's epochs where they fit QUICK_DEMO_BUDGET_S,
+    else fewer (at least one), so that a class of thirty clicking at once each have a finished model within
+    minutes, not after half an hour. `alone`: the demo measured with every core; `sharing`: the runs that will
+    share the cores with this one (queued or training), each slowing it as much as it takes (time-sharing).
+    Without a measurement, the preset as it is."""
+    from cvae.config import QUICK_DEMO
+    from cvae.jobs import QUICK_DEMO_OPTIONS
+
+    options = dict(QUICK_DEMO_OPTIONS)
+    if alone is None:
+        return options
+    per_run = QUICK_DEMO_BUDGET_S / (1 + max(0, sharing))
+    fit = int((per_run - alone.startup - alone.final) // max(alone.per_epoch, 1e-9))
+    if fit < QUICK_DEMO["epochs"]:
+        options["epochs"] = max(1, fit)
+    return options
+
+
 SUBPROCESS_TIMEOUT_S = 300.0
 
 

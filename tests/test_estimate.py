@@ -87,3 +87,17 @@ def test_the_form_starts_from_settings_sized_to_this_server_and_says_their_measu
     assert "Measuring these settings" in "\n".join(c.value for c in at.caption)
     at = _run_until(at, "About")
     assert "About" in "\n".join(str(e.value) for e in at.markdown)
+
+
+def test_the_quick_demo_sizes_its_epochs_to_the_runs_sharing_the_server() -> None:
+    from cvae.training import resolve_options
+
+    alone = estimate.Estimate(seconds=89.0, epochs=12, per_epoch=7.0, batches=469, per_batch=0.014, other=0.4,
+                              startup=2.0, final=3.0, threads=2, images_per_s=9000.0)  # fmt: skip
+    assert estimate.sized_quick_demo(alone, sharing=0) == jobs.QUICK_DEMO_OPTIONS  # alone: the preset's 12
+    assert estimate.sized_quick_demo(None, sharing=29) == jobs.QUICK_DEMO_OPTIONS  # not measured: as it is
+    four = estimate.sized_quick_demo(alone, sharing=4)  # 180 s / 5 runs = 36 s each: 2 + 3 + 4 x 7
+    assert four == {**jobs.QUICK_DEMO_OPTIONS, "epochs": 4}
+    jobs.check_options(four)
+    assert resolve_options(four)["epochs"] == 4 and resolve_options(four)["lr_schedule"] == "cosine"
+    assert estimate.sized_quick_demo(alone, sharing=29)["epochs"] == 1  # thirty at once: one epoch each, not none

@@ -15,9 +15,10 @@ from typing import Any
 import streamlit as st
 
 from cvae import estimate, jobs
-from cvae.config import BY_NAME, OPTIONS, Option
+from cvae.config import BY_NAME, OPTIONS, QUICK_DEMO, Option
 from cvae.errors import CVAEError
 from cvae.progress import format_seconds
+from cvae.runs import active_runs
 from ui.auth import current_user, mode
 from ui.runs import metrics, open_runs, runs_root
 from ui.sidebar import select
@@ -65,14 +66,20 @@ def _start(options: dict[str, Any]) -> None:
 
 WARMED = "trainers_warmed"
 START_PROBLEM = "quick_demo_problem"  # why the last Quick demo click could not start one, shown by the page
+START_NOTE = "quick_demo_note"  # how the last Quick demo click's run was sized, shown by the page
 
 
 def warm_up_trainers() -> None:
-    """Start the runs folder's fork server (cvae.forkserver) once per browser session, so the runs this session
-    starts (and its classmates') start warm, in milliseconds, instead of each importing torch."""
-    if st.session_state.get(WARMED) or not jobs.fork_server_on():
+    """Once per browser session: start the runs folder's fork server (cvae.forkserver), so the runs this session
+    starts (and its classmates') start warm, in milliseconds, instead of each importing torch; and have the
+    quick demo's time on this server measured (once an hour), so a click can size the demo at once."""
+    if st.session_state.get(WARMED):
         return
     st.session_state[WARMED] = True
+    if estimate.enabled():
+        estimates().get(demo_alone(), ttl=SIZING_TTL_S)  # measured before the class clicks, once an hour
+    if not jobs.fork_server_on():
+        return
     from cvae import forkserver
 
     forkserver.ensure(runs_root())
@@ -82,16 +89,39 @@ def ask_for_quick_demo() -> None:
     """A Quick demo button's callback: it starts the library's preset (cvae.config.QUICK_DEMO, by name) before the
     page runs, so the click counts even when the page it was on has changed meanwhile (a classmate's run made
     the empty state the runs view), and the page draws the new run at once (the run picker is not drawn yet)."""
-    problem = _launch(dict(jobs.QUICK_DEMO_OPTIONS))
+    options = quick_demo_now()
+    problem = _launch(options)
     if problem:
         st.session_state[START_PROBLEM] = problem  # shown by the page (a callback draws nothing)
+    elif "epochs" in options:
+        st.session_state[START_NOTE] = (
+            f"The quick demo is sized to this server: {options['epochs']} epoch{'s' * (options['epochs'] != 1)} "
+            f"instead of {QUICK_DEMO['epochs']}, so that it ends within about "
+            f"{format_seconds(estimate.QUICK_DEMO_BUDGET_S)} while the runs of the class share the CPU.")  # fmt: skip
+
+
+def quick_demo_now() -> dict[str, Any]:
+    """The quick demo's options for a click now, sized to this server and to the runs sharing it
+    (cvae.estimate.sized_quick_demo), from the demo's measured time with every core."""
+    if not estimate.enabled():
+        return dict(jobs.QUICK_DEMO_OPTIONS)
+    alone = estimates().get(demo_alone(), ttl=SIZING_TTL_S)
+    sharing = active_runs(runs_root())
+    return estimate.sized_quick_demo(alone if isinstance(alone, estimate.Estimate) else None, sharing)
+
+
+def demo_alone() -> dict[str, Any]:
+    return {**jobs.QUICK_DEMO_OPTIONS, "threads": estimate.available_cores()}
 
 
 def start_problem() -> None:
-    """The page's one line for a Quick demo click that could not start (see `ask_for_quick_demo`)."""
+    """The page's one line for a Quick demo click that could not start, or was sized (`ask_for_quick_demo`)."""
     problem = st.session_state.pop(START_PROBLEM, None)
     if problem:
         st.error(problem)
+    note = st.session_state.pop(START_NOTE, None)
+    if note:
+        st.info(note, icon=":material/speed:")
 
 
 def quick_demo_button(primary: bool = True, key: str = "quick_demo") -> None:
