@@ -46,6 +46,10 @@ def run_picker() -> None:
         chosen = wanted  # a reload or a shared link
     elif st.session_state.get("run") in ids:
         chosen = st.session_state["run"]  # page switches clear the address's query
+    elif st.session_state.get(CURRENT) in ids:
+        # the picker's own value can be a label the browser was shown before the run's state changed: the
+        # run this session showed last, never a classmate's newer one
+        chosen = st.session_state[CURRENT]
     else:
         chosen = ids[0] if ids else None  # newest run by default
     if wanted and wanted not in ids:

@@ -77,7 +77,7 @@ def warm_up_trainers() -> None:
         return
     st.session_state[WARMED] = True
     if estimate.enabled():
-        estimates().get(demo_alone(), ttl=SIZING_TTL_S)  # measured before the class clicks, once an hour
+        estimates().get(demo_alone(), ttl=SIZING_TTL_S, quiet_only=True)  # before the class clicks, once an hour
     if not jobs.fork_server_on():
         return
     from cvae import forkserver
@@ -105,7 +105,7 @@ def quick_demo_now() -> dict[str, Any]:
     (cvae.estimate.sized_quick_demo), from the demo's measured time with every core."""
     if not estimate.enabled():
         return dict(jobs.QUICK_DEMO_OPTIONS)
-    alone = estimates().get(demo_alone(), ttl=SIZING_TTL_S)
+    alone = estimates().get(demo_alone(), ttl=SIZING_TTL_S, quiet_only=True)
     sharing = active_runs(runs_root())
     return estimate.sized_quick_demo(alone if isinstance(alone, estimate.Estimate) else None, sharing)
 
@@ -228,16 +228,18 @@ class Estimates:
         self.pending: dict[tuple, threading.Thread] = {}
 
     def key(self, options: dict[str, Any]) -> tuple:
-        root = runs_root()
-        return str(root), tuple(jobs.build_argv(options)), estimate.threads_now(root)
+        root = runs_root()  # the threads it is measured with: the options' own, else the run's share now
+        return str(root), tuple(jobs.build_argv(options)), options.get("threads") or estimate.threads_now(root)
 
-    def get(self, options: dict[str, Any], ttl: float = ESTIMATE_TTL_S) -> estimate.Estimate | str | None:
+    def get(self, options: dict[str, Any], ttl: float = ESTIMATE_TTL_S,
+            quiet_only: bool = False) -> estimate.Estimate | str | None:  # fmt: skip
         """The estimate (or the one-line reason there is none) for `options` now; None while it is measured
-        (started if it is not)."""
+        (started if it is not). `quiet_only`: a measurement of the server alone, so an old one is kept, rather
+        than measured anew, while runs train."""
         key = self.key(options)
         with self.lock:
             got = self.done.get(key)
-            if got is not None and time.time() - got[0] < ttl:
+            if got is not None and (time.time() - got[0] < ttl or quiet_only and active_runs(runs_root())):
                 return got[1]
             thread = self.pending.get(key)
             if thread is None:
