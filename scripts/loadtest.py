@@ -22,8 +22,9 @@ address) is reported apart. Prints Markdown tables and writes JSON.
 
     python -m scripts.loadtest --students 10 --within 10 --out class.json
 
-A class instead: `--students` browser contexts (1280x720) open the Train page of
-an empty server and each presses Quick demo at a random moment within
+A class instead: the lecturer's page opens the Train page of an empty server
+(`--lecturer-first` seconds before the class, as a projector does), then
+`--students` browser contexts (1280x720) open it and each presses Quick demo at a random moment within
 `--within` seconds, as a class does when told to. For each student: the time
 from the click to their own run's first reconstructions and latent scatter on
 their page, and to the finished demo (up to `--finish-timeout`). Then one more
@@ -241,9 +242,11 @@ async def student(browser, url: str, runs: Path, delay: float, finish_timeout: f
     context = await browser.new_context(viewport={"width": 1280, "height": 720})
     page = await context.new_page()
     try:
-        await page.goto(url)
+        # Thirty pages loading the app's scripts at once on 2 cores take longer than Playwright's default 30 s
+        # to fire "load": wait for the button instead, as a student does.
+        await page.goto(url, wait_until="commit", timeout=300_000)
         button = page.get_by_role("button", name=re.compile("quick demo", re.IGNORECASE)).first
-        await button.wait_for(state="visible", timeout=120_000)
+        await button.wait_for(state="visible", timeout=600_000)
         await asyncio.sleep(delay)
 
         def shown() -> str:
@@ -278,8 +281,8 @@ async def late_visitor(browser, url: str) -> float | None:
     page = await context.new_page()
     t0 = time.perf_counter()
     try:
-        await page.goto(url)
-        await page.get_by_role("heading", name=re.compile("Train")).first.wait_for(state="visible", timeout=120_000)
+        await page.goto(url, wait_until="commit", timeout=300_000)
+        await page.get_by_role("heading", name=re.compile("Train")).first.wait_for(state="visible", timeout=300_000)
         await page.get_by_role("progressbar").or_(page.get_by_text("Queued")).first.wait_for(state="visible",
                                                                                              timeout=120_000)  # fmt: skip
         return time.perf_counter() - t0
@@ -290,7 +293,7 @@ async def late_visitor(browser, url: str) -> float | None:
 
 
 async def drive_class(url: str, runs: Path, students: int, within: float, finish_timeout: float,
-                      chromium: str) -> tuple:  # fmt: skip
+                      chromium: str, lecturer_first: float) -> tuple:  # fmt: skip
     import random
 
     from playwright.async_api import async_playwright
@@ -299,11 +302,18 @@ async def drive_class(url: str, runs: Path, students: int, within: float, finish
     results: list[dict] = [{} for _ in range(students)]
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        lecturer = None
+        if lecturer_first > 0:  # the projector's page, open before the class arrives (and kept open)
+            lecturer = await (await browser.new_context(viewport={"width": 1280, "height": 720})).new_page()
+            await lecturer.goto(url, wait_until="commit", timeout=300_000)
+            await asyncio.sleep(lecturer_first)
         tasks = [asyncio.create_task(student(browser, url, runs, rng.uniform(0, within), finish_timeout, results[k]))
                  for k in range(students)]  # fmt: skip
         await asyncio.sleep(within + 5)
         late = await late_visitor(browser, url)
         await asyncio.gather(*tasks)
+        if lecturer is not None:
+            await lecturer.context.close()
         await browser.close()
     return results, late
 
@@ -338,7 +348,7 @@ def class_main(args: argparse.Namespace) -> int:
         os.nice(args.browser_nice)
         t0 = time.perf_counter()
         results, late = asyncio.run(drive_class(f"http://127.0.0.1:{port}", runs, args.students, args.within,
-                                                args.finish_timeout, args.chromium))  # fmt: skip
+                                                args.finish_timeout, args.chromium, args.lecturer_first))  # fmt: skip
         wall = time.perf_counter() - t0
         server_cpu = (cpu_s(server.pid) or 0.0) - server_cpu0
     finally:
@@ -346,11 +356,12 @@ def class_main(args: argparse.Namespace) -> int:
         from cvae import jobs
         from cvae.runs import RunDir, is_run_id
 
-        started, server_side = {}, []
+        started, server_side, epochs = {}, [], []
         for folder in runs.iterdir() if runs.is_dir() else []:
             if is_run_id(folder.name):
                 status = RunDir(folder).read_status()
                 started[folder.name] = status.get("state")
+                epochs.append(status.get("epochs"))
                 if isinstance(status.get("first_pictures_at"), float) and isinstance(status.get("queued_at"), float):
                     server_side.append(status["first_pictures_at"] - status["queued_at"])
                 jobs.stop(RunDir(folder))
@@ -362,7 +373,8 @@ def class_main(args: argparse.Namespace) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {cpu}",
         "load_average_before": [round(x, 1) for x in load_before], "load_average_after": [round(x, 1) for x in os.getloadavg()],
         "students": args.students, "within_s": args.within, "max_runs": os.environ.get("CVAE_MAX_RUNS", "default"),
-        "wall_s": round(wall, 1), "runs_started": started, "students_detail": results,
+        "wall_s": round(wall, 1), "runs_started": started, "lecturer_first_s": args.lecturer_first,
+        "epochs_per_run": sorted(e for e in epochs if isinstance(e, int)), "students_detail": results,
         "first_pictures_s": _spread([r["first_pictures_s"] for r in results if "first_pictures_s" in r]),
         "first_pictures_written_s": _spread(server_side),
         "finished_s": _spread([r["finished_s"] for r in results if "finished_s" in r]),
@@ -385,6 +397,7 @@ def class_main(args: argparse.Namespace) -> int:
           f"of the server and its trainers {summary['peak_pss_mb_server_and_trainers']} MB PSS (shared pages counted once; "
           f"{summary['peak_rss_mb_server_and_trainers']} MB summed RSS); the streamlit process used "
           f"{summary['server_cpu_s']} CPU-s ({100 * summary['server_cpu_share']:.1f} % of the machine) in {summary['wall_s']} s")  # fmt: skip
+    print(f"the quick demos were sized to {summary['epochs_per_run']} epochs (12 alone)")
     print(f"errors: {len(summary['errors'])}" + "".join(f"\n  {e}" for e in summary["errors"][:10]))
     shutil.rmtree(tmp, ignore_errors=True)
     return 1 if summary["errors"] else 0
@@ -395,6 +408,12 @@ def main() -> int:
     ap.add_argument("--students", type=int, default=0, help="measure a class pressing Quick demo instead (see above)")
     ap.add_argument("--within", type=float, default=10.0, help="--students: the seconds over which they click")
     ap.add_argument("--finish-timeout", type=float, default=900.0, help="--students: how long to wait for a finish")
+    ap.add_argument(
+        "--lecturer-first",
+        type=float,
+        default=30.0,
+        help="--students: the lecturer's page opens this long before the class arrives [30 s]",
+    )
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2, help="times each session opens the four pages")
     ap.add_argument("--epochs", type=int, default=100, help="epochs of each training run (they are stopped at the end)")
