@@ -114,6 +114,7 @@ def test_the_form_offers_every_option_with_the_command_lines_defaults_and_limits
     from streamlit.testing.v1 import AppTest
 
     from cvae.config import OPTIONS
+    from ui.train_form import SHOWN
 
     monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path))
     app = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
@@ -128,5 +129,6 @@ def test_the_form_offers_every_option_with_the_command_lines_defaults_and_limits
         assert widget.value == opt.default, opt.name
         if hasattr(widget, "min_value") and opt.low is not None and not opt.low_open:
             assert widget.min_value == opt.low and widget.max_value == opt.high, opt.name
-        if opt.choices:
-            assert list(widget.options) == opt.user_choices(), opt.name
+        if opt.choices:  # as the command line spells them, or in words where the form says more (ui SHOWN)
+            shown = SHOWN.get(opt.name) or dict(zip(opt.choices, opt.user_choices(), strict=True))
+            assert list(widget.options) == [shown[c] for c in opt.choices], opt.name
