@@ -135,10 +135,12 @@ BUILTIN_SIZES = {"MNIST": (60_000, 10_000), "CIFAR10": (50_000, 10_000)}  # (tra
 
 def peek_sizes(config: DataConfig) -> tuple[int, int]:
     """How many train and test images `load_data(config)` would give, subsets applied, without decoding any."""
-    name = config.dataset.strip()
-    sizes = BUILTIN_SIZES.get(name.upper().replace("-", ""))
-    if sizes is None:
-        plan = _plan_folder(Path(name).expanduser(), config.image_size, config.test_fraction, config.split_seed)
+    info = builtin_info(config.dataset)
+    if info is not None:
+        sizes = BUILTIN_SIZES[info.name]
+    else:
+        plan = _plan_folder(Path(config.dataset.strip()).expanduser(), config.image_size, config.test_fraction,
+                            config.split_seed)  # fmt: skip
         sizes = (len(plan.train_items), len(plan.test_items))
     train, test = sizes
     return min(train, config.train_subset or train), min(test, config.test_subset or test)

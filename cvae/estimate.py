@@ -57,6 +57,10 @@ class Estimate:
                 f"then {self.other:.1f} s of evaluation, pictures and checkpoint), measured just now with "
                 f"{self.threads} thread(s)")  # fmt: skip
 
+    def epochs_within(self, seconds: float) -> int:
+        """How many of this run's epochs fit in `seconds` with its start-up and final work (0 if none)."""
+        return max(0, int((seconds - self.startup - self.final) // max(self.per_epoch, 1e-9)))
+
 
 def enabled() -> bool:
     """$CVAE_ESTIMATE: 0 turns the app's measured estimates off (the form starts from the command line's
@@ -163,8 +167,7 @@ def sized_quick_demo(alone: Estimate | None, sharing: int) -> dict[str, Any]:
     options = dict(QUICK_DEMO_OPTIONS)
     if alone is None:
         return options
-    per_run = QUICK_DEMO_BUDGET_S / (1 + max(0, sharing))
-    fit = int((per_run - alone.startup - alone.final) // max(alone.per_epoch, 1e-9))
+    fit = alone.epochs_within(QUICK_DEMO_BUDGET_S / (1 + max(0, sharing)))
     if fit < QUICK_DEMO["epochs"]:
         options["epochs"] = max(1, fit)
     return options

@@ -205,7 +205,7 @@ def new_run_form() -> None:
         _start(options)
     with when:
         time_estimate(options)
-    if sized.get("arch") == "mlp" and BY_NAME["arch"].default == "conv" and SIZED_BECAUSE in st.session_state:
+    if SIZED_BECAUSE in st.session_state:  # set only where the form starts smaller than the command line
         st.caption(st.session_state[SIZED_BECAUSE])
 
 
@@ -283,8 +283,7 @@ def sized_defaults() -> dict[str, Any] | None:
         if small is None:
             return None
         if isinstance(small, estimate.Estimate) and small.seconds > FORM_BUDGET_S:
-            fit = int((FORM_BUDGET_S - small.startup - small.final) // max(small.per_epoch, 1e-9))
-            sized["epochs"] = max(1, min(small.epochs, fit))
+            sized["epochs"] = max(1, min(small.epochs, small.epochs_within(FORM_BUDGET_S)))
         st.session_state[SIZED_BECAUSE] = (
             f"The reference's conv net would take {format_seconds(reference.seconds)} here, so the form starts "
             "from the MLP; choose Architecture conv for the reference's.")  # fmt: skip
