@@ -17,6 +17,10 @@ the reference's conv architecture, seed 0):
   baseline, ours...; the speed-up is the median of the per-round ratios.
 - epoch (with --epoch): one full epoch each, then the test negative ELBO; about
   5 minutes on 2 cores, most of it the baseline.
+- processes (not among the defaults): one run on one process (every core's threads) against the same run
+  on 2 processes (`torchrun --nproc_per_node=2`, gloo, one thread each), alternating, for the reference's
+  conv model and the quick-demo model: 2 epochs of 4,096 images, the second epoch's training images per
+  second (the first holds the warm-up); the speed-up is the median of the per-round ratios.
 - demo: the quick-demo preset (`cvae.config.QUICK_DEMO`) through `cvae.train.main`,
   at z = 2 and z = 10: the test negative ELBO and the time it took; also the
   final model's test ELBO with q refined per image (`--refine-steps`), which
@@ -53,7 +57,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PARTS = ("ceiling", "speed", "epoch", "demo")
+PARTS = ("ceiling", "speed", "epoch", "demo", "processes")
 DEFAULT_PARTS = ("ceiling", "speed", "demo")
 BATCH = 64
 LATENT = 2
@@ -63,6 +67,13 @@ DEMO_BUDGET_S = 60.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CUDA_PARTS = ("baseline", "eager", "graph", "demo", "queue", "compile")
 PARALLEL_DEMOS = 10
+# One run on 1 process against the same run on 2 (torchrun, gloo): images a short run trains, in whole batches
+# of both models' batch sizes, so that no image is dropped and both runs train the very same steps.
+PROCESS_IMAGES = 4096
+PROCESS_MODELS = {
+    "conv": ["--arch", "conv", "-b", str(BATCH), "-z", str(LATENT), "-lr", str(LEARNING_RATE)],
+    "quick_demo": ["--quick-demo"],
+}
 
 
 # ----------------------------------------------------------------- helpers
@@ -501,6 +512,37 @@ def run_demo(latent_dim: int) -> dict[str, Any]:
     }
 
 
+def run_processes(model: str, processes: int) -> dict[str, Any]:
+    """One short run of `model` on `processes` processes (torchrun for more than one), in a fresh run folder:
+    its second epoch's training speed and its test -ELBO."""
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
+        run = Path(tmp) / "run"
+        flags = [*PROCESS_MODELS[model], "--train-subset", str(PROCESS_IMAGES), "--test-subset", "1000",
+                 "--latent-subset", "500", "--refine-steps", "0", "--seed", str(SEED), "-e", "2", "-q",
+                 "--run-dir", str(run)]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+        if processes == 1:
+            cmd = [sys.executable, "-m", "cvae.train", *flags]
+        else:
+            import socket
+
+            with socket.socket() as sock:  # torchrun's rendezvous on a port free now
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                   f"--master_port={port}", "-m", "cvae.train", *flags]  # fmt: skip
+            env["OMP_NUM_THREADS"] = "1"  # what torchrun sets anyway, said here to keep its warning out
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:6])} failed:\n{proc.stderr[-3000:]}")
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = metrics[-1]
+    return {"processes": processes, "images_per_s": PROCESS_IMAGES / last["train_seconds"],
+            "test_nelbo": last["test_nelbo"], "wall_seconds": wall}  # fmt: skip
+
+
 # ------------------------------------------------------------------ workers
 
 
@@ -585,6 +627,22 @@ def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> 
             "nelbo_difference": ours["test"]["nelbo"] - base["test"]["nelbo"],
         }  # fmt: skip
         _add_ceiling_fraction(report, report["epoch"]["ours"], "images_per_s")
+    if "processes" in parts:
+        report["processes"] = {}
+        for model in PROCESS_MODELS:
+            one, two = [], []
+            for r in range(rounds):
+                _log(f"processes round {r + 1}/{rounds}: {model} on 1 process, then on 2 ...")
+                one.append(run_processes(model, 1))
+                two.append(run_processes(model, 2))
+            ratios = [b["images_per_s"] / a["images_per_s"] for a, b in zip(one, two, strict=True)]
+            report["processes"][model] = {
+                "one_images_per_s": statistics.median(a["images_per_s"] for a in one),
+                "two_images_per_s": statistics.median(b["images_per_s"] for b in two),
+                "speedup": statistics.median(ratios), "speedup_per_round": ratios,
+                "one_test_nelbo": [a["test_nelbo"] for a in one], "two_test_nelbo": [b["test_nelbo"] for b in two],
+                "rounds": {"one": one, "two": two},
+            }  # fmt: skip
     if "demo" in parts:
         report["demo"] = {}
         for z in (2, 10):
@@ -740,6 +798,9 @@ def format_table(report: dict[str, Any]) -> str:
             ("one epoch: speed-up, -ELBO ours - fp32", f"{e['speedup']:.2f}x, {e['nelbo_difference']:+.2f} nats"),
             ("peak RSS, full-epoch run (ours)", f"{o['peak_rss_mb']:.0f} MB"),
         ]  # fmt: skip
+    for key, d in report.get("processes", {}).items():
+        rows.append((f"{key}: 2 processes (torchrun) / 1", f"{d['speedup']:.2f}x ({d['two_images_per_s']:.0f} / "
+                     f"{d['one_images_per_s']:.0f} images/s; rounds {', '.join(f'{r:.2f}' for r in d['speedup_per_round'])})"))  # fmt: skip
     for key, d in report.get("demo", {}).items():
         refined = (f" ({d['test_nelbo_refined']:.2f} with q refined by {d['refine_steps']} steps)"
                    if d.get("test_nelbo_refined") is not None else "")  # fmt: skip

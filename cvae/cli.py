@@ -22,10 +22,13 @@ EXIT_BAD_INPUT = 2
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but errors are one line (no usage dump) with exit code 2."""
+    """argparse, but errors are one line (no usage dump) with exit code 2. A `quiet` parser exits without
+    a word: a launch's other ranks parse the very flags that rank 0 reports on."""
+
+    quiet = False
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, None if self.quiet else f"{self.prog}: error: {message}\n")
 
 
 def number(kind: type, *, low: float = 0, low_open: bool = True) -> Callable[[str], Any]:

@@ -424,7 +424,8 @@ class TrainConfig:
                                "N gradient steps (0 = off)", low=0, high=10_000, label="Refine q at the end: steps",
                                resume="override")  # fmt: skip
     cuda_graph: CudaGraph = option("auto", "CUDA: capture the whole training step as one CUDA graph (auto = on for "
-                                   "CUDA devices; falls back to eager with a warning if the graph disagrees)",
+                                   "CUDA devices; falls back to eager with a warning if the graph disagrees; off when "
+                                   "several processes train one run, under torchrun or srun)",
                                    label="CUDA graph", resume="override")  # fmt: skip
 
     def validate(self) -> None:

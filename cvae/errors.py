@@ -14,6 +14,10 @@ class ConfigError(CVAEError):
     """An invalid option or combination of options."""
 
 
+class Elsewhere(CVAEError):
+    """Another of the processes training one run failed, and said why (rank 0 reports it); this one stops with it."""
+
+
 class DataError(CVAEError):
     """A dataset that is missing, unreadable or malformed."""
 

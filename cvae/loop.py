@@ -3,6 +3,10 @@
 It reports through callbacks (cvae.progress) and the run folder (cvae.runs),
 and knows nothing of any UI. SIGTERM or Ctrl-C stops it after the batch in
 progress: the last finished epoch's checkpoint stays, and the status says so.
+
+Under torchrun every rank runs this same loop on its share of each batch
+(cvae.distributed): rank 0 alone writes the run folder and calls the
+callbacks, and whatever ends the loop is decided by all ranks together.
 """
 
 from __future__ import annotations
@@ -17,22 +21,24 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cvae import distributed
 from cvae.artifacts import EpochArtifacts, epoch_artifacts, save_fixed_inputs
 from cvae.checkpoints import save_checkpoint
 from cvae.config import RunConfig
-from cvae.cuda_graph import GraphStep, portable_optimizer_state, prepare_graph_step
+from cvae.cuda_graph import GraphStep, portable_optimizer_state, prepare_graph_step, use_cuda_graph
 from cvae.data import ImageData
 from cvae.errors import CVAEError
 from cvae.evaluate import evaluate_elbo, refined_nelbo
-from cvae.model import CVAE, count_parameters, term_names
+from cvae.model import CVAE, Objective, count_parameters, term_names
 from cvae.progress import Callback
+from cvae.ranks import ONE, Ranks
 from cvae.runs import RunDir, active_runs, available_cores, process_identity
 from cvae.runtime import (
     autocast,
@@ -65,11 +71,17 @@ class TrainResult:
 
 
 class StopRequested:
-    """Set by SIGTERM / SIGINT; the loop stops after the batch in progress."""
+    """Set by SIGTERM / SIGINT; the loop stops after the batch in progress.
 
-    def __init__(self) -> None:
+    With several ranks (`shared`) a signal is only this rank's wish (`asked`): the loop stops once the ranks
+    have agreed on it (`decide`), all after the same batch, whichever rank the signal reached.
+    """
+
+    def __init__(self, *, shared: bool = False) -> None:
         self.requested = False
         self.signum: int | None = None  # which signal asked: the exit code says it (130 or 143)
+        self.shared = shared
+        self.asked: int | None = None  # the signal this process got
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequested:
@@ -79,8 +91,14 @@ class StopRequested:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        self.signum = signum
+        self.asked = signum
+        if not self.shared:
+            self.requested, self.signum = True, signum
+
+    def decide(self, signum: int | None) -> None:
+        """The ranks' verdict: stop (after this batch) for `signum`, or go on for None."""
+        if signum is not None:
+            self.requested, self.signum = True, signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -99,15 +117,18 @@ class DeviceData:
     batches: int  # per epoch
 
 
-def place_data(data: ImageData, batch_size: int, device: torch.device) -> DeviceData:
-    """Data lives on the device once; batches are gathered by index."""
+def place_data(data: ImageData, batch_size: int, device: torch.device, world: int = 1) -> DeviceData:
+    """Data lives on the device once; batches are gathered by index. `batch_size` is the global batch, which
+    `world` ranks share."""
     n = len(data.train_x)
     batch = min(batch_size, n)
     batches = math.ceil(n / batch) if n else 0
-    if n % batch == 1:  # a batch of one breaks batch norm: drop that image
+    if 0 < n % batch < max(2, world):  # a batch of one breaks batch norm, and every rank needs an image: drop it
         batches -= 1
     if batches < 1:
         raise CVAEError("the training set is empty")
+    if batch < world:
+        raise CVAEError(f"{n} training images cannot be shared among {world} processes")
     return DeviceData(data.train_x.to(device), data.train_y.to(device), data.test_x.to(device),
                       data.test_y.to(device), batch, batches)  # fmt: skip
 
@@ -140,87 +161,117 @@ def fit(
     callbacks: Sequence[Callback] = (),
     device: torch.device | None = None,
 ) -> TrainResult:
-    """Train `config.train.epochs` epochs (after the resumed ones) into `run`."""
+    """Train `config.train.epochs` epochs (after the resumed ones) into `run`.
+
+    Launched by torchrun (or srun), every rank calls it and they train the one run together; rank 0 alone writes
+    `run` and calls `callbacks` (cvae.distributed)."""
     cfg = config.train
-    set_threads(cfg.threads)
-    device = device or select_device(cfg.device)
+    ranks = distributed.current()
+    distributed.check_batch(cfg.batch_size, ranks)
+    set_threads(cfg.threads, ranks.local_world)
+    device = device or (distributed.rank_device(cfg.device, ranks) if ranks.active else select_device(cfg.device))
     use_device(device)
     amp_dtype = select_amp_dtype(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         prepare_for_cpu()
     model = prepare_model(CVAE(config.model).to(device), device)
+    if ranks.active:  # batch norm over the global batch, not each rank's share of it
+        model = distributed.sync_batchnorm(model, device)
     optimizer = make_optimizer(model, cfg.learning_rate, device)
     start_epoch = int(resume["epoch"]) if resume is not None else 0
     end_epoch = start_epoch + cfg.epochs
-    d = place_data(data, cfg.batch_size, device)
+    d = place_data(data, cfg.batch_size, device, ranks.world)
     schedule = LearningRate(optimizer, cfg, end_epoch=end_epoch, batches=d.batches)
     if resume is not None:
         restore(model, optimizer, schedule, resume, device)
+    # Several ranks: each step's gradients averaged over them (DDP starts every rank from rank 0's weights).
+    objective = distributed.data_parallel(model, device) if ranks.active else model.objective
     dynamic = config.data.binarize == "dynamic"
-    # On CUDA, the whole step as one CUDA graph (cvae/cuda_graph.py); None = the eager step.
-    graph, warning = prepare_graph_step(model, optimizer, option=cfg.cuda_graph, train_x=d.train_x,
+    # On CUDA, the whole step as one CUDA graph (cvae/cuda_graph.py); None = the eager step. Not with several
+    # ranks: DDP's all-reduce inside a captured graph needs a side stream, eager warm-up steps and every rank's
+    # capture to agree, which this check (one process's eager against graph steps) does not give.
+    graph_option = "off" if ranks.active and use_cuda_graph(cfg.cuda_graph, device) else cfg.cuda_graph
+    graph, warning = prepare_graph_step(model, optimizer, option=graph_option, train_x=d.train_x,
                                         train_y=d.train_y, batch=d.batch, amp_dtype=amp_dtype, dynamic=dynamic)  # fmt: skip
-    if warning:
+    if ranks.active and cfg.cuda_graph == "on" and device.type == "cuda":
+        warning = f"CUDA graph off: {ranks.world} processes train this run (DistributedDataParallel): training eagerly"
+    if warning and ranks.main:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     grid_x, grid_y = d.test_x[: cfg.grid_size], d.test_y[: cfg.grid_size]
     lat_x, lat_y = d.test_x[: cfg.latent_subset], d.test_y[: cfg.latent_subset]
-    save_fixed_inputs(run, grid_x, lat_y)
-    result = TrainResult(run.path, [r for r in run.read_metrics() if r.get("epoch", 0) <= start_epoch], model=model)
+    result = TrainResult(run.path, model=model)
     model.run_config, model.info = config, data.info
-    run.write_status(
-        state="running", pid=os.getpid(), process=process_identity(os.getpid()), epoch=start_epoch,
-        epochs=end_epoch, batch=0, batches=d.batches, message="", started=time.time(), device=str(device),
-        precision=str(amp_dtype or torch.float32).replace("torch.", ""), parameters=count_parameters(model),
-        cuda_graph=graph is not None, warning=warning or "", cuda_graph_setup_s=graph.setup_seconds if graph else None,
-    )  # fmt: skip
-    batch_log = open(run.batches_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
+    batch_log = None
+    with rank_zero_writes(ranks, device) as writes:
+        if writes:
+            save_fixed_inputs(run, grid_x, lat_y)
+            result.metrics = [r for r in run.read_metrics() if r.get("epoch", 0) <= start_epoch]
+            run.write_status(
+                state="running", pid=os.getpid(), process=process_identity(os.getpid()), epoch=start_epoch,
+                epochs=end_epoch, batch=0, batches=d.batches, message="", started=time.time(), device=str(device),
+                precision=str(amp_dtype or torch.float32).replace("torch.", ""), parameters=count_parameters(model),
+                cuda_graph=graph is not None, warning=warning or "",
+                cuda_graph_setup_s=graph.setup_seconds if graph else None,
+                **({"processes": ranks.world} if ranks.active else {}),
+            )  # fmt: skip
+            batch_log = open(run.batches_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     kept = {"epoch": start_epoch}  # the last epoch whose checkpoint is on disk (the writer thread moves it)
     writer = EpochWriter()
-    share = CoreShare(run, cfg.threads) if device.type == "cpu" else None
+    share = CoreShare(run, cfg.threads) if device.type == "cpu" and not ranks.active else None
     preview = None
-    if cfg.preview_every > 0 and graph is None:  # a CUDA graph runs a whole epoch without coming back per batch
+    # A CUDA graph runs a whole epoch without coming back per batch; rank 0 alone writes the pictures.
+    if cfg.preview_every > 0 and graph is None and ranks.main:
         preview = LivePreview(cfg.preview_every, run, writer, d.batches, functools.partial(
             epoch_artifacts, model, grid_x=grid_x, grid_y=grid_y, lat_x=lat_x[:PREVIEW_LATENTS],
             lat_y=lat_y[:PREVIEW_LATENTS], amp_dtype=amp_dtype, decoder=False))  # fmt: skip
     t_run = time.time()
     try:
-        with StopRequested() as stop:
+        with StopRequested(shared=ranks.active) as stop:
             for epoch in range(start_epoch + 1, end_epoch + 1):
                 t_epoch = time.time()
-                step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=dynamic, graph=graph, share=share)
+                step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=dynamic, graph=graph, share=share,
+                            objective=objective, ranks=ranks)  # fmt: skip
                 train = step.epoch(epoch, cfg, run, batch_log, callbacks, stop, t_run, preview)
                 t_trained = time.time()
                 if stop.requested:
                     writer.wait()  # the last finished epoch's checkpoint is on disk before the status says so
                     result.state, result.stop_signal = "stopped", stop.signum
                     model.eval()
-                    run.write_status(
-                        state="stopped", epoch=epoch - 1, batch=0,
-                        signal=signal.Signals(stop.signum).name if stop.signum else None,
-                        message=f"stopped in epoch {epoch}: the checkpoint of epoch {epoch - 1} is kept",
-                    )  # fmt: skip
+                    if ranks.main:
+                        run.write_status(
+                            state="stopped", epoch=epoch - 1, batch=0,
+                            signal=signal.Signals(stop.signum).name if stop.signum else None,
+                            message=f"stopped in epoch {epoch}: the checkpoint of epoch {epoch - 1} is kept",
+                        )  # fmt: skip
                     return result
                 schedule.after_epoch(train["nelbo"])
-                test = evaluate_elbo(model, d.test_x, d.test_y, amp_dtype=amp_dtype)
-                pictures = epoch_artifacts(model, epoch, grid_x, grid_y, lat_x, lat_y, amp_dtype)
-                t_done = time.time()
-                refined = {}
-                if cfg.refine_steps and epoch == end_epoch:  # the run's final model only: it costs epochs
-                    refined = dict(test_nelbo_refined=refined_nelbo(model, d.test_x, d.test_y, steps=cfg.refine_steps),
-                                   refine_steps=cfg.refine_steps, refine_seconds=time.time() - t_done)  # fmt: skip
-                record = dict(
-                    epoch=epoch, **{f"train_{k}": v for k, v in train.items()},
-                    **{f"test_{k}": v for k, v in test.items()}, lr=schedule.current,
-                    seconds=time.time() - t_epoch, train_seconds=t_trained - t_epoch,
-                    images_per_s=step.seen / max(t_done - t_epoch, 1e-9), **refined, time=time.time() - t_run,
-                )  # fmt: skip
-                payload = checkpoint_payload(config, data, model, optimizer, schedule, record, device)
-                writer.submit(functools.partial(save_epoch, run, config, payload, pictures, record, end_epoch, kept))
-                result.metrics.append(record)
-                for cb in callbacks:
-                    cb.on_epoch(record)
+
+                # The test -ELBO on rank 0 alone: the very number one process computes for these weights (its z
+                # noise is drawn in order through the test set), for one forward pass over it; the others wait.
+                with rank_zero_writes(ranks, device, pending=step.failure) as writes:
+                    if writes:
+                        test = evaluate_elbo(model, d.test_x, d.test_y, amp_dtype=amp_dtype)
+                        pictures = epoch_artifacts(model, epoch, grid_x, grid_y, lat_x, lat_y, amp_dtype)
+                        t_done = time.time()
+                        refined = {}
+                        if cfg.refine_steps and epoch == end_epoch:  # the run's final model only: it costs epochs
+                            refined = dict(test_nelbo_refined=refined_nelbo(model, d.test_x, d.test_y,
+                                                                            steps=cfg.refine_steps),
+                                           refine_steps=cfg.refine_steps, refine_seconds=time.time() - t_done)  # fmt: skip
+                        record = dict(
+                            epoch=epoch, **{f"train_{k}": v for k, v in train.items()},
+                            **{f"test_{k}": v for k, v in test.items()}, lr=schedule.current,
+                            seconds=time.time() - t_epoch, train_seconds=t_trained - t_epoch,
+                            images_per_s=step.seen / max(t_done - t_epoch, 1e-9), **refined, time=time.time() - t_run,
+                        )  # fmt: skip
+                        payload = checkpoint_payload(config, data, model, optimizer, schedule, record, device)
+                        writer.submit(functools.partial(save_epoch, run, config, payload, pictures, record, end_epoch,
+                                                        kept))  # fmt: skip
+                        result.metrics.append(record)
+                        for cb in callbacks:
+                            cb.on_epoch(record)
             writer.wait()
     except BaseException as err:
         with contextlib.suppress(BaseException):  # what was handed to the writer still lands (or fails alone)
@@ -228,16 +279,38 @@ def fit(
         message = str(err) if isinstance(err, CVAEError) else f"{type(err).__name__}: {err}"
         message = (message.splitlines()[0][:500] if message else "failed") + \
             f" (the checkpoint of epoch {kept['epoch']} is kept)"  # fmt: skip
-        with contextlib.suppress(OSError):  # the disk is full or read-only: the original error says more
-            run.write_status(state="failed", epoch=kept["epoch"], batch=0, message=message)
+        if ranks.main:
+            with contextlib.suppress(OSError):  # the disk is full or read-only: the original error says more
+                run.write_status(state="failed", epoch=kept["epoch"], batch=0, message=message)
         raise
     finally:
         writer.close()
-        batch_log.close()
+        if batch_log is not None:
+            batch_log.close()
     memory = {"gpu_memory_mb": torch.cuda.max_memory_reserved(device) / 2**20} if device.type == "cuda" else {}
-    run.write_status(state="finished", epoch=end_epoch, batch=0, message="", **memory)
+    if ranks.main:
+        run.write_status(state="finished", epoch=end_epoch, batch=0, message="", **memory)
     model.eval()
     return result
+
+
+@contextlib.contextmanager
+def rank_zero_writes(ranks: Ranks, device: torch.device, *, pending: BaseException | None = None) -> Iterator[bool]:
+    """A block of work for rank 0, the run folder's one writer: it yields whether this rank does it.
+
+    With several ranks its failure (or a `pending` one) is agreed on at the block's end, so that every rank
+    ends with it instead of waiting for rank 0 in the next step's all-reduce. With one process, nothing more.
+    """
+    if not ranks.active:
+        yield True
+        return
+    failure = pending
+    try:
+        yield ranks.main and failure is None
+    except Exception as err:  # noqa: BLE001 - raised below, on every rank
+        failure = err
+    if distributed.agree(device, signum=None, failed=failure is not None).failed:
+        raise failure if failure is not None else distributed.Elsewhere("rank 0 failed (it says why)")
 
 
 class EpochWriter:
@@ -340,24 +413,54 @@ class LivePreview:
 
 
 class Step:
-    """One epoch of optimisation steps, with running sums kept on the device."""
+    """One epoch of optimisation steps, with running sums kept on the device.
+
+    With several ranks each trains on its share of every batch, and after each step the ranks agree (one
+    all-reduce) on whether to go on: a stop signal on any of them, rank 0's failure to write the run folder,
+    and at logged batches the global batch's losses, from which all judge a non-finite loss alike.
+    """
 
     def __init__(self, model: CVAE, optimizer: torch.optim.Optimizer, schedule: LearningRate, d: DeviceData,
                  amp_dtype: torch.dtype | None, *, dynamic: bool, graph: GraphStep | None = None,
-                 share: CoreShare | None = None) -> None:  # fmt: skip
+                 share: CoreShare | None = None, objective: Callable[..., Objective] | None = None,
+                 ranks: Ranks = ONE) -> None:  # fmt: skip
         self.model, self.optimizer, self.schedule, self.d, self.share = model, optimizer, schedule, d, share
         self.amp_dtype, self.dynamic, self.graph = amp_dtype, dynamic, graph
+        self.objective = objective or model.objective  # DDP's wrapper of it with several ranks
+        self.ranks = ranks
         self.device = d.train_x.device
         self.names = term_names(model.config)  # what the model's objective returns, summed over the epoch
-        self.seen = 0
+        self.seen = 0  # images trained this epoch, on every rank together
+        self.failure: Exception | None = None  # rank 0's failure to write, ending every rank at the next agreement
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Rank 0's writes during the epoch: with several ranks a failure waits for the next agreement, which
+        ends every rank with it; with one process it is raised at once."""
+        try:
+            yield
+        except Exception as err:
+            if not self.ranks.active:
+                raise
+            self.failure = self.failure or err
+
+    def agree(self, stop: StopRequested, values: torch.Tensor | None = None) -> list[float]:
+        """Several ranks: the step's verdict, taken together (see the class); `values` summed over the ranks."""
+        verdict = distributed.agree(self.device, signum=stop.asked, failed=self.failure is not None, values=values)
+        if verdict.failed:
+            raise self.failure if self.failure is not None else distributed.Elsewhere("rank 0 failed (it says why)")
+        stop.decide(verdict.signum)
+        return verdict.values
 
     def epoch(self, epoch: int, cfg: Any, run: RunDir, batch_log: Any, callbacks: Sequence[Callback],
               stop: StopRequested, t_run: float, preview: LivePreview | None = None) -> dict[str, float]:  # fmt: skip
         """Train one epoch; returns the mean train terms (nelbo, recon, kl, ...). Stops early if asked."""
-        model, d = self.model, self.d
+        model, d, ranks = self.model, self.d, self.ranks
         model.train()
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + epoch)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 100_003 + epoch)  # the same on every rank
         order = torch.randperm(len(d.train_x), generator=gen, device=self.device)
+        if ranks.active:  # each rank's z noise from a seed of its own (one process goes on with its one stream)
+            torch.manual_seed(distributed.noise_seed(cfg.seed, epoch, ranks.rank))
         sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
         last_status, t_epoch = 0.0, time.time()
         if self.graph is not None:  # the same epoch, one graph replay per full batch, no host sync per step
@@ -368,42 +471,58 @@ class Step:
             )  # fmt: skip
         for b in range(d.batches if self.graph is None else 0):
             self.schedule.before_batch(epoch, b)
-            idx = order[b * d.batch : (b + 1) * d.batch]
-            xb, yb = d.train_x[idx], d.train_y[idx]
-            if self.dynamic:
-                xb = torch.bernoulli(xb, generator=gen)
+            idx = order[b * d.batch : (b + 1) * d.batch]  # the global batch
+            part = ranks.share(len(idx))  # this rank's images of it (all of them on one process)
+            # dynamic binarization draws for the global batch: each image gets the pixels one process would draw
+            xb = torch.bernoulli(d.train_x[idx], generator=gen)[part] if self.dynamic else d.train_x[idx[part]]
+            yb = d.train_y[idx[part]]
             with autocast(self.device, self.amp_dtype):
-                terms = model.objective(xb, yb)
+                terms = self.objective(xb, yb)
             loss = terms.loss
+            if len(xb) * ranks.world != len(idx):  # an uneven last batch: DDP averages the ranks' means equally
+                loss = loss * (len(xb) * ranks.world / len(idx))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             with torch.no_grad():  # running sums, outside the graph
                 sums += torch.stack([t.sum() for t in terms.terms().values()])
-            self.seen += len(idx)
-            if (b + 1) % cfg.print_every == 0 or b + 1 == d.batches:
+            self.seen += len(xb)
+            logged = (b + 1) % cfg.print_every == 0 or b + 1 == d.batches
+            if ranks.active:
+                parts = (terms.nelbo, terms.recon, terms.kl)
+                shared = self.agree(stop, torch.stack([t.detach().sum() for t in parts]) if logged else None)
+            if logged:
                 # the batch's negative ELBO and its parts (the objective also holds a baseline or GSNN term where
-                # the model trains one: those are in the epoch's sums)
-                lv, rv, kv = (float(v.detach().mean()) for v in (terms.nelbo, terms.recon, terms.kl))
+                # the model trains one: those are in the epoch's sums); with several ranks, the global batch's
+                if ranks.active:
+                    lv, rv, kv = (v / len(idx) for v in shared)
+                else:
+                    lv, rv, kv = (float(v.detach().mean()) for v in (terms.nelbo, terms.recon, terms.kl))
                 if not math.isfinite(lv):
                     raise CVAEError(
                         f"the loss became {lv} at epoch {epoch}, batch {b + 1}: lower the learning rate (-lr)"
                     )
-                record = dict(epoch=epoch, batch=b + 1, step=(epoch - 1) * d.batches + b + 1, loss=lv, recon=rv,
-                              kl=kv, time=time.time() - t_run)  # fmt: skip
-                batch_log.write(json.dumps(record) + "\n")
-                for cb in callbacks:
-                    cb.on_batch(record)
-                now = time.time()
-                if now - last_status >= STATUS_EVERY_S:
-                    last_status = now
-                    run.write_status(epoch=epoch - 1, batch=b + 1, epoch_started=t_epoch)
+                if ranks.main:
+                    with self.writing():
+                        record = dict(epoch=epoch, batch=b + 1, step=(epoch - 1) * d.batches + b + 1, loss=lv,
+                                      recon=rv, kl=kv, time=time.time() - t_run)  # fmt: skip
+                        batch_log.write(json.dumps(record) + "\n")
+                        for cb in callbacks:
+                            cb.on_batch(record)
+                        now = time.time()
+                        if now - last_status >= STATUS_EVERY_S:
+                            last_status = now
+                            run.write_status(epoch=epoch - 1, batch=b + 1, epoch_started=t_epoch)
             if stop.requested:
                 break
             if preview is not None:
-                preview(epoch, b + 1, t_run)
+                with self.writing():
+                    preview(epoch, b + 1, t_run)
             if self.share is not None:
                 self.share()
+        if ranks.active:  # the epoch's sums and images over every rank: the same global means on each
+            shared = self.agree(stop, torch.cat([sums, sums.new_tensor([self.seen])]))
+            sums, self.seen = torch.tensor(shared[:-1], dtype=torch.float64), int(shared[-1])
         return dict(zip(self.names, (sums / max(self.seen, 1)).tolist(), strict=True))
 
 

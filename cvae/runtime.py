@@ -73,9 +73,11 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def set_threads(threads: int) -> None:
-    """torch's CPU threads: `threads`, or one per available core for 0."""
-    torch.set_num_threads(threads if threads > 0 else available_cores())
+def set_threads(threads: int, sharers: int = 1) -> None:
+    """torch's CPU threads: `threads`, or for 0 the available cores shared out among `sharers` processes (the
+    ranks of one run that torchrun started on this node: more threads than their share would make each
+    rank's threads wait for the others' time slices)."""
+    torch.set_num_threads(threads if threads > 0 else max(1, available_cores() // sharers))
 
 
 def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:

@@ -15,7 +15,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cvae.cli import OneLineParser, add_options, given, run_main
+from cvae.cli import EXIT_BAD_INPUT, OneLineParser, add_options, given, run_main
+from cvae.errors import CVAEError
+from cvae.ranks import launched
 
 __all__ = ["build_parser", "cli", "main"]  # and train_model, loaded when first used (below)
 
@@ -88,15 +90,35 @@ def _import_training() -> Any:
     return train_model
 
 
+def _rank_zero() -> bool:
+    """Whether this process speaks for its launch: rank 0 of a torchrun (or srun) launch, or a process on its
+    own. The other ranks parse the same flags and stop with the same errors, which rank 0 reports once."""
+    try:
+        return launched().main
+    except CVAEError:  # ranks that do not fit together: each says so (cvae.distributed refuses to join)
+        return True
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = given(build_parser().parse_args(argv))
+    speaks = _rank_zero()
+    parser = build_parser()
+    parser.quiet = not speaks
+    args = given(parser.parse_args(argv))
 
     def body() -> int:
-        with _sigterm_exits():
-            train_model = _import_training()
-            result = train_model(**args)
+        try:
+            with _sigterm_exits():
+                train_model = _import_training()
+                result = train_model(**args)
+        except CVAEError:
+            # A launch's other ranks stop with rank 0's error (the same flags, config and data), or with one
+            # that they have handed to rank 0 (cvae.distributed): rank 0 says it, once.
+            if speaks:
+                raise
+            return EXIT_BAD_INPUT
         if result.state == "stopped":
-            print(f"stopped; resume with: python -m cvae.train -rp {result.run_dir}", file=sys.stderr)
+            if speaks:
+                print(f"stopped; resume with: python -m cvae.train -rp {result.run_dir}", file=sys.stderr)
             return 128 + int(result.stop_signal or signal.SIGINT)  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
         elif not args.get("quiet") and result.metrics:
             last = result.metrics[-1]

@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,15 @@ from cvae.config import (
     TrainConfig,
     conv_preset,
 )
-from cvae.data import DatasetInfo, load_data, peek_info
+from cvae.data import DatasetInfo, ImageData, load_data, peek_info
+from cvae.distributed import broadcast, check_batch, process_group, together
 from cvae.errors import ConfigError, CVAEError
 from cvae.loop import TrainResult, fit
 from cvae.progress import ConsoleProgress
+from cvae.ranks import Ranks, launched
 from cvae.runs import (
     RunDir,
+    RunLock,
     default_runs_root,
     fresh_run_path,
     new_run_id,
@@ -55,7 +58,46 @@ __all__ = ["TrainResult", "build_config", "resolve_options", "train_model"]
 def train_model(**options: Any) -> TrainResult:
     # The signature and docstring are generated from cvae.config's options below.
     flush_denormals()  # before any parallel op, so torch's worker threads inherit it
+    ranks = launched()  # one of several processes that torchrun (or srun) started to train one run together?
     opts = resolve_options(options)
+    given_names = set(options) - {"quiet", "overwrite"}
+    with contextlib.ExitStack() as held:
+        held.enter_context(process_group(ranks))  # joined with the others for the whole run; nothing for one process
+        # Rank 0 alone locks, checks and prepares the run folder; then the others read the run it prepared. An
+        # error on any rank ends them all, and rank 0 says it.
+        with together(ranks):
+            prepared = _prepare_run(opts, given_names, held, ranks) if ranks.main else None
+        path = broadcast(str(prepared.run.path) if prepared else None, ranks)
+        with together(ranks):
+            if prepared is None:
+                run = RunDir(Path(path))
+                prepared = _Prepared(run, None, *_follow_run(opts, given_names, run))
+        run, lock, config, data = prepared.run, prepared.lock, prepared.config, prepared.data
+        batches = max(1, math.ceil(len(data.train_x) / min(config.train.batch_size, len(data.train_x))))
+        progress = ConsoleProgress(batches, quiet=opts["quiet"] or not ranks.main)
+        try:
+            return fit(config, run, data=data, resume=prepared.resume, callbacks=[progress])
+        except OSError:
+            if lock is None or lock.still_here():
+                raise
+            raise CVAEError(f"the run folder {run.path} was moved or deleted while it trained: stopped, and nothing "
+                            "was written in its place (its files are where it went: resume it there)") from None  # fmt: skip
+
+
+@dataclass
+class _Prepared:
+    """A run folder ready to train into, and what trains there."""
+
+    run: RunDir
+    lock: RunLock | None  # rank 0's (or the one process's) hold on it; the other ranks hold none
+    config: RunConfig
+    data: ImageData
+    resume: dict | None
+
+
+def _prepare_run(opts: dict[str, Any], given_names: set[str], held: contextlib.ExitStack, ranks: Ranks) -> _Prepared:
+    """The run folder locked (for `held`'s life), checked and prepared: its config written, and on resume the
+    records of epochs the checkpoint does not have dropped."""
     checkpoint_path: Path | None = None
     if opts["resume_path"]:
         checkpoint_path, source = _resume_target(Path(opts["resume_path"]))
@@ -64,50 +106,54 @@ def train_model(**options: Any) -> TrainResult:
         if opts["resume_epoch"] not in (None, 0):
             raise ConfigError("--resume_epoch needs --resume_path")
         data_config = section_config(DataConfig, opts)
-        build_config(opts, peek_info(data_config))  # refuse a misfit from the headers: nothing decoded or cached
+        config = build_config(
+            opts, peek_info(data_config)
+        )  # refuse a misfit from the headers: nothing decoded or cached
+        check_batch(config.train.batch_size, ranks)  # nor a batch that the ranks cannot share equally
         run = RunDir(Path(opts["run_dir"])) if opts["run_dir"] else None
-    with contextlib.ExitStack() as held:
-        # One writer per run folder for the trainer's whole life (the kernel drops the lock if we die), taken
-        # before the checkpoint and config a resume writes from are read: a second trainer is refused, and
-        # never trains on from what the first has since replaced.
-        lock = held.enter_context(run.lock()) if run is not None else None
-        if checkpoint_path is not None:
-            config, data, resume = _resume(
-                opts, checkpoint_path, run, given_names=set(options) - {"quiet", "overwrite"}
-            )
-        else:
-            data = load_data(data_config)
-            config, resume = build_config(opts, data.info), None
-        if run is None:
-            root = Path(opts["runs_root"]) if opts["runs_root"] else default_runs_root()
-            m = config.model
-            kind = m.likelihood if m.condition == "label" else \
-                f"{m.condition}{m.quadrants if m.condition == 'quadrants' else ''}"  # fmt: skip
-            run = fresh_run_path(root, new_run_id(config.data.dataset, kind, m.latent_dim))
-            lock = held.enter_context(run.lock())
-        # A folder of runs (the runs root, or one whose checkpoints/ is a runs root) is never a new run's: its
-        # files would land among other people's runs, and an overwrite would clear them.
-        why = run.not_one_run() if resume is None else None
-        if why:
-            verb = "overwrite" if opts["overwrite"] else "train into"
-            raise CVAEError(f"refusing to {verb} {run.path}: {why}; pick a --run-dir of its own")
-        if resume is None and run.holds_run():
-            if not opts["overwrite"]:
-                raise CVAEError(f"{run.path} already holds a run: continue it with python -m cvae.train -rp {run.path} "
-                                "-e N, or pass --overwrite to replace it")  # fmt: skip
-            run.clear_run()
-        start_epoch = int(resume["epoch"]) if resume else 0
-        prepare_run_folder(run, config, data.info, resume, start_epoch)
-        if not opts["quiet"]:
-            print(_describe(run, config, data, start_epoch if resume else None), flush=True)
-        batches = max(1, math.ceil(len(data.train_x) / min(config.train.batch_size, len(data.train_x))))
-        try:
-            return fit(config, run, data=data, resume=resume, callbacks=[ConsoleProgress(batches, quiet=opts["quiet"])])
-        except OSError:
-            if lock.still_here():
-                raise
-            raise CVAEError(f"the run folder {run.path} was moved or deleted while it trained: stopped, and nothing "
-                            "was written in its place (its files are where it went: resume it there)") from None  # fmt: skip
+    # One writer per run folder for the trainer's whole life (the kernel drops the lock if we die), taken
+    # before the checkpoint and config a resume writes from are read: a second trainer is refused, and
+    # never trains on from what the first has since replaced.
+    lock = held.enter_context(run.lock()) if run is not None else None
+    if checkpoint_path is not None:
+        config, data, resume = _resume(opts, checkpoint_path, run, given_names=given_names)
+        check_batch(config.train.batch_size, ranks)
+    else:
+        data = load_data(data_config)
+        config, resume = build_config(opts, data.info), None
+    if run is None:
+        root = Path(opts["runs_root"]) if opts["runs_root"] else default_runs_root()
+        m = config.model
+        kind = m.likelihood if m.condition == "label" else \
+            f"{m.condition}{m.quadrants if m.condition == 'quadrants' else ''}"  # fmt: skip
+        run = fresh_run_path(root, new_run_id(config.data.dataset, kind, m.latent_dim))
+        lock = held.enter_context(run.lock())
+    # A folder of runs (the runs root, or one whose checkpoints/ is a runs root) is never a new run's: its
+    # files would land among other people's runs, and an overwrite would clear them.
+    why = run.not_one_run() if resume is None else None
+    if why:
+        verb = "overwrite" if opts["overwrite"] else "train into"
+        raise CVAEError(f"refusing to {verb} {run.path}: {why}; pick a --run-dir of its own")
+    if resume is None and run.holds_run():
+        if not opts["overwrite"]:
+            raise CVAEError(f"{run.path} already holds a run: continue it with python -m cvae.train -rp {run.path} "
+                            "-e N, or pass --overwrite to replace it")  # fmt: skip
+        run.clear_run()
+    start_epoch = int(resume["epoch"]) if resume else 0
+    prepare_run_folder(run, config, data.info, resume, start_epoch)
+    if not opts["quiet"]:
+        print(_describe(run, config, data, start_epoch if resume else None), flush=True)
+    return _Prepared(run, lock, config, data, resume)
+
+
+def _follow_run(opts: dict[str, Any], given_names: set[str], run: RunDir) -> tuple[RunConfig, ImageData, dict | None]:
+    """A launch's other rank: the config, data and checkpoint of the run that rank 0 prepared in `run`, read
+    as rank 0 read them (it holds the lock, so nothing changes them meanwhile)."""
+    if opts["resume_path"]:
+        checkpoint_path, _ = _resume_target(Path(opts["resume_path"]))
+        return _resume(opts, checkpoint_path, run, given_names=given_names)
+    data = load_data(section_config(DataConfig, opts))
+    return build_config(opts, data.info), data, None
 
 
 def _signature_and_doc() -> tuple[inspect.Signature, str]:
