@@ -1,6 +1,7 @@
 """`cvae`: one command for the library's tools (also `python -m cvae`).
 
 cvae train --quick-demo            # python -m cvae.train
+cvae runs start --quick-demo       # python -m cvae.manage: queued as the app's Start queues it
 cvae estimate --quick-demo         # python -m cvae.estimate: its time here, measured
 cvae evaluate checkpoints/<run>    # python -m cvae.evaluate
 cvae generate uniform checkpoints/<run>
@@ -18,6 +19,7 @@ from pathlib import Path
 
 COMMANDS = {
     "train": ("cvae.train", "train a CVAE into a run folder"),
+    "runs": ("cvae.manage", "start, list, stop, resume a run where the server trains them (its queue, or Slurm)"),
     "estimate": ("cvae.estimate", "how long a run with these options takes on this machine, measured"),
     "evaluate": ("cvae.evaluate", "test-set likelihoods of a trained run, in nats"),
     "generate": ("cvae.generate", "image grids per class, or a completion sheet"),

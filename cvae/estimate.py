@@ -64,8 +64,10 @@ class Estimate:
 
 def enabled() -> bool:
     """$CVAE_ESTIMATE: 0 turns the app's measured estimates off (the form starts from the command line's
-    defaults); the command line measures whenever asked."""
-    return os.environ.get("CVAE_ESTIMATE", "1") != "0"
+    defaults); the command line measures whenever asked. Off where runs train on a cluster
+    ($CVAE_BACKEND=slurm): this server's speed says nothing of the nodes'."""
+    on_cluster = os.environ.get("CVAE_BACKEND", "").strip().lower() == "slurm"
+    return os.environ.get("CVAE_ESTIMATE", "1") != "0" and not on_cluster
 
 
 def _process_age() -> float:

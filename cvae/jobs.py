@@ -206,7 +206,57 @@ def _queue_argv(argv: list[str], run: RunDir) -> list[str]:
     return [*flags, *argv]
 
 
-def _spawn(run: RunDir, argv: list[str], epochs: int) -> int:
+BACKENDS = ("local", "slurm")
+
+
+def backend() -> str:
+    """Where the app's runs execute: $CVAE_BACKEND, "local" (this server's queue, the default) or "slurm"
+    (one batch job per run on the cluster, cvae.slurm). A run's own status.json says where it went, so runs
+    already started keep being followed if the setting changes."""
+    name = os.environ.get("CVAE_BACKEND", "").strip().lower() or "local"
+    if name not in BACKENDS:
+        raise ConfigError(f"CVAE_BACKEND must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
+def _spawn(run: RunDir, argv: list[str], epochs: int) -> int | str:
+    """Queue the run where the server's backend says; the local queue's pid, or the cluster's job id."""
+    if backend() == "slurm":
+        return _submit(run, argv, epochs)
+    return _spawn_here(run, argv, epochs)
+
+
+def _submit(run: RunDir, argv: list[str], epochs: int) -> str:
+    """Submit the run as a Slurm batch job (cvae.slurm) that trains as soon as the cluster starts it.
+
+    status.json says "queued" on the cluster before sbatch is asked, so that the job, however soon it
+    starts, finds its run waiting; if the cluster refuses it, the status is put back as it was (a resume
+    that cannot be submitted leaves the run as it stood).
+    """
+    from cvae import slurm
+
+    settings = slurm.SlurmSettings.from_env()
+    run.path.mkdir(parents=True, exist_ok=True)
+    before = read_json(run.status_path)
+    run.write_status(state="queued", backend="slurm", job_id=None, node=None, pid=None, process=None,
+                     position=None, pool=None, epochs=epochs, batch=0, message="", queued_at=time.time())  # fmt: skip
+    # The trainer uses exactly the CPUs the job was given (the last --threads wins over the run's own).
+    job_argv = ["--slurm", "--run-dir", str(run.path), *argv, "--threads", str(settings.cpus)]
+    with open(run.log_path, "ab") as log:
+        log.write(f"\n$ sbatch {' '.join(settings.sbatch_flags())} python -m cvae.jobs {' '.join(job_argv)}\n".encode())
+    try:
+        job_id = slurm.submit(run.path, run.id, job_argv, settings, PROJECT_ROOT)
+    except ConfigError:
+        if before is None:
+            run.status_path.unlink(missing_ok=True)
+        else:
+            write_json(run.status_path, before, parents=False)
+        raise
+    run.write_status(job_id=job_id)
+    return job_id
+
+
+def _spawn_here(run: RunDir, argv: list[str], epochs: int) -> int:
     """Queue the run: `python -m cvae.jobs` in its own session, output to train.log; return its pid.
 
     The queue process waits (sleeping) for a training slot, then trains in the
@@ -296,8 +346,9 @@ def start(
             if user is not None:
                 record_owner(run, user)
             _spawn(run, argv, opts["epochs"])
-        except OSError:
-            shutil.rmtree(run.path, ignore_errors=True)  # no half-made run left behind (disk full, read-only)
+        except (OSError, ConfigError):
+            # No half-made run left behind (disk full, read-only, the cluster refused the job).
+            shutil.rmtree(run.path, ignore_errors=True)
             raise
     return run
 
@@ -389,6 +440,8 @@ def stop(run: RunDir, user: User | None = None) -> bool:
     keeps its last checkpoint. False when nothing was running."""
     check_manage(user, run, "stop")
     status = run.read_status()
+    if status.get("backend") == "slurm":
+        return _cancel(run, status)
     pid = status.get("pid")
     if status.get("state") not in ACTIVE_STATES or not isinstance(pid, int) or not _is_trainer(pid):
         return False
@@ -398,6 +451,18 @@ def stop(run: RunDir, user: User | None = None) -> bool:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
+    return True
+
+
+def _cancel(run: RunDir, status: dict) -> bool:
+    """Stop a run on the cluster: scancel its job (SIGTERM, then SIGKILL after the cluster's KillWait). A
+    pending job never ran, so its status is written here; a running trainer writes its own."""
+    from cvae import slurm
+
+    if status.get("state") not in ACTIVE_STATES or not slurm.cancel(str(status.get("job_id")), run.id):
+        return False
+    if status.get("state") == "queued":
+        run.write_status(state="stopped", message="taken out of the cluster's queue before it started")
     return True
 
 
@@ -516,7 +581,8 @@ def waiting_runs(root: Path, pool: str | None = None) -> list[RunDir]:
     runs = [RunDir(p) for p in Path(root).iterdir() if is_run_id(p.name) and (p / "status.json").is_file()]
     for run in runs:  # queued runs have no config.json yet, so not list_runs
         status = run.read_status()
-        if status.get("state") != "queued" or not process_is(status.get("pid"), status.get("process")):
+        if status.get("state") != "queued" or status.get("backend") == "slurm" or \
+                not process_is(status.get("pid"), status.get("process")):  # fmt: skip
             continue
         if pool is None or status.get("pool", "cpu") == pool:
             waiting.append((not by_lecturer(run), float(status.get("queued_at") or 0), run.id, run))
@@ -584,6 +650,8 @@ def estimated_start(root: Path, run: RunDir, slots: int) -> float | None:
         if not is_run_id(other.name) or other == run.path:
             continue
         status = RunDir(other).read_status()
+        if status.get("backend") == "slurm":  # trains on the cluster: it holds none of this server's slots
+            continue
         if status.get("state") in ("starting", "running") and (status.get("pool") or "cpu") == pool and \
                 process_is(status.get("pid"), status.get("process")):  # fmt: skip
             left = remaining_seconds(RunDir(other))
@@ -659,7 +727,11 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nice", type=int, default=0, help="lower this process's CPU priority by N (0-19), so pages stay quick [0]"
     )
+    parser.add_argument("--slurm", action="store_true", help="inside a Slurm batch job: the cluster was the "
+                        "queue, so train at once")  # fmt: skip
     args, train_args = parser.parse_known_args(argv)
+    if args.slurm:
+        return _train_in_job(RunDir(Path(args.run_dir).resolve()), train_args)
     cpu_slots = args.max_active or max_active()
     if cpu_slots < 1:
         parser.error("--max-active must be at least 1")
@@ -701,6 +773,43 @@ def cli(argv: list[str] | None = None) -> int:
         from cvae.train import cli as train_cli  # torch, only now: a waiting run holds little memory
 
         return train_cli([*train_args, "--run-dir", str(run.path)])
+
+
+def _train_in_job(run: RunDir, train_args: list[str]) -> int:
+    """Train a run inside its Slurm job. The cluster's SIGTERM (scancel, or the time limit's warning, sent
+    the grace period early) stops it like the app's Stop: the last epoch's checkpoint stays, and Resume
+    submits it again. A stop at the time limit says so."""
+    from cvae import slurm
+
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    run.write_status(state="starting", backend="slurm", job_id=job_id if slurm.is_job_id(job_id) else None,
+                     node=os.environ.get("SLURMD_NODENAME", ""), position=None, message="")  # fmt: skip
+    left = slurm.time_left(job_id) if slurm.is_job_id(job_id) else None
+    limit_at = time.time() + left if left is not None else None
+    from cvae.train import cli as train_cli
+
+    code = train_cli([*train_args, "--run-dir", str(run.path)])
+    try:
+        grace = slurm.SlurmSettings.from_env().grace_s
+    except ConfigError:
+        grace = slurm.SlurmSettings.grace_s
+    # Slurm sends the warning up to a minute before the grace period asks; a scancel would have ended the job.
+    near_limit = limit_at is not None and time.time() >= limit_at - grace - 90
+    if code == 128 + signal.SIGTERM and near_limit and _still_running(job_id, run.id):
+        run.write_status(message="stopped at the cluster's time limit for one job: resume it to train on")
+    return code
+
+
+def _still_running(job_id: str, run_id: str) -> bool:
+    """Whether the cluster still counts the job as running (a SIGTERM from scancel would have cancelled it)."""
+    from cvae import slurm
+
+    slurm.forget()
+    try:
+        job = slurm.job_of(job_id, run_id)
+    except ConfigError:
+        return False
+    return job is not None and job.state == "RUNNING"
 
 
 if __name__ == "__main__":

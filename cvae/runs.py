@@ -209,7 +209,7 @@ def pid_alive(pid: Any) -> bool:
         return True
 
 
-def live_status(status: dict) -> dict:
+def live_status(status: dict, run_id: str = "") -> dict:
     """A copy of a status.json object as it stands now: a dead process's active state reads 'interrupted'.
 
     Kept apart from reading the file so that a reader may cache the file's content
@@ -219,10 +219,44 @@ def live_status(status: dict) -> dict:
     state = status.get("state")
     if state not in ("queued", "starting", "running", "stopping", "finished", "failed", "stopped"):
         status["state"] = "interrupted" if state else "unknown"
+    elif state in ACTIVE_STATES and status.get("backend") == "slurm":
+        _cluster_status(status, run_id)
     elif state in ACTIVE_STATES and not process_is(status.get("pid"), status.get("process")):
         status["state"] = "interrupted"
         status["message"] = "the training process is gone; resume from the last checkpoint"
     return status
+
+
+SUBMITTING_S = 60.0  # a run queued for the cluster may go this long without a job id (sbatch is answering)
+
+
+def _cluster_status(status: dict, run_id: str) -> None:
+    """An active run on the cluster, as Slurm sees it: its job's state and reason (`cluster`), or
+    "interrupted" once the job is gone; unchanged when the cluster does not answer (it may be busy: a run
+    must not look resumable while it still trains)."""
+    from cvae import slurm
+    from cvae.errors import ConfigError
+
+    job_id = status.get("job_id")
+    if job_id is None:
+        queued = status.get("queued_at")
+        if isinstance(queued, (int, float)) and 0 <= time.time() - queued < SUBMITTING_S:
+            status["cluster"] = "being submitted to the cluster"
+            return
+    try:
+        job = slurm.job_of(job_id, run_id)
+    except ConfigError as err:
+        status["cluster"] = f"the cluster does not answer ({err})"
+        return
+    if job is not None and job.live:
+        status["cluster"] = slurm.describe(job)
+        status["node"] = job.node
+        return
+    status["state"] = "interrupted"
+    ended = f" ({job.state.lower()})" if job is not None else ""
+    status["message"] = (
+        f"the cluster's job ended{ended} without a word from the trainer; resume from the last checkpoint"
+    )
 
 
 _STATUS_LOCK = threading.Lock()
@@ -297,7 +331,7 @@ class RunDir:
 
     def read_status(self) -> dict:
         """The status file, with a dead process's 'running' turned into 'interrupted'."""
-        return live_status(read_json(self.status_path) or {})
+        return live_status(read_json(self.status_path) or {}, self.id)
 
     def write_status(self, **fields: Any) -> None:
         """Merge `fields` into status.json, atomically (one merge at a time in this process: the trainer's
@@ -526,9 +560,12 @@ def sane_status(status: dict) -> dict:
     for key in ("epoch_started", "started", "updated", "queued_at"):
         if key in status and not _number(status[key]):
             status.pop(key)
-    for key in ("device", "device_name", "pool"):  # shown as text: a string of sane length, or nothing
+    for key in ("device", "device_name", "pool", "cluster", "node", "backend"):  # text: of sane length, or nothing
         if key in status and not (isinstance(status[key], str) and len(status[key]) <= 100):
             status.pop(key)
+    job_id = status.get("job_id")
+    if "job_id" in status and not (isinstance(job_id, str) and re.fullmatch(r"[0-9_]{1,24}", job_id)):
+        status.pop("job_id")
     if "slots" in status and not (isinstance(status["slots"], int) and 0 < status["slots"] < 10**6):
         status.pop("slots")
     if not isinstance(status.get("message", ""), str):

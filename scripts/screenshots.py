@@ -12,6 +12,12 @@ all have finished, Train, Latent space (a dot clicked), Reconstructions,
 Generate (grids, sliders, interpolation) and Compare runs. The runs folder is
 inside the project by default, so the sidebar shows a short, stable path (no
 temporary folder).
+
+    python -m scripts.screenshots --cluster --runs /tmp/cluster-runs
+
+shoots instead the Train page of runs sent to a Slurm cluster (CVAE_BACKEND=slurm; the test cluster of
+scripts/slurm_cluster.sh will do): one run holding every CPU of the cluster's node, training, and one
+pending behind it (train_cluster_running.png, train_cluster_pending.png).
 """
 
 from __future__ import annotations
@@ -72,9 +78,12 @@ def main() -> int:
     ap.add_argument("--runs", type=Path, default=ROOT / "checkpoints" / "screenshots")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per training run [1]")
     ap.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+    ap.add_argument("--cluster", action="store_true", help="the Train page of runs on a Slurm cluster instead")
     args = ap.parse_args()
     runs, out = args.runs.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.cluster:
+        return cluster(runs, out, args.chromium)
     os.environ["CVAE_MAX_RUNS"] = str(len(RUNS))  # all three train at once, a thread each
     runs.mkdir(parents=True, exist_ok=True)
     started = start_runs(runs, args.threads)
@@ -111,6 +120,59 @@ def main() -> int:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
         log.close()
+    return 0
+
+
+def serve(runs: Path) -> tuple[subprocess.Popen, str]:
+    """The app on `runs`, in its own session (stopped with os.killpg); its address once it answers."""
+    port = free_port()
+    log = open(runs / "server.log", "ab")  # noqa: SIM115 - the server's own, for its life
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1"],
+        cwd=ROOT, env={**os.environ, "CVAE_RUNS_DIR": str(runs)}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait(lambda: _healthy(url), 90, "streamlit")
+    return server, url
+
+
+def cluster(runs: Path, out: Path, chromium: str) -> int:
+    """The Train page of a run training on a Slurm node and of one pending behind it."""
+    os.environ["CVAE_BACKEND"] = "slurm"
+    from cvae import jobs
+    from cvae.config import QUICK_DEMO
+    from cvae.names import write_meta
+
+    cpus = subprocess.run(["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True, check=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    os.environ.update(CVAE_SLURM_CPUS=cpus.stdout.split()[0], CVAE_SLURM_MEM="2G", CVAE_SLURM_TIME="00:20:00")
+    first = jobs.start(runs, {**QUICK_DEMO, "epochs": 40}, run_id="on-the-cluster")
+    write_meta(first.path, name="quick demo on the cluster", note="")
+    os.environ["CVAE_SLURM_CPUS"] = "1"
+    second = jobs.start(runs, {**QUICK_DEMO, "epochs": 5}, run_id="waiting-for-a-node")
+    write_meta(second.path, name="waiting for a node", note="")
+    server, url = serve(runs)
+    try:
+        wait(lambda: len(first.read_metrics()) >= 2, 600, "two epochs on the cluster")
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+            page.goto(f"{url}/?run={first.id}")
+            page.get_by_text("test −ELBO").first.wait_for(timeout=60_000)
+            shot(page, out, "train_cluster_running", settle_ms=4000)
+            page.goto(f"{url}/?run={second.id}")
+            page.get_by_text("Queued on the cluster").wait_for(timeout=60_000)
+            shot(page, out, "train_cluster_pending", settle_ms=2000)
+            browser.close()
+    finally:
+        for run in (first, second):
+            jobs.stop(run)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
     return 0
 
 

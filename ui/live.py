@@ -119,7 +119,11 @@ def _status(run: Run, numbers: bool = True) -> None:
     batch, per = int(s.get("batch") or 0), int(s.get("batches") or 0)
     done = (epoch + (batch / per if per else 0)) / epochs if epochs else 0.0
     rows = metrics(run.dir)
-    if run.state == "queued":
+    if run.state == "queued" and s.get("backend") == "slurm":
+        job = f" (job {s['job_id']})" if s.get("job_id") else ""
+        st.info(f":material/hourglass_top: **Queued on the cluster**: {s.get('cluster') or 'submitted'}{job}. "
+                "It starts when Slurm gives it a node; this page follows it by itself.")  # fmt: skip
+    elif run.state == "queued":
         slots, pool = s.get("slots") or max_active(), s.get("pool") or "cpu"
         where = "on this server" if pool == "cpu" else "on this server's GPUs" if pool == "gpu" else f"on {pool}"
         wait = _start_in(str(run.dir.path), int(slots))
@@ -134,6 +138,8 @@ def _status(run: Run, numbers: bool = True) -> None:
         seconds = [r["seconds"] for r in rows if isinstance(r.get("seconds"), (int, float))]
         eta = eta_text(s, seconds, batches_versioned(run.dir)[0])
         device = f" · on {run.device_text}" if run.device_text else ""
+        if s.get("backend") == "slurm":
+            device += f" · {s.get('cluster') or 'on the cluster'}" + (f" (job {s['job_id']})" if s.get("job_id") else "")
         st.progress(min(max(done, 0.0), 1.0), text=f"**{where}**{device} · {eta}")
     elif run.state == "finished":
         device = f" on {run.device_text}" if run.device_text else ""  # the badge above says "finished" too: one line

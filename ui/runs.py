@@ -203,7 +203,7 @@ def open_run(root: Path, run_id: str) -> Run:
     if not _sees(root)(run):
         raise CVAEError("this run is not shared with you")
     raw, config, problem = _config(str(run.config_path), stamp(run.config_path))
-    status = sane_status(live_status(_json(str(run.status_path), stamp(run.status_path)) or {}))
+    status = sane_status(live_status(_json(str(run.status_path), stamp(run.status_path)) or {}, run.id))
     if status.get("state") == "unknown" and not run.path.is_dir():
         problem = "this run folder no longer exists (deleted?)"
     return Run(run, raw, config, problem, status, _owner(run))
