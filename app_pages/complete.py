@@ -22,7 +22,7 @@ if not ready:
             "`python -m cvae.train --condition quadrants --quadrants 1 --epochs 1`."))  # fmt: skip
     if not runs and st.button("Train the 1-quadrant model (about a minute)", icon=":material/rocket_launch:",
                               type="primary", key="complete_preset"):  # fmt: skip
-        comp.start_preset(root)
+        comp.start_preset()
     if runs:
         comp.wait_for_first_epoch(runs[0])
     st.stop()

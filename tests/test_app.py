@@ -251,6 +251,29 @@ def test_a_quick_demo_click_counts_after_a_classmates_run_changed_the_page(tmp_p
     assert started == [jobs.QUICK_DEMO_OPTIONS] and not at.exception
 
 
+def test_a_click_that_arrives_twice_starts_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A double click, or a reconnecting page that sends its last click again, starts one quick demo."""
+    monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path))
+    started = []
+
+    def queue(root: Path, opts: dict, **kw: object) -> RunDir:  # queued as the app queues it, no trainer
+        started.append(opts)
+        run = RunDir(root / f"r{len(started)}")
+        write_json(run.path / "launch.json", {"argv": jobs.build_argv(opts), "epochs": 1})
+        run.write_status(state="queued", pid=os.getpid())
+        return run
+
+    monkeypatch.setattr(jobs, "start", queue)
+    at = open_page("app_pages/train.py")
+    at.button(key="quick_demo").click().run()
+    assert started == [jobs.QUICK_DEMO_OPTIONS] and at.session_state["current_run"] == "r1"
+    at.button(key="quick_demo_again").click().run()  # the same click again, seconds later
+    assert len(started) == 1 and at.session_state["current_run"] == "r1" and not at.exception
+    at.session_state["last_start"]["at"] -= 60  # a minute on: a new click is a new demo
+    at.button(key="quick_demo_again").click().run()
+    assert len(started) == 2 and at.session_state["current_run"] == "r2"
+
+
 def test_complete_page(runs: Path) -> None:
     def images(at: AppTest) -> list[tuple[str, str]]:  # (caption, url: named by the picture's bytes) per image
         return [(e.proto.imgs[0].caption, e.proto.imgs[0].url) for e in of_type(at, "Image")]

@@ -10,14 +10,12 @@ import torch
 from cvae import jobs
 from cvae.config import DataConfig
 from cvae.data import load_data
-from cvae.errors import CVAEError
 from cvae.generate import Completions, complete, given_text  # noqa: F401 - given_text is the page's
 from cvae.model import CVAE
-from ui.auth import current_user
 from ui.live import POLL_S, status_line
 from ui.models import cached_model, upscale
 from ui.runs import Run, open_run, open_runs, runs_root, stamp
-from ui.sidebar import select
+from ui.train_form import launch
 
 # The page's preset: the paper's 1-quadrant model, one epoch (docs/completion.md: distinct completions already).
 PRESET = {"condition": "quadrants", "quadrants": 1, "epochs": 1}
@@ -30,14 +28,12 @@ def completion_runs(root: Path) -> list[Run]:
             jobs.launch_options(run.dir).get("condition") == "quadrants"]  # fmt: skip
 
 
-def start_preset(root: Path) -> None:
-    """Queue the 1-quadrant preset and show it; a problem is one line on the page."""
-    try:
-        run = jobs.start(root, dict(PRESET), user=current_user(), data_roots=jobs.data_roots())
-    except (CVAEError, OSError) as err:
-        st.error(f"Could not start the run: {jobs.explain(err) if isinstance(err, OSError) else err}")
+def start_preset() -> None:
+    """Queue the 1-quadrant preset in the runs folder and show it; a problem is one line on the page."""
+    problem = launch(dict(PRESET))
+    if problem:
+        st.error(problem)
         return
-    select(run.id)
     st.rerun()
 
 

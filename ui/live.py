@@ -139,7 +139,8 @@ def _status(run: Run, numbers: bool = True) -> None:
         eta = eta_text(s, seconds, batches_versioned(run.dir)[0])
         device = f" · on {run.device_text}" if run.device_text else ""
         if s.get("backend") == "slurm":
-            device += f" · {s.get('cluster') or 'on the cluster'}" + (f" (job {s['job_id']})" if s.get("job_id") else "")
+            job = f" (job {s['job_id']})" if s.get("job_id") else ""
+            device += f" · {s.get('cluster') or 'on the cluster'}{job}"
         st.progress(min(max(done, 0.0), 1.0), text=f"**{where}**{device} · {eta}")
     elif run.state == "finished":
         device = f" on {run.device_text}" if run.device_text else ""  # the badge above says "finished" too: one line

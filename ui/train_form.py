@@ -43,21 +43,41 @@ RELEVANT = {
 }
 
 
-def _launch(options: dict[str, Any]) -> str | None:
+# A click that reaches the server twice (a double click, or a page that reconnects under load and sends its
+# last click again) starts one run: the same options from the same browser session this soon after a start
+# show the run that start made. The epochs are left out of the comparison: a sized quick demo's may differ.
+REPEAT_S = 15.0
+LAST_START = "last_start"
+
+
+def _same_start(options: dict[str, Any]) -> str | None:
+    last = st.session_state.get(LAST_START)
+    if not last or time.monotonic() - last["at"] > REPEAT_S:
+        return None
+    strip = lambda o: {k: v for k, v in o.items() if k != "epochs"}  # noqa: E731 - two uses, right here
+    return last["run"] if strip(last["options"]) == strip(options) else None
+
+
+def launch(options: dict[str, Any]) -> str | None:
     """Start a run and show it next (the form folds away: the new run is what matters now); the one-line
-    problem when it could not start, else None."""
+    problem when it could not start, else None. The same start again within REPEAT_S shows the first's run."""
+    again = _same_start(options)
+    if again:
+        select(again)
+        return None
     try:
         run = jobs.start(runs_root(), options, user=current_user(), data_roots=jobs.data_roots())
     except CVAEError as err:
         return f"Could not start the run: {err}"
     except OSError as err:  # disk full, read-only runs folder: one sentence, no traceback
         return f"Could not start the run: {jobs.explain(err)}"
+    st.session_state[LAST_START] = {"at": time.monotonic(), "options": dict(options), "run": run.id}
     select(run.id)
     return None
 
 
 def _start(options: dict[str, Any]) -> None:
-    problem = _launch(options)
+    problem = launch(options)
     if problem:
         st.error(problem)
     else:
@@ -90,7 +110,7 @@ def ask_for_quick_demo() -> None:
     page runs, so the click counts even when the page it was on has changed meanwhile (a classmate's run made
     the empty state the runs view), and the page draws the new run at once (the run picker is not drawn yet)."""
     options = quick_demo_now()
-    problem = _launch(options)
+    problem = launch(options)
     if problem:
         st.session_state[START_PROBLEM] = problem  # shown by the page (a callback draws nothing)
     elif "epochs" in options:
