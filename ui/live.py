@@ -141,7 +141,10 @@ def _status(run: Run, numbers: bool = True) -> None:
         if s.get("backend") == "slurm":
             job = f" (job {s['job_id']})" if s.get("job_id") else ""
             device += f" · {s.get('cluster') or 'on the cluster'}{job}"
-        st.progress(min(max(done, 0.0), 1.0), text=f"**{where}**{device} · {eta}")
+        done = min(max(done, 0.0), 1.0)
+        # The share in figures too: at a few percent the bar itself is a sliver, hard to see from a room's back.
+        share = f"{done:.0%} · " if per else ""
+        st.progress(done, text=f"**{share}{where}**{device} · {eta}")
     elif run.state == "finished":
         device = f" on {run.device_text}" if run.device_text else ""  # the badge above says "finished" too: one line
         st.caption(f":material/check_circle: Finished: {epochs} epochs{device}.")
