@@ -137,16 +137,21 @@ def interpolation(checkpoint: str, version: tuple[int, int], net, x: np.ndarray,
     if len(own) < 2:
         st.info(f"The test images loaded here hold fewer than two of class {names[label]}.")
         return
-    st.markdown(f"**From** an image of class {names[label]} (the class picked above)")
-    ia = _thumbnails(x, own[:8], "morph_from", lambda i: f"#{i}")
-    firsts = [own[1] if k == label else next((int(i) for i in np.flatnonzero(y == k)), None) for k in range(len(names))]
-    st.markdown("**To** an image of any class")
-    ib = _thumbnails(x, [i for i in firsts if i is not None][:10], "morph_to", lambda i: names[int(y[i])])
+    # The morph and its slider beside the two pickers, so that all of it is on the first screen at 1280x720.
+    morph, pickers = st.columns([2, 3], gap="medium")
+    with pickers:
+        st.markdown(f"**From** an image of class {names[label]} (the class picked above)")
+        ia = _thumbnails(x, own[:8], "morph_from", lambda i: f"#{i}")
+        firsts = [own[1] if k == label else next((int(i) for i in np.flatnonzero(y == k)), None)
+                  for k in range(len(names))]  # fmt: skip
+        st.markdown("**To** an image of any class")
+        ib = _thumbnails(x, [i for i in firsts if i is not None][:10], "morph_to", lambda i: names[int(y[i])])
     t = tuple(float(v) for v in np.linspace(0, 1, STEPS))
-    scrub.show(blend_sprite(checkpoint, version, ia, ib, x, y), (net.config.height, net.config.width),
-               [scrub.Axis("t", t, 0)], size=220,
-               caption=f"t = 0: image #{ia} (class {names[int(y[ia])]}); t = 1: image #{ib} (class "
-                       f"{names[int(y[ib])]}). The code and the label are blended; drag t.")  # fmt: skip
+    with morph:
+        scrub.show(blend_sprite(checkpoint, version, ia, ib, x, y), (net.config.height, net.config.width),
+                   [scrub.Axis("t", t, 0)], size=220, stacked=True,
+                   caption=f"t = 0: image #{ia} (class {names[int(y[ia])]}); t = 1: image #{ib} (class "
+                           f"{names[int(y[ib])]}). The code and the label are blended; drag t.")  # fmt: skip
     st.image(interpolate_png(checkpoint, version, net, ia, ib, x, y, 10),
              caption=f"class {names[int(y[ia])]} → class {names[int(y[ib])]} in 10 steps", width="stretch", output_format="PNG")  # fmt: skip
 

@@ -41,8 +41,10 @@ def sprite(images: torch.Tensor | np.ndarray, cols: int) -> bytes:
     return buffer.getvalue()
 
 
-def page(png: bytes, tile: tuple[int, int], axes: list[Axis], size: int, caption: str = "") -> str:
-    """The HTML: a canvas `size` px wide and one range input per axis (axis 0 picks the column, axis 1 the row)."""
+def page(png: bytes, tile: tuple[int, int], axes: list[Axis], size: int, caption: str = "",
+         stacked: bool = False) -> str:  # fmt: skip
+    """The HTML: a canvas `size` px wide and one range input per axis (axis 0 picks the column, axis 1 the row),
+    beside it, or under it where `stacked` (in a narrow column)."""
     h, w = tile
     data = base64.b64encode(png).decode()
     height = round(size * h / w)
@@ -54,9 +56,10 @@ def page(png: bytes, tile: tuple[int, int], axes: list[Axis], size: int, caption
     values = json.dumps([[round(v, 3) for v in a.values] for a in axes])
     return f"""<!doctype html><html><head><style>
 body {{ margin: 0; font: 16px "Source Sans", sans-serif; color: #1f2230; }}
-.box {{ display: flex; gap: 28px; align-items: flex-start; }}
+.box {{ display: flex; gap: {16 if stacked else 28}px; align-items: flex-start;
+        flex-direction: {"column" if stacked else "row"}; }}
 canvas {{ width: {size}px; height: {height}px; image-rendering: pixelated; border: 1px solid #c8c8d0; }}
-.controls {{ display: flex; flex-direction: column; gap: 6px; min-width: 260px; flex: 1; }}
+.controls {{ display: flex; flex-direction: column; gap: 6px; min-width: {size if stacked else 260}px; flex: 1; }}
 input[type=range] {{ width: 100%; height: 28px; margin: 0 0 12px 0; accent-color: #d62728; }}
 p {{ margin: 8px 0 0 0; }}
 </style></head><body><div class="box">
@@ -81,7 +84,10 @@ sheet.src = "data:image/png;base64,{data}";
 </script></body></html>"""
 
 
-def show(png: bytes, tile: tuple[int, int], axes: list[Axis], size: int = 280, caption: str = "") -> None:
-    """Draw the scrubber on the page (an iframe sized to fit)."""
+def show(png: bytes, tile: tuple[int, int], axes: list[Axis], size: int = 280, caption: str = "",
+         stacked: bool = False) -> None:  # fmt: skip
+    """Draw the scrubber on the page (an iframe sized to fit): the controls beside the picture, or under it."""
     h, w = tile
-    components.html(page(png, tile, axes, size, caption), height=max(round(size * h / w), 90 * len(axes) + 40) + 12)
+    picture, controls = round(size * h / w), 90 * len(axes) + 40
+    height = picture + 16 + controls if stacked else max(picture, controls)
+    components.html(page(png, tile, axes, size, caption, stacked), height=height + 12)
