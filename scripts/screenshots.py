@@ -192,7 +192,7 @@ def shot(page, out: Path, name: str, settle_ms: int = 1500) -> None:
 def pages(page, url: str, out: Path) -> None:
     page.goto(f"{url}/?run=demo-z2")
     page.get_by_text("Finished: 12 epochs").wait_for(timeout=60_000)
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 2", timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=30_000)
     shot(page, out, "train")
 
     page.get_by_role("link", name="Latent space").click()
