@@ -66,7 +66,13 @@ def enabled() -> bool:
     """$CVAE_ESTIMATE: 0 turns the app's measured estimates off (the form starts from the command line's
     defaults); the command line measures whenever asked. Off where runs train on a cluster
     ($CVAE_BACKEND=slurm): this server's speed says nothing of the nodes'."""
-    on_cluster = os.environ.get("CVAE_BACKEND", "").strip().lower() == "slurm"
+    from cvae.errors import ConfigError
+    from cvae.jobs import backend
+
+    try:
+        on_cluster = backend() == "slurm"
+    except ConfigError:  # a misspelt backend: Start says so, in its own words
+        on_cluster = False
     return os.environ.get("CVAE_ESTIMATE", "1") != "0" and not on_cluster
 
 
