@@ -1,8 +1,11 @@
 """Compare runs: the per-epoch test curves of several runs overlaid, named by what differs between them."""
 
+import math
+
 import streamlit as st
 
 from cvae.errors import CVAEError
+from cvae.ledger import alarm, valid_dims
 from cvae.names import what_differs
 from ui import plots
 from ui.runs import metrics, open_run, run_ids, runs_root
@@ -54,10 +57,17 @@ if not runs:
 # another quantity in nats, so it gets its own charts rather than a line among whole-image ELBOs.
 GROUPS = (  # (completion runs?, the main chart's title, the smaller charts, the table's extra columns)
     (False, "Test −ELBO per epoch (nats per image; lower is better)", (("recon", "Reconstruction"), ("kl", "KL")),
-     {"reconstruction": "test_recon", "KL": "test_kl", "refined −ELBO": "test_nelbo_refined"}),
+     {"reconstruction": "test_recon", "KL": "test_kl", "refined −ELBO": "test_nelbo_refined",
+      "active units": "test_active_units"}),
     (True, "Completion runs: test −ELBO of the hidden pixels given the shown ones (nats per image)",
      (("baseline_nll", "The baseline network (no z) on the same pixels"),), {"baseline NLL": "test_baseline_nll"}),
 )  # fmt: skip
+
+
+def _number(value: object) -> float | int | None:
+    """A figure from a run's metrics for the table: a finite number, or None (missing, or a crafted line)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None  # type: ignore[return-value]
 
 
 present = [group for group in GROUPS if any(run.completion == group[0] for run, _ in runs)]
@@ -89,8 +99,8 @@ for completion, title, smaller, columns in present:
         last = rows[-1]
         table.append({
             "run": display_name(root, run.id), "what differs": what,
-            "epochs": last.get("epoch"), "test −ELBO": last.get("test_nelbo"),
-            **{label: last.get(field) for label, field in columns.items()},
+            "epochs": _number(last.get("epoch")), "test −ELBO": _number(last.get("test_nelbo")),
+            **{label: _number(last.get(field)) for label, field in columns.items()},
             "minutes": sum(r.get("seconds") or 0 for r in rows) / 60,
         })  # fmt: skip
     st.subheader("Final figures" + (" of the completion runs" if completion and len(present) > 1 else ""))
@@ -102,5 +112,15 @@ for completion, title, smaller, columns in present:
         "run": st.column_config.TextColumn(width="small"), "what differs": st.column_config.TextColumn(width="large"),
         "epochs": st.column_config.NumberColumn(width="small"),
         "test −ELBO": nats, **dict.fromkeys(columns, nats),
+        "active units": st.column_config.NumberColumn(format="%d", help="latent dimensions whose posterior mean "
+                                                      "varies over the test images (cvae.ledger)"),
         "minutes": st.column_config.NumberColumn("training minutes", format="%.1f"),
     })  # fmt: skip
+    ledgers = [(name, color, valid_dims(rows[-1].get("test_kl_dims")), rows[-1].get("test_active_units"))
+               for name, color, (_, rows) in zip(legend, colors, group, strict=True)]  # fmt: skip
+    for name, _, dims, active in ledgers:  # the alarm, where a run's posterior collapsed or leans on one dimension
+        if warning := alarm(dims, active):
+            st.warning(f"**{name}**: {warning}", icon=":material/warning:")
+    if shown := [(name, color, dims) for name, color, dims, _ in ledgers if dims is not None]:
+        st.plotly_chart(plots.compare_ledgers([(n, d) for n, _, d in shown], [c for _, c, _ in shown]),
+                        key=f"compare_ledger_{key}", config={"displayModeBar": False})  # fmt: skip

@@ -38,7 +38,7 @@ from cvae.data import DatasetInfo
 from cvae.errors import CheckpointError, CVAEError
 from cvae.legacy import upgrade_checkpoint
 from cvae.model import CVAE
-from cvae.runs import RunDir, write_atomic
+from cvae.runs import MAX_NUMBER_LIST, RunDir, write_atomic
 
 FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 2 << 30  # refuse anything larger than 2 GiB before reading it
@@ -426,12 +426,19 @@ def _check_cuda_rng_state(value: Any) -> torch.Tensor:
 
 
 def check_metrics(value: Any, epoch: int) -> dict:
-    """The last epoch's metrics record: numbers only, for this epoch (it may be appended to metrics.jsonl)."""
+    """The last epoch's metrics record: numbers, or short lists of numbers (the ledger's per-dimension figures),
+    for this epoch (it may be appended to metrics.jsonl)."""
     value = _dict("metrics", value)
     for key, number in value.items():
         if not isinstance(key, str):
             raise _bad(f"metrics.{_short(key)}", "must have a text name")
-        _number(f"metrics.{key}", number)
+        if isinstance(number, list):
+            if not 0 < len(number) <= MAX_NUMBER_LIST:
+                raise _bad(f"metrics.{key}", f"must hold 1 to {MAX_NUMBER_LIST} numbers, got {len(number)}")
+            for j, item in enumerate(number):
+                _number(f"metrics.{key}[{j}]", item)
+        else:
+            _number(f"metrics.{key}", number)
     if value.get("epoch") != epoch:
         raise _bad("metrics.epoch", f"is {_short(value.get('epoch'))} but the checkpoint's epoch is {epoch}")
     return dict(value)

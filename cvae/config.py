@@ -269,6 +269,16 @@ class ModelConfig:
     alpha: float = option(1.0, "the paper's hybrid objective: alpha x (-ELBO) + (1 - alpha) x the GSNN loss "
                           "(-log p(x | z, c) with z from the prior); 1 = the CVAE's ELBO alone", low=0, high=1,
                           label="Hybrid weight alpha")  # fmt: skip
+    kl_weight: float = option(1.0, "the KL term's weight beta in the training objective (beta-VAE, Higgins et al. "
+                              "2017); every figure called -ELBO stays the true beta = 1 bound, and the objective "
+                              "trained is logged beside it as train_objective", low=0, high=1000,
+                              label="KL weight β")  # fmt: skip
+    kl_warmup_epochs: float = option(0.0, "KL warm-up: the KL weight rises linearly from 0 to beta over the first "
+                                     "N epochs (Bowman et al. 2016); 0 = beta from the start", low=0, high=1000,
+                                     label="KL warm-up epochs")  # fmt: skip
+    free_bits: float = option(0.0, "free bits lambda: nats of KL per latent dimension, averaged over the batch, "
+                              "that cost nothing (Kingma et al. 2016): no dimension is pushed below it", low=0,
+                              high=100, label="Free bits λ")  # fmt: skip
     baseline: bool = option(
         False,
         "also train the paper's deterministic baseline p(x | c) (the generation "
@@ -343,6 +353,11 @@ class ModelConfig:
                     f"the conv architecture needs image sides divisible by {down}, got "
                     f"{self.height}x{self.width}: resize (--image-size) or use --arch mlp"
                 )
+
+    @property
+    def shaped_kl(self) -> bool:
+        """Whether training minimises something other than the negative ELBO's KL (beta, warm-up, free bits)."""
+        return self.kl_weight != 1 or self.kl_warmup_epochs > 0 or self.free_bits > 0
 
     @property
     def label_width(self) -> int:

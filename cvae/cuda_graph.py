@@ -307,13 +307,14 @@ class GraphStep:
     # -- one epoch
 
     def run_epoch(
-        self, *, epoch: int, seed: int, order: torch.Tensor, batches: int, lr_at: Callable[[int], float] | None,
+        self, *, epoch: int, seed: int, order: torch.Tensor, batches: int, before_batch: Callable[[int], None] | None,
         print_every: int, run: _StatusWriter, batch_log: IO[str], callbacks: Sequence[_Callback], t_run: float,
         t_epoch: float, stop: _Stop,
     ) -> tuple[torch.Tensor, int]:  # fmt: skip
         """The eager loop's epoch: (sums of nelbo, recon, kl over the images seen, images seen).
 
-        Batch records are written and passed to the callbacks when the log is
+        `before_batch(b)` sets what changes per batch (the learning rate, the KL's weight) in the memory the
+        graph reads. Batch records are written and passed to the callbacks when the log is
         read back (every `FLUSH_EVERY_S` seconds, `LOG_CHUNK` logged batches,
         and at the end), each with the time it was read.
         """
@@ -323,8 +324,8 @@ class GraphStep:
         log = MetricLog(self.device)
         seen = 0
         for b in range(batches):
-            if lr_at is not None:
-                set_learning_rate(self.optimizer, lr_at(b))
+            if before_batch is not None:
+                before_batch(b)
             idx = order[b * self.batch : (b + 1) * self.batch]
             self.step(idx)
             seen += len(idx)

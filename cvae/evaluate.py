@@ -43,7 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -52,6 +52,7 @@ from cvae.config import PRECISIONS
 from cvae.data import ImageData, load_data
 from cvae.errors import CVAEError
 from cvae.generate import load_run
+from cvae.ledger import alarm, ledger
 from cvae.likelihoods import HALF_LOG_2PI, DiagonalGaussian, mean_se, standard_normal_log_prob
 from cvae.model import CVAE, STD_FLOOR, Condition
 from cvae.runs import clean_json
@@ -136,6 +137,8 @@ class ElboPerImage(NamedTuple):
     kl: torch.Tensor  # KL(q(z | x, c) || p(z | c)), analytic
     recon_discrete: torch.Tensor | None = None  # -log P(8-bit x | z, c), same z
     baseline: torch.Tensor | None = None  # the deterministic baseline's -log p(x | c)
+    kl_dims: torch.Tensor | None = None  # (N, Z): the KL of each latent dimension (cvae.ledger)
+    mu: torch.Tensor | None = None  # (N, Z): the posterior means (cvae.ledger's active units)
 
     @property
     def nelbo(self) -> torch.Tensor:
@@ -172,7 +175,7 @@ def elbo_per_image(
     device = _device(model)
     was_training = model.training
     model.eval()
-    recon, kl, disc, base = [], [], [], []
+    recon, kl, disc, base, kl_dims, mu = [], [], [], [], [], []
     try:
         with _forked_rng(device):
             torch.manual_seed(seed)
@@ -182,7 +185,10 @@ def elbo_per_image(
                 with autocast(device, amp_dtype):
                     t = model.objective(xb, yb, quadrants)
                 recon.append(t.recon.double().cpu())
-                kl.append(t.posterior.double().kl(t.prior.double() if t.prior is not None else None).cpu())
+                q, p = t.posterior.double(), t.prior.double() if t.prior is not None else None
+                kl.append(q.kl(p).cpu())
+                kl_dims.append(q.kl_dims(p).cpu())
+                mu.append(q.mu.cpu())
                 if t.baseline is not None:
                     base.append(t.baseline.double().cpu())
                 if discretize:
@@ -192,7 +198,7 @@ def elbo_per_image(
     empty = torch.zeros(0, dtype=torch.float64)
     cat = lambda ts: torch.cat(ts) if ts else empty  # noqa: E731
     return ElboPerImage(cat(recon), cat(kl), cat(disc) if discretize else None,
-                        cat(base) if model.baseline is not None else None)  # fmt: skip
+                        cat(base) if model.baseline is not None else None, cat(kl_dims), cat(mu))  # fmt: skip
 
 
 def counts_of(model: CVAE) -> list[int | None]:
@@ -211,7 +217,7 @@ def evaluate_elbo(
     *,
     batch_size: int = 1000,
     amp_dtype: torch.dtype | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Mean negative ELBO, reconstruction and KL (and the baseline's NLL) over (x, y), one z per image.
 
     Runs in eval mode (batch-norm running statistics) under a forked RNG with
@@ -220,10 +226,12 @@ def evaluate_elbo(
     quadrants: `name_qK` for each, and `name` their mean.
     """
     counts = counts_of(model)
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     n = max(len(x), 1)
+    seen = []
     for k in counts:
         terms = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype, quadrants=k)
+        seen.append(terms)
         recon, kl = float(terms.recon.sum()) / n, float(terms.kl.sum()) / n
         means = {"nelbo": recon + kl, "recon": recon, "kl": kl}
         if terms.baseline is not None:
@@ -233,7 +241,15 @@ def evaluate_elbo(
         for name in list(out):
             base = name.rsplit("_q", 1)[0]
             out.setdefault(base, sum(out[f"{base}_q{k}"] for k in counts) / len(counts))
+    out.update(_ledger_of(seen))
     return out
+
+
+def _ledger_of(parts: Sequence[ElboPerImage]) -> dict[str, Any]:
+    """cvae.ledger's figures over every image of every given-quadrant count evaluated."""
+    if any(p.kl_dims is None or p.mu is None for p in parts):
+        return {}
+    return ledger(torch.cat([p.kl_dims for p in parts]), torch.cat([p.mu for p in parts]))  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------- IWAE
@@ -511,7 +527,7 @@ def _evaluate_at(
     elbo = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype, discretize=discretize, seed=seed,
                           quadrants=quadrants)  # fmt: skip
     nelbo, nelbo_se = mean_se(elbo.nelbo)
-    report: dict[str, float | int | str | None] = {
+    report: dict[str, Any] = {
         "test_images": len(x),
         "dims": dims,
         "nelbo": nelbo,
@@ -519,7 +535,9 @@ def _evaluate_at(
         "recon": float(elbo.recon.mean()) if len(x) else math.nan,
         "kl": float(elbo.kl.mean()) if len(x) else math.nan,
         "iw_samples": iw_samples,
+        **_ledger_of([elbo]),
     }
+    report["kl_alarm"] = alarm(report.get("kl_dims"), report.get("active_units"))
     iwae = None
     if iw_samples > 0:
         iwae = iwae_per_image(
@@ -650,6 +668,11 @@ def format_report(r: dict) -> str:
         given = "1-3 (random per image; the mean of 1, 2 and 3)" if r.get("quadrants") == 0 else r.get("quadrants")
         rows[3] = (f"negative ELBO [{unit}]", f"{num('nelbo')}  (recon {r['recon']:.2f} + KL {r['kl']:.2f}; 1 sample)")
         rows.insert(3, ("given", f"{given} quadrant(s): -log p(y | x) of the hidden pixels y given the shown x"))
+    if isinstance(r.get("kl_dims"), list):
+        dims = ", ".join(f"{v:.2f}" for v in r["kl_dims"])
+        rows.append(("KL per dimension [nats]", f"{dims}  ({r.get('active_units')} of {len(r['kl_dims'])} active)"))
+    if r.get("kl_alarm"):
+        rows.append(("warning", r["kl_alarm"]))
     if r.get("iw_samples"):
         name = "importance sampling from q(z | x, y)" if completion else "IWAE NLL"
         rows.append((f"{name}, K = {r['iw_samples']} [{unit}]", num("iwae_nll")))

@@ -79,11 +79,18 @@ class DiagonalGaussian(NamedTuple):
         A Gaussian p: sum(log p.std - log std + (std^2 + (mu - p.mu)^2) / (2 p.std^2) - 1/2)
         (Sohn et al. 2015, eq. 4, with the prior network's p(z | c)).
         """
+        return 0.5 * self._twice_kl(other).sum(-1)
+
+    def kl_dims(self, other: DiagonalGaussian | None = None) -> torch.Tensor:
+        """KL(self || other) in nats of each dimension of z: (..., Z) -> (..., Z); they sum to `kl`."""
+        return 0.5 * self._twice_kl(other)
+
+    def _twice_kl(self, other: DiagonalGaussian | None) -> torch.Tensor:
         if other is None:
-            return 0.5 * (self.mu.pow(2) + self.std.pow(2) - 2 * self.std.log() - 1).sum(-1)
+            return self.mu.pow(2) + self.std.pow(2) - 2 * self.std.log() - 1
         var_ratio = (self.std / other.std).pow(2)
         mean_term = ((self.mu - other.mu) / other.std).pow(2)
-        return 0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log()).sum(-1)
+        return var_ratio + mean_term - 1.0 - var_ratio.log()
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ from cvae.runtime import (
     set_threads,
     use_device,
 )
-from cvae.schedule import LearningRate
+from cvae.schedule import LearningRate, kl_weight_at
 
 STATUS_EVERY_S = 1.0  # rewrite status.json at most this often while training
 FIRST_PREVIEW_S = 0.5  # the first live pictures, this long after the first batch: a class sees a model at once
@@ -265,6 +265,7 @@ def fit(
                             **{f"test_{k}": v for k, v in test.items()}, lr=schedule.current,
                             seconds=time.time() - t_epoch, train_seconds=t_trained - t_epoch,
                             images_per_s=step.seen / max(t_done - t_epoch, 1e-9), **refined, time=time.time() - t_run,
+                            **({"kl_weight": float(model.kl_weight)} if model.config.shaped_kl else {}),
                         )  # fmt: skip
                         payload = checkpoint_payload(config, data, model, optimizer, schedule, record, device)
                         writer.submit(functools.partial(save_epoch, run, config, payload, pictures, record, end_epoch,
@@ -444,6 +445,12 @@ class Step:
                 raise
             self.failure = self.failure or err
 
+    def before_batch(self, epoch: int, b: int) -> None:
+        """What changes per batch: the learning rate (a per-batch schedule) and the KL's weight (a warm-up)."""
+        self.schedule.before_batch(epoch, b)
+        if self.model.config.kl_warmup_epochs > 0:
+            self.model.kl_weight.fill_(kl_weight_at(self.model.config, epoch, b, self.d.batches))
+
     def agree(self, stop: StopRequested, values: torch.Tensor | None = None) -> list[float]:
         """Several ranks: the step's verdict, taken together (see the class); `values` summed over the ranks."""
         verdict = distributed.agree(self.device, signum=stop.asked, failed=self.failure is not None, values=values)
@@ -464,13 +471,13 @@ class Step:
         sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
         last_status, t_epoch = 0.0, time.time()
         if self.graph is not None:  # the same epoch, one graph replay per full batch, no host sync per step
-            lr_at = (lambda b: self.schedule.rate(epoch, b)) if self.schedule.per_batch else None
             sums, self.seen = self.graph.run_epoch(
-                epoch=epoch, seed=cfg.seed, order=order, batches=d.batches, print_every=cfg.print_every, lr_at=lr_at,
+                epoch=epoch, seed=cfg.seed, order=order, batches=d.batches, print_every=cfg.print_every,
+                before_batch=functools.partial(self.before_batch, epoch),
                 run=run, batch_log=batch_log, callbacks=callbacks, t_run=t_run, t_epoch=t_epoch, stop=stop,
             )  # fmt: skip
         for b in range(d.batches if self.graph is None else 0):
-            self.schedule.before_batch(epoch, b)
+            self.before_batch(epoch, b)
             idx = order[b * d.batch : (b + 1) * d.batch]  # the global batch
             part = ranks.share(len(idx))  # this rank's images of it (all of them on one process)
             # dynamic binarization draws for the global batch: each image gets the pixels one process would draw

@@ -76,17 +76,32 @@ class Objective:
     alpha: float = 1.0
     gsnn: torch.Tensor | None = None  # -log p(x | z, c), z ~ p(z | c); only when alpha < 1
     baseline: torch.Tensor | None = None  # the deterministic baseline's -log p(x | c)
+    kl_weight: torch.Tensor | None = None  # beta (its warm-up's value now); None = the ELBO's own KL, weight 1
+    free_bits: float = 0.0  # lambda: each dimension's batch-mean KL is charged at least this
 
     @property
     def nelbo(self) -> torch.Tensor:
         return self.recon + self.kl
 
     @property
+    def trained(self) -> torch.Tensor:
+        """Per image, what training minimises: alpha * (-ELBO) + (1 - alpha) * GSNN, with the KL shaped by beta
+        and free bits where the model has them. Free bits charge each dimension's KL averaged over the batch,
+        so that charge is the batch's, the same for each of its images."""
+        nelbo = self.nelbo
+        if self.kl_weight is not None:
+            charge = self.kl
+            if self.free_bits:
+                kl_dims = self.posterior.kl_dims(self.prior).mean(0)
+                charge = kl_dims.clamp(min=self.free_bits).sum().expand_as(self.kl)
+            nelbo = self.recon + self.kl_weight * charge
+        return nelbo if self.gsnn is None else self.alpha * nelbo + (1 - self.alpha) * self.gsnn
+
+    @property
     def loss(self) -> torch.Tensor:
-        """Batch mean of alpha * (-ELBO) + (1 - alpha) * GSNN (+ the baseline's NLL: it shares no parameter,
-        so one backward pass trains both and changes neither's gradients)."""
-        cvae = self.nelbo if self.gsnn is None else self.alpha * self.nelbo + (1 - self.alpha) * self.gsnn
-        return (cvae if self.baseline is None else cvae + self.baseline).mean()
+        """Batch mean of `trained` (+ the baseline's NLL: it shares no parameter, so one backward pass trains
+        both and changes neither's gradients)."""
+        return (self.trained if self.baseline is None else self.trained + self.baseline).mean()
 
     def terms(self) -> dict[str, torch.Tensor]:
         named = {"nelbo": self.nelbo, "recon": self.recon, "kl": self.kl}
@@ -94,13 +109,15 @@ class Objective:
             named["baseline_nll"] = self.baseline
         if self.gsnn is not None:
             named["gsnn"] = self.gsnn
+        if self.kl_weight is not None:  # the shaped objective, under its own name beside the true bound
+            named["objective"] = self.trained
         return named
 
 
 def term_names(config: ModelConfig) -> tuple[str, ...]:
     """The names of `Objective.terms()` for a model of this config, in order."""
     return ("nelbo", "recon", "kl") + (("baseline_nll",) if config.baseline else ()) + \
-        (("gsnn",) if config.alpha < 1 else ())  # fmt: skip
+        (("gsnn",) if config.alpha < 1 else ()) + (("objective",) if config.shaped_kl else ())  # fmt: skip
 
 
 def _conv_out(n: int) -> int:
@@ -250,6 +267,8 @@ class CVAE(nn.Module):
         self.baseline = MLPDecoder(config, latent_dim=0) if config.baseline else None
         if config.condition == "quadrants":  # (3, C*H*W): the given pixels for 1, 2 and 3 quadrants
             self.register_buffer("quadrant_masks", quadrant_masks(config), persistent=False)
+        if config.shaped_kl:  # the KL's weight now: a warm-up changes it in place (a CUDA graph reads this memory)
+            self.register_buffer("kl_weight", torch.tensor(config.kl_weight), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -347,7 +366,9 @@ class CVAE(nn.Module):
         z = q.sample()
         out = self.decode(z, cond)
         p = self.prior(cond)
-        terms = Objective(self.likelihood.nll(out, x, cond.scored), q.kl(p), q, p, out, cond, self.config.alpha)
+        cfg = self.config
+        terms = Objective(self.likelihood.nll(out, x, cond.scored), q.kl(p), q, p, out, cond, cfg.alpha,
+                          kl_weight=self.kl_weight if cfg.shaped_kl else None, free_bits=cfg.free_bits)  # fmt: skip
         if self.config.alpha < 1:  # the GSNN term (Sohn et al. 2015, eq. 7, one sample): z from the prior
             z_prior = p.sample() if p is not None else torch.randn_like(z)
             terms.gsnn = self.likelihood.nll(self.decode(z_prior, cond), x, cond.scored)

@@ -79,7 +79,10 @@ def _label(key: str) -> str:
         return SHORT[key]
     section, field = key.split(".", 1)
     option = next((o for o in OPTIONS if o.section == section and o.field == field), None)
-    return option.label[0].lower() + option.label[1:] if option else field.replace("_", " ")
+    if not option:
+        return field.replace("_", " ")
+    # "Latent size z" reads "latent size z" inside a sentence; "KL weight β" keeps its acronym
+    return option.label if option.label[1:2].isupper() else option.label[0].lower() + option.label[1:]
 
 
 def what_differs(configs: list[dict], most: int | None = None) -> list[str]:

@@ -575,11 +575,26 @@ def sane_status(status: dict) -> dict:
     return status
 
 
+MAX_NUMBER_LIST = 1024  # a per-dimension figure (cvae.ledger): one number per latent dimension, at most
+
+
+def number_list(value: object) -> list[float] | None:
+    """`value` if it is a list of 1 to MAX_NUMBER_LIST finite plain numbers (as floats); None otherwise."""
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_NUMBER_LIST:
+        return None
+    if not all(_number(v) and math.isfinite(v) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
 def numeric_row(row: object, key: str) -> dict | None:
-    """A row with a whole-number `key` (epoch or step), keeping numeric (or null) fields only; None if unusable."""
+    """A row with a whole-number `key` (epoch or step), keeping numeric (or null) fields and lists of finite
+    numbers (`number_list`) only; None if unusable."""
     if not isinstance(row, dict) or not isinstance(row.get(key), int) or isinstance(row.get(key), bool):
         return None
-    return {k: v for k, v in row.items() if v is None or _number(v)}
+    kept = {k: v for k, v in row.items() if v is None or _number(v)}
+    kept.update({k: v for k, v in row.items() if isinstance(v, list) and number_list(v) is not None})
+    return kept
 
 
 def read_numeric_jsonl(path: Path, key: str) -> list[dict]:

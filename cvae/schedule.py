@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from cvae.config import TrainConfig
+from cvae.config import ModelConfig, TrainConfig
 
 
 def cosine_lr(base: float, position: float, warmup: float, end: int, batches_per_epoch: int) -> float:
@@ -87,3 +87,12 @@ class LearningRate:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plateau.load_state_dict(state)
+
+
+def kl_weight_at(model: ModelConfig, epoch: int, batch: int, batches: int) -> float:
+    """The KL's weight for `batch` (0-based) of `epoch` (1-based): beta, rising linearly from 0 over the
+    warm-up's epochs (counted in batches, so it rises within the first epoch too)."""
+    if model.kl_warmup_epochs <= 0:
+        return model.kl_weight
+    position = epoch - 1 + batch / max(batches, 1)
+    return model.kl_weight * min(1.0, position / model.kl_warmup_epochs)

@@ -136,8 +136,12 @@ def test_train_page_widgets(runs: Path) -> None:
         "f_seed",
     } <= keys
     assert {b.key for b in at.button} >= {"start", "resume"}
-    assert len(at.get("plotly_chart")) == 3  # the latent scatter, the batch loss and the per-epoch curves
+    # the latent scatter, the batch loss, the per-epoch curves and the ELBO's ledger
+    assert [c.key for c in at.get("plotly_chart")] == ["live_latent", "batch_chart", "epoch_chart", "ledger_chart"]
     assert "Finished" in texts(at)
+    active = [m for m in at.metric if m.label == "active units"]
+    assert len(active) == 1 and active[0].value.endswith(" of 2")  # z = 2
+    assert any("latent dimensions active" in m.value for m in at.markdown)
 
 
 def test_train_page_draws_a_completion_runs_live_curve(runs: Path) -> None:
@@ -146,7 +150,8 @@ def test_train_page_draws_a_completion_runs_live_curve(runs: Path) -> None:
     assert not at.exception
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     batch = [c for c in charts if "Batch loss" in json.dumps(c.get("layout", {}).get("title", ""))]
-    assert len(charts) == 3 and len(batch) == 1 and batch[0]["data"] and "Finished" in texts(at)  # + epochs, latent
+    # + the epochs, the latent scatter and the ledger
+    assert len(charts) == 4 and len(batch) == 1 and batch[0]["data"] and "Finished" in texts(at)
 
 
 def test_train_page_shows_the_refined_test_elbo(runs: Path) -> None:
@@ -361,7 +366,8 @@ def test_compare_page(runs: Path) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert at.multiselect(key="compare_runs").value == ["finished", "gauss", "rgb"]
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert len(charts) == 3  # test -ELBO, reconstruction, KL
+    assert len(charts) == 4  # test -ELBO, reconstruction, KL, and the ledgers: the KL of each latent dimension
+    assert [len(t["y"]) for t in charts[3]["data"]] == [2, 3, 2]  # z = 2, 3, 2
     names = [t["name"] for t in charts[0]["data"]]
     assert len(names) == 3 and "z=2" in names[0] and "z=3" in names[1] and "decoder=gaussian" in names[1]
     assert not any("threads" in n for n in names)  # how a run was carried out is not a difference
@@ -381,14 +387,40 @@ def test_compare_page_keeps_completion_runs_apart(runs: Path) -> None:
     assert not at.exception, [e.value for e in at.exception]
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = [c["layout"]["title"]["text"] for c in charts]
-    assert len(charts) == 5, titles  # whole image: -ELBO, reconstruction, KL; completion: -ELBO, baseline
-    assert [len(c["data"]) for c in charts] == [1, 1, 1, 2, 2]
-    assert "hidden pixels" in titles[3] and "baseline" in titles[4]
+    # whole image: -ELBO, reconstruction, KL, ledger; completion: -ELBO, baseline, ledger
+    assert len(charts) == 7, titles
+    assert [len(c["data"]) for c in charts] == [1, 1, 1, 1, 2, 2, 2]
+    assert "hidden pixels" in titles[4] and "baseline" in titles[5] and "latent dimension" in titles[6]
     whole, completion = (t.value for t in at.dataframe)
     assert list(whole["run"]) == ["finished"] and "KL" in whole.columns
     assert sorted(completion["run"]) == ["completion", "completion-mixed"]
     assert completion["baseline NLL"].notna().all() and completion["test −ELBO"].notna().all()
     assert any("measure different things" in c.value for c in at.caption)
+
+
+def test_compare_page_sounds_the_ledgers_alarm(runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose posterior collapsed is named in a warning; a crafted ledger is neither drawn nor a crash."""
+    root = tmp_path / "runs"
+    for name in ("healthy", "collapsed", "crafted"):
+        _copy(runs / "finished", root / name)
+    for name, dims, active in (("collapsed", [0.01, 0.02], 0), ("crafted", ["x", None], "many")):
+        path = root / name / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        rows[-1].update(test_kl_dims=dims, test_active_units=active, test_kl=0.03 if name == "collapsed" else 1)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("CVAE_RUNS_DIR", str(root))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["runs"] = "healthy,collapsed,crafted"
+    at.run()
+    at.switch_page("app_pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = [w.value for w in at.warning]
+    assert len(warnings) == 1 and "collapsed" in warnings[0] and "Posterior collapse" in warnings[0]
+    ledger = json.loads(at.get("plotly_chart")[3].proto.spec)
+    assert [len(t["y"]) for t in ledger["data"]] == [2, 2]  # the crafted run's ledger is left out
+    table = at.dataframe[0].value
+    assert dict(zip(table["run"], table["active units"].fillna(-1), strict=True)) == {
+        "healthy": 2, "collapsed": 0, "crafted": -1}  # fmt: skip
 
 
 def test_run_name_and_note(runs: Path, tmp_path: Path) -> None:

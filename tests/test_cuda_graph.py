@@ -201,7 +201,8 @@ def test_uncaptured_epoch_matches_the_eager_loop() -> None:
     torch.manual_seed(5)
     log, status = io.StringIO(), Status()
     got_sums, seen = step.run_epoch(
-        epoch=1, seed=0, order=order, batches=batches, lr_at=lambda b: 1e-2 / (b + 1), print_every=1,
+        epoch=1, seed=0, order=order, batches=batches, print_every=1,
+        before_batch=lambda b: set_learning_rate(opt2, 1e-2 / (b + 1)),
         run=status, batch_log=log, callbacks=(), t_run=0.0, t_epoch=0.0, stop=Stop(),
     )  # fmt: skip
     records = [json.loads(line) for line in log.getvalue().splitlines()]
@@ -220,7 +221,7 @@ def test_uncaptured_epoch_logs_every_nth_batch_and_stops_when_asked() -> None:
                      dynamic=True)  # fmt: skip
     log = io.StringIO()
     sums, seen = step.run_epoch(
-        epoch=2, seed=0, order=torch.arange(150), batches=10, lr_at=None, print_every=4, run=Status(),
+        epoch=2, seed=0, order=torch.arange(150), batches=10, before_batch=None, print_every=4, run=Status(),
         batch_log=log, callbacks=(), t_run=0.0, t_epoch=0.0, stop=Stop(after=6),
     )  # fmt: skip
     records = [json.loads(line) for line in log.getvalue().splitlines()]

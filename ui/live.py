@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cvae.jobs import estimated_start, max_active
+from cvae.ledger import alarm, valid_dims
 from cvae.progress import format_seconds
 from cvae.runs import RunDir, log_tail
 from ui import plots
@@ -225,14 +226,20 @@ def eta_text(status: dict, epoch_seconds: list[float], batch_rows: list[dict]) -
 def _numbers(run: Run, rows: list[dict]) -> None:
     """The four numbers: the last epoch's test figures and speed; before the first epoch ends, the running
     batch figures (smoothed), so a class sees numbers from the start."""
-    cols = st.columns(4)
+    last = rows[-1] if rows else {}
+    dims, active = valid_dims(last.get("test_kl_dims")), last.get("test_active_units")
+    ledger = dims is not None and isinstance(active, int) and not isinstance(active, bool)
+    cols = st.columns(5 if ledger else 4)
     if rows:
-        last = rows[-1]
         cols[0].metric("test −ELBO", _nats(last.get("test_nelbo")),
                        help="negative ELBO on the test set, nats per image; lower is better")  # fmt: skip
         cols[1].metric("reconstruction", _nats(last.get("test_recon")))
         cols[2].metric("KL", _nats(last.get("test_kl")))
-        cols[3].metric("speed", f"{last.get('images_per_s') or 0:,.0f} img/s")
+        if ledger:
+            cols[3].metric("active units", f"{active} of {len(dims)}",
+                           help="latent dimensions the model uses: their posterior mean varies over the test "
+                                "images (the ELBO's ledger, further down)")  # fmt: skip
+        cols[-1].metric("speed", f"{last.get('images_per_s') or 0:,.0f} img/s")
         if last.get("test_nelbo_refined") is not None:
             refined = last["test_nelbo_refined"]
             st.markdown(
@@ -254,7 +261,7 @@ def _numbers(run: Run, rows: list[dict]) -> None:
     cols[2].metric("KL", _nats(mean("kl")))
     rate = batch_seconds(run.status, batches_versioned(run.dir)[0])
     batch_size = run.config.train.batch_size if run.config else 0
-    cols[3].metric("speed", f"{batch_size / rate:,.0f} img/s" if rate and batch_size else "–")
+    cols[-1].metric("speed", f"{batch_size / rate:,.0f} img/s" if rate and batch_size else "–")
 
 
 def _log(run: Run) -> None:
@@ -310,6 +317,46 @@ def _curves(run: Run) -> None:
         st.plotly_chart(chart, key="epoch_chart", config={"displayModeBar": False})
     else:
         st.caption("Per-epoch train and test curves appear when the first epoch ends.")
+    _ledger(run, rows)
+
+
+def _ledger(run: Run, rows: list[dict]) -> None:
+    """The ELBO's ledger of the newest epoch: active units, the alarm, the KL per dimension."""
+    if not rows:
+        return
+    last = rows[-1]
+    dims = valid_dims(last.get("test_kl_dims"))
+    if dims is None:
+        return  # a run from before the ledger, or a crafted line
+    warning = alarm(dims, last.get("test_active_units"))
+    active = last.get("test_active_units")
+    st.markdown(f"#### The ELBO's ledger: **{active if isinstance(active, int) else '?'} of {len(dims)}** latent "
+                "dimensions active")  # fmt: skip
+    if warning:
+        st.warning(warning, icon=":material/warning:")
+    chart = _ledger_figure(str(run.dir.metrics_path), stamp(run.dir.metrics_path), rows)
+    if chart is not None:
+        st.plotly_chart(chart, key="ledger_chart", config={"displayModeBar": False})
+    cfg = run.config.model if run.config is not None else None
+    shaped = []
+    if cfg is not None and cfg.kl_weight != 1:
+        shaped.append(f"β = {cfg.kl_weight:g}")
+    if cfg is not None and cfg.kl_warmup_epochs:
+        shaped.append(f"a KL warm-up over {cfg.kl_warmup_epochs:g} epochs")
+    if cfg is not None and cfg.free_bits:
+        shaped.append(f"free bits λ = {cfg.free_bits:g} nats per dimension")
+    st.caption(
+        "A dimension is active when its posterior mean varies over the test images (variance above 0.01, Burda et "
+        "al. 2016); the KL of the others is near 0. "
+        + (f"Trained with {', '.join(shaped)}: the dotted line above is that objective, and every −ELBO shown is "
+           "still the true bound (β = 1)." if shaped else "")
+    )  # fmt: skip
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _ledger_figure(path: str, version: tuple[int, int], _rows: list[dict]) -> go.Figure | None:
+    fig = plots.kl_ledger(_rows)
+    return plots.freeze(fig) if fig is not None else None
 
 
 def _pictures(run: Run) -> None:

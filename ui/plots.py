@@ -119,6 +119,9 @@ def epoch_curves(rows: list[dict]) -> go.Figure:
                 line=dict(color=color, width=3), marker=dict(size=7), legendgroup=split, showlegend=k == 0,
                 row=k // 2 + 1, col=k % 2 + 1,
             )  # fmt: skip
+    if any(r.get("train_objective") is not None for r in rows):  # beta, warm-up or free bits: what was minimised
+        fig.add_scatter(x=epochs, y=[r.get("train_objective") for r in rows], mode="lines", name="train objective",
+                        line=dict(color=TRAIN, width=2, dash="dot"), row=1, col=1)  # fmt: skip
     # Linear, from 0: a cosine schedule ends near 0 and looks like it; a log axis made its last epoch
     # (1e-10 or so) look like a crash.
     fig.add_scatter(x=epochs, y=[r.get("lr") for r in rows], mode="lines+markers", name="lr",
@@ -130,6 +133,38 @@ def epoch_curves(rows: list[dict]) -> go.Figure:
     _layout(fig, 560, "Per epoch: train and test, in nats per image")
     fig.update_layout(margin=dict(t=80), legend=dict(y=1.06, x=1, yanchor="bottom", xanchor="right"))
     return fig
+
+
+ACTIVE, INACTIVE = "#1f77b4", "#b8bcc8"
+
+
+def kl_ledger(rows: list[dict]) -> go.Figure | None:
+    """The ELBO's ledger: the last epoch's test KL of each latent dimension (active units dark), and every
+    epoch's as a heat map, so a class sees which dimensions the model uses and when it began to use them.
+    None when no epoch has a ledger."""
+    from cvae.ledger import ACTIVE_VARIANCE, valid_dims
+
+    kept = [(r.get("epoch"), dims, valid_dims(r.get("test_mu_variance"))) for r in rows
+            if (dims := valid_dims(r.get("test_kl_dims"))) is not None]  # fmt: skip
+    if not kept:
+        return None
+    epoch, last, variance = kept[-1]
+    names = [f"z{j + 1}" for j in range(len(last))]
+    active = [v > ACTIVE_VARIANCE for v in variance] if variance and len(variance) == len(last) else [True] * len(last)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55], horizontal_spacing=0.12,
+                        subplot_titles=(f"epoch {epoch}: KL of each dimension", "every epoch"))  # fmt: skip
+    fig.add_bar(x=names, y=last, marker_color=[ACTIVE if a else INACTIVE for a in active], showlegend=False,
+                hovertemplate="%{x}: %{y:.2f} nats<extra></extra>", row=1, col=1)  # fmt: skip
+    same = [(e, d) for e, d, _ in kept if len(d) == len(last)]
+    fig.add_heatmap(x=[e for e, _ in same], y=names, z=np.array([d for _, d in same]).T, colorscale="Blues",
+                    colorbar=dict(title=dict(text="nats", font=FONT), tickfont=TICKS, len=0.9),
+                    hovertemplate="epoch %{x}, %{y}: %{z:.2f} nats<extra></extra>", row=1, col=2)  # fmt: skip
+    fig.update_yaxes(title="nats", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(autorange="reversed", row=1, col=2)
+    fig.update_xaxes(title="epoch", row=1, col=2)
+    _epoch_ticks(fig, [e for e, _ in same])
+    fig.update_xaxes(tickmode=None, dtick=None, tick0=None, tickformat=None, type="category", row=1, col=1)
+    return _layout(fig, 360 if len(last) <= 16 else 480)
 
 
 RUN_COLORS = plotly.colors.qualitative.D3 + plotly.colors.qualitative.Dark2  # 18 colours, for runs
@@ -168,6 +203,20 @@ def compare_curves(series: list[tuple[str, list[dict]]], key: str, title: str, l
     _layout(fig, 340 + rows, title)
     fig.update_layout(showlegend=legend, margin=dict(b=70 + rows),
                       legend=dict(orientation="v", yref="container", y=0, yanchor="bottom", x=0, xanchor="left"))  # fmt: skip
+    return fig
+
+
+def compare_ledgers(series: list[tuple[str, list[float]]], colors: list[str]) -> go.Figure:
+    """The ledgers of several runs side by side: each run's last-epoch test KL of each latent dimension, a bar
+    group per dimension; `series` is (legend name, KL per dimension in nats)."""
+    fig = go.Figure()
+    for (name, dims), color in zip(series, colors, strict=True):
+        fig.add_bar(x=[f"z{j + 1}" for j in range(len(dims))], y=dims, name=name, marker_color=color,
+                    hovertemplate="%{x}: %{y:.2f} nats<extra>" + name[:40] + "</extra>")  # fmt: skip
+    fig.update_yaxes(title="nats per image", rangemode="tozero")
+    fig.update_xaxes(type="category")
+    _layout(fig, 320, "KL of each latent dimension, last epoch (a bar near 0: a dimension the model does not use)")
+    fig.update_layout(showlegend=False, barmode="group")
     return fig
 
 
