@@ -57,6 +57,7 @@ from cvae.errors import ConfigError
 from cvae.runs import (
     ACTIVE_STATES,
     LAUNCH_FILE,
+    TWIN_FILE,
     RunDir,
     active_runs,
     available_cores,
@@ -322,12 +323,14 @@ def start(
     run_id: str | None = None,
     user: User | None = None,
     data_roots: list[Path] | None = None,
+    twin: dict[str, Any] | None = None,
 ) -> RunDir:
     """Validate `options`, create the run folder under `root` and queue it for training.
 
     `user`: who starts it, where sign-in is on (recorded as the run's owner; a student is held to the
     class's limit of active runs). `data_roots`: where image folders may be (the app passes
-    `data_roots()`); None allows any.
+    `data_roots()`); None allows any. `twin`: the record of a twin's parent and change (cvae.twins.fork),
+    written as twin.json before the run is queued.
     """
     from cvae.training import resolve_options
 
@@ -343,6 +346,8 @@ def start(
         run = fresh_run_path(root, run_id)  # two starts in the same second get their own folders
         try:
             write_json(run.path / LAUNCH_FILE, {"argv": argv, "epochs": opts["epochs"]})
+            if twin is not None:
+                write_json(run.path / TWIN_FILE, twin)
             if user is not None:
                 record_owner(run, user)
             _spawn(run, argv, opts["epochs"])

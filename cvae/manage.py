@@ -4,6 +4,7 @@
     cvae runs list                         # every run under the runs root: its state, epoch and where it is
     cvae runs stop RUN                     # as the app's Stop: the last finished epoch is kept
     cvae runs resume RUN -e 5              # 5 more epochs from its last checkpoint
+    cvae runs fork RUN --set kl_weight=4   # its twin: the same options, seed and batches, one setting changed
     cvae runs log RUN -n 40                # the end of its train.log
 
 A run trains where `CVAE_BACKEND` says: this server's queue (the default) or Slurm (`slurm`: one batch job
@@ -111,6 +112,19 @@ def _resume(run: RunDir, epochs: int) -> int:
     return 0
 
 
+def _fork(root: Path, run: RunDir, changes: list[str]) -> int:
+    from cvae import twins
+
+    pairs = dict(change.split("=", 1) if "=" in change else (change, "") for change in changes)
+    if len(pairs) != len(changes) or any(not value.strip() for value in pairs.values()):
+        raise ConfigError("give the change as --set NAME=VALUE (e.g. --set kl_weight=4), once")
+    twin = twins.fork(root, run, pairs)
+    before, after = twins.change_words(twins.read_twin(twin) or {})
+    print(f"forked {run.id} into {twin.id}: {before} -> {after}, the same seed and batches; "
+          f"{twin.read_status().get('state')}")  # fmt: skip
+    return 0
+
+
 def _wait(run: RunDir, timeout: float) -> int:
     """Until the run is no longer active; its last state, and 0 only if it finished."""
     deadline = time.monotonic() + timeout
@@ -141,6 +155,10 @@ def build_parser() -> OneLineParser:
             p.add_argument("-n", "--lines", type=int, default=20, help="how many lines [20]")
         if name == "wait":
             p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds [3600]")
+    fork = sub.add_parser("fork", help="start a twin of a run: its options, seed and data order, one setting changed")
+    fork.add_argument("run", help="a run's id under the runs root, or its folder")
+    fork.add_argument("--set", dest="changes", action="append", default=[], metavar="NAME=VALUE", required=True,
+                      help="the one setting the twin changes, e.g. kl_weight=4")  # fmt: skip
     return parser
 
 
@@ -162,6 +180,8 @@ def cli(argv: list[str] | None = None) -> int:
             return _resume(run, args.epochs)
         if args.command == "wait":
             return _wait(run, args.timeout)
+        if args.command == "fork":
+            return _fork(root, run, args.changes)
         print(log_tail(run, max(1, args.lines)) or f"{run.id} has no log yet")
         return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cvae.classroom import User, check_manage
-from cvae.config import OPTIONS
+from cvae.config import BY_NAME, OPTIONS
 from cvae.errors import ConfigError
 from cvae.runs import RunDir, read_json, write_json
 
@@ -96,6 +96,13 @@ def what_differs(configs: list[dict], most: int | None = None) -> list[str]:
     flat = [_flatten(c) for c in configs]
     more = f" · + {hidden} more" if hidden else ""
     return [" · ".join(f"{_label(k)}={_show(k, f.get(k))}" for k in shown) + (more if shown else "") for f in flat]
+
+
+def setting_words(name: str, value: object) -> str:
+    """One option's value in the plain words of `what_differs`: setting_words("kl_weight", 4.0) is "KL weight β=4"."""
+    option = BY_NAME[name]
+    key = f"{option.section}.{option.field}"
+    return f"{_label(key)}={_show(key, list(value) if isinstance(value, tuple) else value)}"
 
 
 def _show(key: str, value: object) -> str:

@@ -43,6 +43,7 @@ MAX_RUN_ID = 120  # characters of a run folder's name (and at most twice that in
 ACTIVE_STATES = ("queued", "starting", "running", "stopping")
 LAUNCH_FILE = "launch.json"  # the flags the app started a run with, to start it again from scratch
 OWNER_FILE = "owner.json"  # {"owner": name, "created": time}: who started the run, when sign-in is on
+TWIN_FILE = "twin.json"  # a twin's parent and its one changed setting (cvae.twins)
 LOCK_FILE = ".lock"  # flock()ed by the one trainer writing the folder; holds its pid
 MAX_JSON_BYTES = 4 << 20  # config, status, meta and launch files are kilobytes: anything past this is not ours
 MAX_JSONL_LINE = 1 << 20  # a metrics or batch line is under a kilobyte
