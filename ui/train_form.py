@@ -8,8 +8,10 @@ are the config's own one-line messages.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
@@ -18,7 +20,7 @@ from cvae import estimate, jobs
 from cvae.config import BY_NAME, OPTIONS, QUICK_DEMO, Option
 from cvae.errors import CVAEError
 from cvae.progress import format_seconds
-from cvae.runs import active_runs
+from cvae.runs import RunDir, active_runs
 from ui.auth import current_user, mode
 from ui.runs import metrics, open_runs, runs_root
 from ui.sidebar import select
@@ -58,15 +60,17 @@ def _same_start(options: dict[str, Any]) -> str | None:
     return last["run"] if strip(last["options"]) == strip(options) else None
 
 
-def launch(options: dict[str, Any]) -> str | None:
+def launch(options: dict[str, Any], start: Callable[..., RunDir] | None = None) -> str | None:
     """Start a run and show it next (the form folds away: the new run is what matters now); the one-line
-    problem when it could not start, else None. The same start again within REPEAT_S shows the first's run."""
+    problem when it could not start, else None. The same start again within REPEAT_S shows the first's run.
+    `start`: how, given the user and the data roots (a twin's cvae.twins.fork); else jobs.start of `options`."""
     again = _same_start(options)
     if again:
         select(again)
         return None
+    start = start or functools.partial(jobs.start, runs_root(), options)
     try:
-        run = jobs.start(runs_root(), options, user=current_user(), data_roots=jobs.data_roots())
+        run = start(user=current_user(), data_roots=jobs.data_roots())
     except CVAEError as err:
         return f"Could not start the run: {err}"
     except OSError as err:  # disk full, read-only runs folder: one sentence, no traceback
@@ -159,10 +163,10 @@ def empty_state() -> None:
         quick_demo_button()
 
 
-def _widget(opt: Option, where: Any, values: dict[str, Any], default: Any) -> Any:
+def option_widget(opt: Option, where: Any, values: dict[str, Any], default: Any, key: str | None = None) -> Any:
     """One option's widget, from its declaration: a choice, a switch, a number or text, starting at `default`."""
     disabled = not RELEVANT.get(opt.name, lambda v: True)(values)
-    common = dict(label=opt.label, help=opt.help, key=f"f_{opt.name}", disabled=disabled)
+    common = dict(label=opt.label, help=opt.help, key=key or f"f_{opt.name}", disabled=disabled)
     if opt.choices:
         shown = SHOWN.get(opt.name) or dict(zip(opt.choices, opt.user_choices(), strict=True))
         if len(opt.choices) <= 2:  # a radio reads at a glance; more choices wrap: a select box
@@ -206,11 +210,13 @@ def new_run_form() -> None:
     before = _current(sized)
     columns = st.columns(3)
     for k, opt in enumerate(main):
-        values[opt.name] = _widget(opt, columns[k % 3], {**before, **values}, sized.get(opt.name, opt.default))
+        values[opt.name] = option_widget(opt, columns[k % 3], {**before, **values}, sized.get(opt.name, opt.default))
     with st.expander("More options"):
         columns = st.columns(4)
         for k, opt in enumerate(more):
-            values[opt.name] = _widget(opt, columns[k % 4], {**before, **values}, sized.get(opt.name, opt.default))
+            values[opt.name] = option_widget(
+                opt, columns[k % 4], {**before, **values}, sized.get(opt.name, opt.default)
+            )
     # What the user chose, as on a command line: options left at the trainer's defaults are not passed (for
     # condition quadrants, the completion model's own settings apply to them).
     options = {k: v for k, v in values.items()
