@@ -222,7 +222,8 @@ class DataConfig:
                            "$CVAE_DATA_DIR)", label="Data folder", form=None)  # fmt: skip
     binarize: Binarize = option("auto", "Bernoulli decoder: pixel >= 0.5 once (static, the reference) or a fresh "
                                 "draw every batch (dynamic); auto = static for Bernoulli, none (grey levels) "
-                                "for Gaussian",
+                                "for Gaussian; a Bernoulli digit-completion run may take none: grey targets scored "
+                                "by cross-entropy, as Pyro's CVAE tutorial scores them (docs/completion.md)",
                                 label="Binarize")  # fmt: skip
     image_size: int | None = option(None, "image folders: resize to this many pixels square (empty: the first "
                                     "image's size)", low=1, high=512, label="Resize folder images to (px)")  # fmt: skip
@@ -489,8 +490,12 @@ class RunConfig:
         self.train.validate()
         if self.data.binarize == "auto":  # a run states what its data were: resolved from the decoder
             raise ConfigError("binarize must be static, dynamic or none in a run's config")
-        if self.model.likelihood == "bernoulli" and self.data.binarize == "none":
-            raise ConfigError("the Bernoulli decoder needs binarized images (static or dynamic)")
+        # Grey targets under a Bernoulli decoder are a cross-entropy, not a likelihood of the pixels: allowed for
+        # digit completion alone, where Pyro's tutorial measures it that way and ours is compared with it.
+        if self.model.likelihood == "bernoulli" and self.data.binarize == "none" and \
+                self.model.condition != "quadrants":  # fmt: skip
+            raise ConfigError("the Bernoulli decoder needs binarized images (static or dynamic); grey ones "
+                              "(binarize none) only for condition quadrants")  # fmt: skip
         if self.model.likelihood == "gaussian" and self.data.binarize != "none":
             raise ConfigError("the Gaussian decoder models grey levels: binarize must be none")
         data = (self.data.dataset.upper(), self.data.binarize)

@@ -18,6 +18,17 @@ Estimators (all per image, in nats, as float64):
   - log q(z_k | x, y), the bound log p(x | y) >= E[logsumexp_k log w_k - log K].
   It equals the ELBO at K = 1 and tightens monotonically (in expectation) to
   log p(x | y) as K grows. We report its negative, an upper bound on the NLL.
+- K-particle Monte Carlo ELBO: the same K log weights averaged instead of
+  log-mean-exp'd, (1/K) sum_k log w_k, its KL sampled rather than analytic:
+  what Pyro's `Trace_ELBO(num_particles=K)` computes with q as the guide. Its
+  expectation is the ELBO whatever K; K only lowers its noise.
+
+Protocols (`--protocol`, digit-completion runs): `ours` evaluates the run on
+its own data (binarized targets for the Bernoulli runs) with the estimators
+above; `pyro` follows Pyro's CVAE tutorial (`examples/cvae`): grey targets in
+[0, 1], not binarized, scored by Bernoulli cross-entropy on the hidden pixels
+only, and its reported figure, the 10-particle Monte Carlo negative ELBO with
+q as proposal. docs/completion.md sets the two side by side.
 
 Bits per dimension, D = C * H * W values per image:
 
@@ -70,6 +81,16 @@ MAX_ROWS = 1024  # decoder rows (images x samples) per forward pass: bounds memo
 MAX_IW_SAMPLES = 5000
 MAX_MAX_ROWS = 8192  # --max-rows above this would let one decoder pass take gigabytes
 PROPOSALS = ("posterior", "prior")
+# How a digit-completion run is measured: on its own data, or as Pyro's CVAE tutorial measures its own
+# (grey targets, hidden pixels, its 10-particle -ELBO). The paper's (Sohn et al. 2015, Table 1) is not here:
+# its table could not be read from the sources at hand, so what it measures cannot be followed (docs/completion.md).
+PROTOCOLS = ("ours", "pyro")
+PYRO_PARTICLES = 10  # examples/cvae/main.py's --num-particles default, the one its README table was made with
+PROTOCOL_WORDS = {
+    "ours": "ours: the run's own test data, -log p(y | x) by importance sampling from q",
+    "pyro": f"Pyro's tutorial: grey targets (not binarized) scored by Bernoulli cross-entropy on the hidden pixels, "
+            f"its figure the {PYRO_PARTICLES}-particle Monte Carlo -ELBO from q",
+}  # fmt: skip
 LEVELS = 256  # 8-bit pixels
 
 
@@ -260,6 +281,9 @@ class IwaePerImage(NamedTuple):
 
     log_px: torch.Tensor  # density bound: logsumexp_k log w_k - log K
     log_px_discrete: torch.Tensor | None = None  # same z_k, with the discretized decoder likelihood
+    # (1/K) sum_k log w_k: with the posterior proposal the K-particle Monte Carlo ELBO, its KL sampled (Pyro's
+    # Trace_ELBO(num_particles=K) with q as the guide); with the prior, E_p[log p(x | z, c)], the GSNN's
+    mean_log_w: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -282,7 +306,8 @@ def iwae_per_image(
     proposal "posterior": z_k ~ q(z | x, c), log w_k = log p(x | z_k, c) + log p(z_k | c) - log q(z_k | x, c),
     the IWAE bound (Burda et al. 2016, eq. 8; for digit completion the paper's importance sampler).
     proposal "prior": z_k ~ p(z | c), log w_k = log p(x | z_k, c), plain Monte Carlo from the prior.
-    Either way logsumexp_k log w_k - log K is a lower bound on log p(x | c) in expectation.
+    Either way logsumexp_k log w_k - log K is a lower bound on log p(x | c) in expectation. The same weights'
+    plain mean, `mean_log_w`, is the K-particle Monte Carlo ELBO (posterior proposal).
 
     Images go through in batches of `max_rows // k_chunk` and the K samples
     in chunks of `k_chunk` = min(K, max_rows), so a decoder pass never sees
@@ -301,7 +326,7 @@ def iwae_per_image(
     model.eval()
     k_chunk = min(k, max_rows)
     images = max(1, max_rows // k_chunk)
-    out_c, out_d = [], []
+    out_c, out_d, out_m = [], [], []
     try:
         with _forked_rng(device):
             torch.manual_seed(seed)
@@ -317,6 +342,7 @@ def iwae_per_image(
                 prior = prior.float() if prior is not None else None
                 acc_c = torch.full((b,), -math.inf, dtype=torch.float64)
                 acc_d = torch.full((b,), -math.inf, dtype=torch.float64)
+                sum_w = torch.zeros(b, dtype=torch.float64)
                 for k0 in range(0, k, k_chunk):
                     kc = min(k_chunk, k - k0)
                     eps = torch.randn(kc, b, mu.shape[1], device=device)  # (kc, B, Z)
@@ -336,18 +362,30 @@ def iwae_per_image(
                     else:
                         log_w = log_px_z.cpu()
                     acc_c = torch.logaddexp(acc_c, torch.logsumexp(log_w, 0))
+                    sum_w += log_w.sum(0)
                     if discretize:
                         log_px_z_d = -_discrete_nll(model, out, xr).view(kc, b)
                         log_w_d = (log_px_z_d + log_pz - log_q).cpu() if proposal == "posterior" else log_px_z_d.cpu()
                         acc_d = torch.logaddexp(acc_d, torch.logsumexp(log_w_d, 0))
                 out_c.append(acc_c - math.log(k))
+                out_m.append(sum_w / k)
                 if discretize:
                     out_d.append(acc_d - math.log(k))
     finally:
         model.train(was_training)
     empty = torch.zeros(0, dtype=torch.float64)
     log_px = torch.cat(out_c) if out_c else empty
-    return IwaePerImage(log_px, (torch.cat(out_d) if out_d else empty) if discretize else None)
+    return IwaePerImage(log_px, (torch.cat(out_d) if out_d else empty) if discretize else None,
+                        torch.cat(out_m) if out_m else empty)  # fmt: skip
+
+
+def entropy_floor(model: CVAE, x: torch.Tensor, quadrants: int) -> torch.Tensor:
+    """Per image, the least cross-entropy any Bernoulli decoder can reach on the hidden pixels of grey targets
+    x: their own entropy, sum of -x log x - (1 - x) log(1 - x) over those pixels, float64, (N,); 0 where the
+    targets are binary. A figure on grey targets minus this is what a model can still improve."""
+    hidden = 1.0 - model.quadrant_masks[quadrants - 1].cpu().double()  # (C*H*W,)
+    x64 = x.flatten(1).double()
+    return ((torch.special.entr(x64) + torch.special.entr(1.0 - x64)) * hidden).sum(1)
 
 
 # ---------------------------------------------------------- inference gap
@@ -482,6 +520,7 @@ def evaluate_model(
     seed: int = EVAL_SEED,
     gap_images: int = 0,
     gap_steps: int = DEFAULT_GAP_STEPS,
+    particles: int = 0,
 ) -> dict[str, float | int | str | None]:
     """Every test-set number of `python -m cvae.evaluate`, as a flat dict.
 
@@ -495,11 +534,15 @@ def evaluate_model(
     K samples drawn from the prior p(z | x) instead of q) and `baseline_nll`
     (the deterministic baseline's, exact). A random-count model is evaluated at
     1, 2 and 3 given quadrants (`name_qK`), and `name` is their mean.
+
+    `particles` P > 0 adds `mc_nelbo`, the P-particle Monte Carlo negative ELBO
+    with q as proposal (Pyro's estimator), and, for grey completion targets,
+    `entropy_floor`, their own entropy on the hidden pixels.
     """
     t0 = time.time()
     counts = counts_of(model)
     kw = dict(iw_samples=iw_samples, batch_size=batch_size, max_rows=max_rows, amp_dtype=amp_dtype, seed=seed,
-              gap_images=gap_images, gap_steps=gap_steps)  # fmt: skip
+              gap_images=gap_images, gap_steps=gap_steps, particles=particles)  # fmt: skip
     parts = [_evaluate_at(model, x, y, quadrants=k, **kw) for k in counts]
     report = dict(parts[0])
     if counts != [None]:
@@ -519,10 +562,11 @@ def evaluate_model(
 
 def _evaluate_at(
     model: CVAE, x: torch.Tensor, y: torch.Tensor, *, quadrants: int | None, iw_samples: int, batch_size: int,
-    max_rows: int, amp_dtype: torch.dtype | None, seed: int, gap_images: int, gap_steps: int,
+    max_rows: int, amp_dtype: torch.dtype | None, seed: int, gap_images: int, gap_steps: int, particles: int,
 ) -> dict[str, float | int | str | None]:  # fmt: skip
     dims = int(x[0].numel()) if len(x) else 0
     gaussian = model.config.likelihood == "gaussian"
+    binary = bool(((x == 0) | (x == 1)).all())
     discretize = gaussian and is_8bit(x)
     elbo = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype, discretize=discretize, seed=seed,
                           quadrants=quadrants)  # fmt: skip
@@ -549,6 +593,14 @@ def _evaluate_at(
             from_prior = iwae_per_image(model, x, y, k=iw_samples, max_rows=max_rows, amp_dtype=amp_dtype, seed=seed,
                                         proposal="prior", quadrants=quadrants)  # fmt: skip
             report["prior_mc_nll"], report["prior_mc_nll_se"] = mean_se(-from_prior.log_px)
+    if particles > 0:  # the mean of P log weights from q, not their log-mean-exp: Pyro's Trace_ELBO(num_particles=P)
+        mc = iwae_per_image(model, x, y, k=particles, max_rows=max_rows, amp_dtype=amp_dtype, seed=seed,
+                            quadrants=quadrants)  # fmt: skip
+        assert mc.mean_log_w is not None
+        report["particles"] = particles
+        report["mc_nelbo"], report["mc_nelbo_se"] = mean_se(-mc.mean_log_w)
+        if quadrants is not None and not binary and not gaussian:
+            report["entropy_floor"], report["entropy_floor_se"] = mean_se(entropy_floor(model, x, quadrants))
     if elbo.baseline is not None:
         report["baseline_nll"], report["baseline_nll_se"] = mean_se(elbo.baseline)
     if gap_images > 0:  # on the first gap_images images, in fp32: it fits q by gradient steps
@@ -570,6 +622,8 @@ def _evaluate_at(
             report["bpd_iwae"] = report["iwae_nll_discrete"] / bits
     elif gaussian:
         report["bpd_kind"] = "none: the test images are not 8-bit levels"
+    elif not binary:
+        report["bpd_kind"] = "none: grey targets scored by cross-entropy, not a likelihood of the pixels"
     else:
         report["bpd_kind"] = "binary pixels (not comparable with 8-bit bits/dim)"
         report["bpd_elbo"] = nelbo / bits
@@ -592,11 +646,15 @@ def evaluate_checkpoint(
     data: object | None = None,
     gap_images: int = 0,
     gap_steps: int = DEFAULT_GAP_STEPS,
+    protocol: str = "ours",
 ) -> dict:
     """Load a run folder or checkpoint and its test set; `evaluate_model` plus what was evaluated.
 
-    `data` (an `ImageData` already loaded with the run's DataConfig) skips
-    reloading, e.g. when evaluating many checkpoints of one run.
+    `data` (an `ImageData` already loaded with the protocol's DataConfig: the
+    run's own for "ours") skips reloading, e.g. when evaluating many
+    checkpoints of one run. `protocol` "pyro" (digit-completion runs only)
+    evaluates on grey test digits, whatever the run trained on, and adds
+    Pyro's 10-particle negative ELBO (`mc_nelbo`) and the targets' entropy.
     """
 
     if not 0 <= iw_samples <= MAX_IW_SAMPLES:
@@ -607,11 +665,18 @@ def evaluate_checkpoint(
         raise CVAEError(f"--gap-images must be 0 or more and --gap-steps positive, got {gap_images} and {gap_steps}")
     if test_subset is not None and test_subset < 1:
         raise CVAEError(f"--test-subset must be positive, got {test_subset}")
+    if protocol not in PROTOCOLS:
+        raise CVAEError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     dev = select_device(device)
     loaded = load_run(path, dev)
     model, config, info, payload = loaded.model, loaded.config, loaded.info, loaded.checkpoint
+    if protocol != "ours" and config.model.condition != "quadrants":
+        raise CVAEError(f"--protocol {protocol} measures digit completion; this run's condition is "
+                        f"{config.model.condition}: use --protocol ours")  # fmt: skip
+    data_config = config.data if data_dir is None else replace(config.data, data_dir=data_dir)
+    if protocol == "pyro":  # Pyro's targets and inputs are the grey digits, never binarized
+        data_config = replace(data_config, binarize="none")
     if not isinstance(data, ImageData):
-        data_config = config.data if data_dir is None else replace(config.data, data_dir=data_dir)
         data = load_data(data_config)
         if data.info.to_dict() != info.to_dict():
             raise CVAEError("the test data differ in shape or classes from the data the checkpoint was trained on")
@@ -623,7 +688,7 @@ def evaluate_checkpoint(
     amp_dtype = select_amp_dtype(precision, dev)
     report = evaluate_model(
         model, x, y, iw_samples=iw_samples, batch_size=batch_size, max_rows=max_rows, amp_dtype=amp_dtype, seed=seed,
-        gap_images=gap_images, gap_steps=gap_steps,
+        gap_images=gap_images, gap_steps=gap_steps, particles=PYRO_PARTICLES if protocol == "pyro" else 0,
     )  # fmt: skip
     head = {
         "checkpoint": str(path),
@@ -632,7 +697,9 @@ def evaluate_checkpoint(
         "likelihood": config.model.likelihood + (" (learned sigma)" if config.model.learn_sigma else ""),
         "latent_dim": config.model.latent_dim,
         "condition": config.model.condition,
-        "binarization": config.data.binarize,
+        "protocol": protocol,
+        "binarization": data_config.binarize,
+        "trained_binarization": config.data.binarize,
         "precision": str(amp_dtype or torch.float32).replace("torch.", ""),
         "seed": seed,
     }
@@ -656,9 +723,12 @@ def format_report(r: dict) -> str:
 
     gaussian = str(r["likelihood"]).startswith("gaussian")
     unit = "nats (density on [0,1]^D)" if gaussian else "nats"
+    binarization = r["binarization"]
+    if r.get("trained_binarization", binarization) != binarization:
+        binarization += f" (the run trained on {r['trained_binarization']})"
     rows = [
         ("checkpoint", f"{r['checkpoint']} (epoch {r['epoch']})"),
-        ("data", f"{r['dataset']}, {r['test_images']} test images, D = {r['dims']}, binarization: {r['binarization']}"),
+        ("data", f"{r['dataset']}, {r['test_images']} test images, D = {r['dims']}, binarization: {binarization}"),
         ("model", f"{r['likelihood']}, z = {r['latent_dim']}, {r['precision']}"),
         (f"negative ELBO [{unit}]", f"{num('nelbo')}  (recon {r['recon']:.2f} + KL {r['kl']:.2f}; 1 sample)"),
     ]
@@ -668,6 +738,7 @@ def format_report(r: dict) -> str:
         given = "1-3 (random per image; the mean of 1, 2 and 3)" if r.get("quadrants") == 0 else r.get("quadrants")
         rows[3] = (f"negative ELBO [{unit}]", f"{num('nelbo')}  (recon {r['recon']:.2f} + KL {r['kl']:.2f}; 1 sample)")
         rows.insert(3, ("given", f"{given} quadrant(s): -log p(y | x) of the hidden pixels y given the shown x"))
+        rows.insert(4, ("protocol", PROTOCOL_WORDS[r.get("protocol", "ours")]))
     if isinstance(r.get("kl_dims"), list):
         dims = ", ".join(f"{v:.2f}" for v in r["kl_dims"])
         rows.append(("KL per dimension [nats]", f"{dims}  ({r.get('active_units')} of {len(r['kl_dims'])} active)"))
@@ -678,12 +749,17 @@ def format_report(r: dict) -> str:
         rows.append((f"{name}, K = {r['iw_samples']} [{unit}]", num("iwae_nll")))
     if "prior_mc_nll" in r:
         rows.append((f"Monte Carlo from p(z | x), K = {r['iw_samples']} [{unit}]", num("prior_mc_nll")))
+    if "mc_nelbo" in r:
+        rows.append((f"Monte Carlo -ELBO, {r['particles']} particles from q [{unit}]", num("mc_nelbo")))
+    if "entropy_floor" in r:
+        rows.append((f"floor: the grey targets' own entropy [{unit}]", num("entropy_floor")))
     if "baseline_nll" in r:
         rows.append((f"deterministic baseline [{unit}]", num("baseline_nll")))
     for k in (1, 2, 3):
         if f"nelbo_q{k}" in r:
             parts = [f"-ELBO {r[f'nelbo_q{k}']:.2f}"] + [f"{label} {r[f'{key}_q{k}']:.2f}" for key, label in
-                     (("iwae_nll", "IS"), ("prior_mc_nll", "MC"), ("baseline_nll", "baseline")) if f"{key}_q{k}" in r]  # fmt: skip
+                     (("iwae_nll", "IS"), ("prior_mc_nll", "MC"), ("mc_nelbo", "MC-ELBO"), ("baseline_nll", "baseline"),
+                      ("entropy_floor", "floor")) if f"{key}_q{k}" in r]  # fmt: skip
             rows.append((f"  {k} quadrant(s) given", ", ".join(parts)))
     if "nelbo_discrete" in r:
         rows.append(("negative ELBO [nats, 8-bit]", f"{num('nelbo_discrete')}  (recon {r['recon_discrete']:.2f})"))
@@ -732,13 +808,17 @@ def cli(argv: Sequence[str] | None = None) -> int:
                         "encoder loses (the amortization gap); 0 skips it [0]")  # fmt: skip
     p.add_argument("--gap-steps", type=number(int), default=DEFAULT_GAP_STEPS,
                    help=f"Adam steps when fitting q for --gap-images [{DEFAULT_GAP_STEPS}]")  # fmt: skip
+    p.add_argument("--protocol", choices=PROTOCOLS, default="ours",
+                   help="digit-completion runs: ours (the run's own data; -log p(y | x) by importance sampling) or "
+                        f"pyro (as Pyro's CVAE tutorial measures: grey targets, hidden pixels, its "
+                        f"{PYRO_PARTICLES}-particle -ELBO from q) [ours]")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     try:
         report = evaluate_checkpoint(
             args.checkpoint, iw_samples=args.iw_samples, test_subset=args.test_subset, batch_size=args.batch_size,
             max_rows=args.max_rows, seed=args.seed, data_dir=args.data_dir, precision=args.precision,
-            device=args.device, gap_images=args.gap_images, gap_steps=args.gap_steps,
+            device=args.device, gap_images=args.gap_images, gap_steps=args.gap_steps, protocol=args.protocol,
         )  # fmt: skip
     except CVAEError as err:
         print(f"error: {err}", file=sys.stderr)

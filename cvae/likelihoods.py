@@ -30,7 +30,9 @@ def _per_image(t: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Ten
 
 
 def bernoulli_nll(*, logits: torch.Tensor, x: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
-    """-log Bernoulli(x | sigmoid(logits)), summed per image over the scored pixels. x in {0, 1}.
+    """-log Bernoulli(x | sigmoid(logits)), summed per image over the scored pixels. x in {0, 1}; a grey x in
+    [0, 1] (a completion run with binarize none) gives the cross-entropy -x log p - (1 - x) log(1 - p), which
+    no model brings below the grey pixels' own entropy.
 
     From logits rather than probabilities, so it is exact where the
     reference's BCE on sigmoid outputs clamps log(0) to -100.

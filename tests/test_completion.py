@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 import cvae
 from cvae.checkpoints import load_checkpoint, save_checkpoint, validate_checkpoint
-from cvae.config import ModelConfig
-from cvae.errors import CheckpointError, ConfigError
-from cvae.evaluate import elbo_per_image, evaluate_checkpoint, iwae_per_image
+from cvae.config import DataConfig, ModelConfig, RunConfig
+from cvae.data import load_data
+from cvae.errors import CheckpointError, ConfigError, CVAEError
+from cvae.evaluate import EVAL_SEED, PYRO_PARTICLES, elbo_per_image, entropy_floor, evaluate_checkpoint, iwae_per_image
+from cvae.evaluate import cli as evaluate_cli
 from cvae.generate import complete, load_model, load_run
 from cvae.likelihoods import DiagonalGaussian
 from cvae.model import CVAE, Condition, quadrant_masks
@@ -210,3 +212,81 @@ def test_an_old_completion_run_gives_the_same_baseline_as_before():
     before = {1: 409.88386154174805, 2: 273.58222007751465, 3: 134.03346633911133}
     for k, value in before.items():
         assert report[f"baseline_nll_q{k}"] == pytest.approx(value, rel=1e-6)
+
+
+# ------------------------------------------------------------------ Pyro's protocol
+
+
+def _grey_images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_particle_elbo_is_pyros_trace_elbo_written_out():
+    """The mean of K log weights from q is Trace_ELBO(num_particles=K) with the recognition network as guide:
+    over K draws z ~ q, log p(y | x, z) of the hidden grey pixels + log p(z | x) - log q(z | x, y), averaged."""
+    model, k = _model(1), PYRO_PARTICLES
+    x, labels = _grey_images(5), torch.zeros(5, dtype=torch.long)
+    got = iwae_per_image(model, x, labels, k=k).mean_log_w
+    with torch.no_grad():
+        cond = model.condition(x, labels)
+        q, p = model.encode(x, cond), model.prior(cond)
+        torch.manual_seed(EVAL_SEED)  # the estimator's own draws
+        z = q.mu + q.std * torch.randn(k, 5, 3)  # (K, B, Z)
+        hidden = (1 - quadrant_masks(model.config)[0]).bool()  # (784,): the pixels that count
+        logits = torch.stack([model.decode(zk, cond).flatten(1)[:, hidden] for zk in z])  # (K, B, 588)
+        log_y = Bernoulli(logits=logits, validate_args=False).log_prob(x.flatten(1)[:, hidden]).sum(-1)
+        log_p = Independent(Normal(p.mu, p.std), 1).log_prob(z)
+        log_q = Independent(Normal(q.mu, q.std), 1).log_prob(z)
+    assert got is not None and got.shape == (5,)
+    torch.testing.assert_close(got, (log_y + log_p - log_q).mean(0).double(), rtol=1e-5, atol=1e-3)
+    # its expectation is the ELBO, not the likelihood: below the importance-sampled bound on average
+    assert float(got.mean()) <= float(iwae_per_image(model, x, labels, k=k).log_px.mean())
+
+
+def test_the_entropy_floor_counts_the_hidden_grey_pixels_only():
+    model = _model(1)
+    hidden = (1 - quadrant_masks(model.config)[0]).view(1, 1, 28, 28)
+    half = torch.full((2, 1, 28, 28), 0.5)
+    assert entropy_floor(model, half, 1).tolist() == pytest.approx([588 * math.log(2)] * 2)
+    given_grey = torch.where(hidden.bool(), _binary_images(2), half)  # grey where given, 0/1 where hidden
+    assert entropy_floor(model, given_grey, 1).tolist() == [0.0, 0.0]
+
+
+def test_pyros_protocol_scores_grey_targets_with_its_particle_elbo(tmp_path: Path):
+    grey = cvae.train_model(condition="quadrants", quadrants=1, binarize="none", latent_dim=3, mlp_hidden=(16,),
+                            epochs=1, run_dir=str(tmp_path / "grey"), **SMALL).run_dir  # fmt: skip
+    assert math.isfinite(json.loads((grey / "metrics.jsonl").read_text().splitlines()[0])["test_nelbo"])
+    data = load_data(DataConfig(dataset="MNIST", binarize="none", test_subset=12))
+    assert not bool(((data.test_x == 0) | (data.test_x == 1)).all())  # the protocol's targets are grey
+    for run, trained in ((grey, "none"), (LEGACY / "completion-q1", "static")):
+        report = evaluate_checkpoint(run, iw_samples=0, test_subset=12, protocol="pyro")
+        assert (report["protocol"], report["binarization"], report["trained_binarization"]) == ("pyro", "none", trained)
+        assert report["particles"] == PYRO_PARTICLES == 10
+        model = load_model(run)
+        mc = iwae_per_image(model, data.test_x, data.test_y, k=PYRO_PARTICLES).mean_log_w
+        assert report["mc_nelbo"] == pytest.approx(-float(mc.mean()))
+        floor = float(entropy_floor(model, data.test_x, 1).mean())
+        assert report["entropy_floor"] == pytest.approx(floor) and 0 < floor < report["mc_nelbo"]
+    ours = evaluate_checkpoint(LEGACY / "completion-q1", iw_samples=0, test_subset=12)
+    assert ours["protocol"] == "ours" and ours["binarization"] == "static" and "mc_nelbo" not in ours
+
+
+def test_grey_targets_belong_to_digit_completion_alone():
+    RunConfig(data=DataConfig(binarize="none"), model=_config()).validate()  # Bernoulli on grey: completion
+    with pytest.raises(ConfigError, match="only for condition quadrants"):
+        RunConfig(data=DataConfig(binarize="none"), model=_config(condition="label", prior="standard",
+                                                                  baseline=False)).validate()  # fmt: skip
+
+
+def test_a_bad_protocol_is_one_line_and_exit_2(tiny_run: Path, capsys: pytest.CaptureFixture[str]):
+    for bad in ("paper", "Pyro", ""):
+        with pytest.raises(SystemExit) as exc:
+            evaluate_cli([str(LEGACY / "completion-q1"), "--protocol", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--protocol" in err and "Traceback" not in err
+    assert evaluate_cli([str(tiny_run), "--protocol", "pyro"]) == 2  # a label run: nothing to complete
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "digit completion" in err
+    with pytest.raises(CVAEError, match="protocol"):
+        evaluate_checkpoint(LEGACY / "completion-q1", protocol="paper")
