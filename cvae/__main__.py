@@ -5,6 +5,7 @@ cvae runs start --quick-demo       # python -m cvae.manage: queued as the app's 
 cvae estimate --quick-demo         # python -m cvae.estimate: its time here, measured
 cvae evaluate checkpoints/<run>    # python -m cvae.evaluate
 cvae generate uniform checkpoints/<run>
+cvae export checkpoints/<run> --what latent   # python -m cvae.figures: a slide, 1280x720 PNG and SVG
 cvae class add --from class.txt    # per-student accounts, one-time passwords
 cvae app                           # streamlit run streamlit_app.py, from a checkout
 """
@@ -23,6 +24,7 @@ COMMANDS = {
     "estimate": ("cvae.estimate", "how long a run with these options takes on this machine, measured"),
     "evaluate": ("cvae.evaluate", "test-set likelihoods of a trained run, in nats"),
     "generate": ("cvae.generate", "image grids per class, or a completion sheet"),
+    "export": ("cvae.figures", "slide-ready figures of a run (PNG, SVG, the latent animation as a GIF), captioned"),
     "class": ("cvae.classroom", "accounts for a class on a shared server (add, remove, list)"),
     "app": (None, "start the Streamlit app (from a checkout of the repository)"),
 }

@@ -40,10 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from cvae import figures
 from cvae.data import load_data
 from cvae.errors import CVAEError
 from cvae.evaluate import DEFAULT_IW_SAMPLES, evaluate_checkpoint
-from cvae.generate import load_model, random_images, uniform_images
+from cvae.generate import load_model
 from cvae.runs import RunDir, clean_json, read_json
 from cvae.runtime import machine_info
 from cvae.train import main as train_main
@@ -107,114 +108,10 @@ def machine() -> dict[str, Any]:
     return {k: v for k, v in machine_info().items() if k in ("cpu", "cores", "torch", "python", "gpu")}
 
 
-# ----------------------------------------------------------------- figures
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def recon_figure(run: RunDir, epochs: list[int], path: Path, title: str) -> None:
-    """The truth batch and the mean reconstructions at `epochs`, side by side."""
-    from PIL import Image
-
-    plt = _plt()
-    panels = [("test batch", run.artifacts / "truth.png")]
-    panels += [(f"epoch {e}", run.artifact(e, "recon_mean.png")) for e in epochs]
-    panels = [(t, p) for t, p in panels if p.is_file()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6), squeeze=False)
-    for ax, (label, p) in zip(axes[0], panels, strict=True):
-        with Image.open(p) as im:
-            ax.imshow(np.asarray(im.convert("RGB")))
-        ax.set_title(label, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def latent_gif(run: RunDir, path: Path, title: str, fps: int = 5) -> int:
-    """One frame per epoch: the latent means of the fixed test subset, axes fixed at [-3, 3]."""
-    from PIL import Image
-
-    plt = _plt()
-    labels = np.load(run.artifacts / "latent_labels.npy")
-    frames = []
-    for epoch in run.epochs_with("latent.npy"):
-        z = np.load(run.artifact(epoch, "latent.npy"))
-        fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=80)
-        sc = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=4)
-        ax.set_xlim(-3, 3)
-        ax.set_ylim(-3, 3)
-        ax.set_title(f"{title}: epoch {epoch}", fontsize=9)
-        fig.colorbar(sc, ax=ax, ticks=range(10))
-        fig.tight_layout()
-        fig.canvas.draw()
-        frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]))
-        plt.close(fig)
-    if frames:
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    return len(frames)
-
-
-def generation_figure(model, class_names: tuple[str, ...], mode: str, path: Path, n: int) -> None:
-    """Per-class grids (uniform latent grid or z ~ N(0, I)), one panel per class."""
-    from torchvision.utils import make_grid
-
-    plt = _plt()
-    k = len(class_names)
-    cols = min(5, k)
-    rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
-    for c in range(rows * cols):
-        ax = axes[c // cols][c % cols]
-        ax.axis("off")
-        if c >= k:
-            continue
-        images = uniform_images(model, c, n) if mode == "uniform" else random_images(model, c, n * n, seed=c)
-        grid = make_grid(images.clamp(0, 1), nrow=n, padding=1, pad_value=1.0)
-        ax.imshow(grid.permute(1, 2, 0).numpy())
-        ax.set_title(class_names[c], fontsize=9)
-    what = f"uniform {n}x{n} grid over z in [-2, 2]^2" if mode == "uniform" else "z ~ N(0, I)"
-    fig.suptitle(f"generation per class: {what}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def curve_figure(metrics: list[dict], iwae: list[dict], path: Path, title: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ep = [m["epoch"] for m in metrics]
-    ax.plot(ep, [m["train_nelbo"] for m in metrics], label="train -ELBO (epoch mean)", alpha=0.6)
-    ax.plot(ep, [m["test_nelbo"] for m in metrics], label="test -ELBO (all test images)")
-    if iwae:
-        k = iwae[0]["iw_samples"]
-        n = iwae[0]["test_images"]
-        ax.errorbar([r["epoch"] for r in iwae], [r["iwae_nll"] for r in iwae],
-                    yerr=[r["iwae_nll_se"] for r in iwae], fmt="o-", label=f"test IWAE NLL, K={k} ({n} images)")  # fmt: skip
-        ax.plot([r["epoch"] for r in iwae], [r["nelbo"] for r in iwae], "s--", alpha=0.7,
-                label=f"test -ELBO ({n} images, same as IWAE)")  # fmt: skip
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("nats per image")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------ running
 
 
-def run_experiment(exp: Experiment, args: argparse.Namespace, epochs: int, out: Path) -> dict[str, Any]:
+def run_experiment(exp: Experiment, args: argparse.Namespace, epochs: int, out: Path, command: str) -> dict[str, Any]:
     run_dir = Path(args.runs_root) / f"reproduce-{exp.name}"
     train_kwargs = {**exp.train, "epochs": epochs, "run_dir": str(run_dir), "quiet": args.quiet}
     snapshots = sorted({e for e in exp.snapshots if e <= epochs} | {epochs})
@@ -263,7 +160,9 @@ def run_experiment(exp: Experiment, args: argparse.Namespace, epochs: int, out: 
                 ckpt.unlink()
         record["curve"] = points
         curve_path = out / f"{exp.name}_curve.png"
-        curve_figure(metrics, points, curve_path, f"{exp.title}: test negative ELBO and IWAE")
+        caption = figures.open_run(run_dir).caption(f"epochs 1–{epochs}", [command])
+        curve_path.write_bytes(figures.curves(metrics, caption, title=f"{exp.title}: test negative ELBO and IWAE",
+                                              iwae=points, formats=("png",))["png"])  # fmt: skip
         record["figures"]["curve"] = curve_path.name
     # Final numbers: the last checkpoint, the whole test set (of this run's data config).
     final = evaluate_checkpoint(run.latest_checkpoint, iw_samples=args.iw_samples,
@@ -277,19 +176,28 @@ def run_experiment(exp: Experiment, args: argparse.Namespace, epochs: int, out: 
     print(msg, flush=True)
 
     recon_path = out / f"{exp.name}_recon.png"
-    recon_figure(run, snapshots, recon_path, f"{exp.title}: mean reconstructions of the first test batch")
+    source = figures.open_run(run_dir)
+    shown = [e for e in snapshots if run.artifact(e, "recon_mean.png").is_file()]
+    caption = source.caption(f"epochs {', '.join(map(str, shown))}", [command])
+    # The figures are the library's slides (cvae.figures, as `cvae export` draws them), captioned with this command.
+    recon_path.write_bytes(figures.grids(figures.recon_panels(run_dir, shown), caption, formats=("png",),
+                                         title=f"{exp.title}: mean reconstructions of the first test batch")["png"])  # fmt: skip
     record["figures"]["recon"] = recon_path.name
     record["snapshots"] = snapshots
     if exp.latent_gif:
         gif = out / f"{exp.name}_latent.gif"
-        record["latent_frames"] = latent_gif(run, gif, exp.title)
+        gif.write_bytes(figures.export(run_dir, figures.Export("animation"))["gif"])
+        record["latent_frames"] = len(figures.frame_epochs(len(run.epochs_with("latent.npy"))))
         record["figures"]["latent"] = gif.name
     if exp.generation:
         model = load_model(run.latest_checkpoint)
-        info = model.info
+        caption = source.caption(f"epoch {epochs}", [command])
         for mode in ("uniform", "random"):
             p = out / f"{exp.name}_{mode}.png"
-            generation_figure(model, info.class_names, mode, p, n=args.grid)
+            panels = figures.generation_panels(model, model.info.class_names, mode=mode, n=args.grid)
+            what = f"a uniform {args.grid}x{args.grid} grid over z in [-2, 2]^2" if mode == "uniform" else "z ~ N(0, I)"
+            p.write_bytes(figures.grids(panels, caption, title=f"{exp.title}: generation per class, {what}",
+                                        formats=("png",))["png"])  # fmt: skip
             record["figures"][mode] = p.name
     return record
 
@@ -430,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         exp = all_exps[name]
         epochs = 2 if args.smoke else overrides.get(name, max(1, round(exp.epochs * args.epochs_scale)))
         try:
-            results["experiments"][name] = {**run_experiment(exp, args, epochs, out), "command": command}
+            results["experiments"][name] = {**run_experiment(exp, args, epochs, out, command), "command": command}
         except CVAEError as err:
             print(f"error: {name}: {err}", file=sys.stderr)
             return 2
