@@ -35,6 +35,8 @@ def _main() -> None:
         st.Page("app_pages/generate.py", title="Generate", icon=":material/palette:"),
         st.Page("app_pages/complete.py", title="Complete a digit", icon=":material/extension:"),
         st.Page("app_pages/compare.py", title="Compare runs", icon=":material/stacked_line_chart:"),
+        st.Page("app_pages/twins.py", title="Twin runs", icon=":material/call_split:"),
+        st.Page("app_pages/wall.py", title="Class wall", icon=":material/grid_view:"),
     ]
     st.html(f"<style>{(STATIC / 'app.css').read_text()}</style>")
     with st.sidebar:

@@ -17,6 +17,7 @@ from ui.train_form import (
     start_problem,
     warm_up_trainers,
 )
+from ui.twins import fork_control
 
 warm_up_trainers()  # once a session: the fork server is ready before anyone clicks
 start_problem()  # a Quick demo click that could not start a run says why
@@ -62,5 +63,7 @@ if run is not None:
                     st.rerun()
         if names["note"]:
             st.markdown(names["note"])
+    with st.expander("Fork as a twin", icon=":material/call_split:"):
+        fork_control(run)
     with st.expander("All runs"):
         runs_table()

@@ -6,6 +6,7 @@ the file is replaced atomically, so a reader sees the old or the new name, never
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from cvae.classroom import User, check_manage
@@ -89,13 +90,32 @@ def what_differs(configs: list[dict], most: int | None = None) -> list[str]:
     """For each run, its values of the config keys that differ between the runs (learning, not logging), in
     plain words: ["z=2 · decoder=bernoulli", "z=10 · decoder=bernoulli", ...]; "" for a run when nothing
     differs. With `most`, at most that many (the usual suspects first) and "+ N more"."""
+    keys = _learning_keys(configs)
+    shown, hidden = (keys, 0) if most is None or len(keys) <= most else (keys[: most - 1], len(keys) - most + 1)
+    more = f" · + {hidden} more" if hidden else ""
+    return [_words(f, shown) + (more if shown else "") for f in (_flatten(c) for c in configs)]
+
+
+def apart_from_most(configs: list[dict]) -> tuple[str, list[str]]:
+    """What sets each run apart from most of the others: (the most common value of each setting that differs
+    between the runs, in plain words; for each run, its own values where they are not the most common, "" where
+    it has them all). For many runs at once (a class's wall), where `what_differs` would list every setting
+    that any run changed on every run."""
+    keys, flat = _learning_keys(configs), [_flatten(c) for c in configs]
+    usual = {k: Counter(repr(f.get(k)) for f in flat).most_common(1)[0][0] for k in keys}
+    typical = {k: next(f.get(k) for f in flat if repr(f.get(k)) == usual[k]) for k in keys}
+    return _words(typical, keys), [_words(f, [k for k in keys if repr(f.get(k)) != usual[k]]) for f in flat]
+
+
+def _learning_keys(configs: list[dict]) -> list[str]:
+    """The keys that differ between the configs and change what a run learns, the usual suspects first."""
     keys = [k for k in differing_config(configs) if k not in NOT_A_DIFFERENCE]
     order = list(SHORT)  # the usual suspects first (latent size, decoder, ...), in this order
-    keys.sort(key=lambda k: (order.index(k) if k in order else len(order), k))
-    shown, hidden = (keys, 0) if most is None or len(keys) <= most else (keys[: most - 1], len(keys) - most + 1)
-    flat = [_flatten(c) for c in configs]
-    more = f" · + {hidden} more" if hidden else ""
-    return [" · ".join(f"{_label(k)}={_show(k, f.get(k))}" for k in shown) + (more if shown else "") for f in flat]
+    return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))
+
+
+def _words(flat: dict[str, object], keys: list[str]) -> str:
+    return " · ".join(f"{_label(k)}={_show(k, flat.get(k))}" for k in keys)
 
 
 def setting_words(name: str, value: object) -> str:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from cvae import classroom, jobs, twins
 from cvae.classroom import User
@@ -161,3 +163,80 @@ def test_cvae_runs_fork_on_the_command_line(tmp_path: Path, tiny_run: Path) -> N
     assert len(rows) == 2 and rows[-1]["kl_weight"] == 4.0
     with pytest.raises(ConfigError, match="already has KL weight β=4"):
         twins.plan(root, twin, {"kl_weight": 4})
+
+
+# ------------------------------------------------------------------ the app: the Train page's control, the Twin runs page
+
+APP = str(ROOT / "streamlit_app.py")
+
+
+@pytest.fixture()
+def pair(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A runs folder with a run, its twin (the KL weight 4: its config says so, as a fork's would) and a loner."""
+    for name in ("parent", "twin", "loner"):
+        shutil.copytree(tiny_run, tmp_path / name)
+    config = json.loads((tmp_path / "twin" / "config.json").read_text())
+    config["model"]["kl_weight"] = 4.0
+    (tmp_path / "twin" / "config.json").write_text(json.dumps(config))
+    record = {"parent": "parent", "setting": "kl_weight", "value": 4.0, "parent_value": 1.0, "created": 0}
+    (tmp_path / "twin" / "twin.json").write_text(json.dumps(record))
+    monkeypatch.setenv("CVAE_RUNS_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _page(page: str, run: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = run
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.mark.parametrize("shown", ["twin", "parent"])
+def test_twin_page_shows_both_runs_at_one_epoch(pair: Path, shown: str) -> None:
+    at = _page("app_pages/twins.py", shown)
+    slider = at.select_slider(key="twin_epoch_twin")
+    assert slider.options == ["1", "2"] and slider.value == 2
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 3  # both curves on one chart, then the two latent scatters
+    names = [t["name"] for t in charts[0]["data"]]
+    assert names == ["KL weight β=1 (parent)", "KL weight β=4 (twin)"]  # the change, in plain words
+    assert charts[0]["layout"]["shapes"][0]["x0"] == 2  # the epoch on screen, marked
+    assert charts[1]["layout"]["xaxis"]["range"] == charts[2]["layout"]["xaxis"]["range"]  # the same axes
+    assert charts[1]["layout"]["yaxis"]["range"] == charts[2]["layout"]["yaxis"]["range"]
+    assert len(at.get("image")) == 2
+    slider.set_value(1).run()
+    assert not at.exception
+    assert json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["shapes"][0]["x0"] == 1
+    assert sum("reconstructions after epoch 1, test −ELBO" in c.value for c in at.caption) == 2
+
+
+def test_twin_page_without_a_twin_or_with_a_crafted_record(pair: Path) -> None:
+    at = _page("app_pages/twins.py", "loner")
+    assert any("has no twin yet" in i.value for i in at.info)
+    (pair / "loner" / "twin.json").write_text('{"parent": "../parent", "setting": "kl_weight", "value": 4}')
+    at = _page("app_pages/twins.py", "loner")
+    assert any("has no twin yet" in i.value for i in at.info)
+    (pair / "loner" / "twin.json").write_text('{"parent": "gone", "setting": "kl_weight", "value": 4, '
+                                              '"parent_value": 1}')  # fmt: skip
+    at = _page("app_pages/twins.py", "loner")  # its parent deleted
+    assert any("has no twin yet" in i.value for i in at.info)
+
+
+def test_fork_as_a_twin_on_the_train_page(pair: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control starts the twin through the form's own start; a refusal is one line, and nothing starts."""
+    # queued as the app queues it (a status naming a live process: this one), without a trainer
+    monkeypatch.setattr(jobs, "_spawn", lambda run, argv, epochs: run.write_status(state="queued", pid=os.getpid()))
+    at = _page("app_pages/train.py", "loner")
+    assert at.selectbox(key="twin_setting").value == "kl_weight"
+    assert "batch_size" not in at.selectbox(key="twin_setting").options  # the data order is kept
+    at.button(key="twin_start").click().run()  # the parent's own value
+    assert any("already has KL weight β=1" in e.value for e in at.error)
+    assert sorted(p.name for p in pair.iterdir()) == ["loner", "parent", "twin"]
+    at.number_input(key="twin_value_kl_weight").set_value(4.0)
+    at.button(key="twin_start").click().run()
+    assert not at.exception and not at.error
+    (twin,) = twins.twins_of(pair, "loner")
+    assert at.session_state["current_run"] == twin.id  # the new twin is shown next
+    assert twins.read_twin(twin)["value"] == 4.0
