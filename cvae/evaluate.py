@@ -299,6 +299,7 @@ def iwae_per_image(
     seed: int = EVAL_SEED,
     proposal: str = "posterior",
     quadrants: int | None = None,
+    posterior: DiagonalGaussian | None = None,
 ) -> IwaePerImage:
     """The K-sample importance-weighted estimate of log p(x | c) per image: the one estimator of every
     likelihood figure (of the scored pixels only, for a condition that shows part of the image).
@@ -307,7 +308,9 @@ def iwae_per_image(
     the IWAE bound (Burda et al. 2016, eq. 8; for digit completion the paper's importance sampler).
     proposal "prior": z_k ~ p(z | c), log w_k = log p(x | z_k, c), plain Monte Carlo from the prior.
     Either way logsumexp_k log w_k - log K is a lower bound on log p(x | c) in expectation. The same weights'
-    plain mean, `mean_log_w`, is the K-particle Monte Carlo ELBO (posterior proposal).
+    plain mean, `mean_log_w`, is the K-particle Monte Carlo ELBO (posterior proposal). `posterior` (mu and std,
+    (N, Z), a row per image): the q to sample from instead of the encoder's, such as the one
+    `inference_gap_per_image` fitted to each image; any q gives a bound, a better one a tighter bound.
 
     Images go through in batches of `max_rows // k_chunk` and the K samples
     in chunks of `k_chunk` = min(K, max_rows), so a decoder pass never sees
@@ -321,6 +324,8 @@ def iwae_per_image(
         raise CVAEError(f"max_rows must be 1 to {MAX_MAX_ROWS}, got {max_rows}")
     if proposal not in PROPOSALS:
         raise CVAEError(f"proposal must be one of {', '.join(PROPOSALS)}, got {proposal!r}")
+    if posterior is not None and (proposal != "posterior" or len(posterior.mu) != len(x)):
+        raise CVAEError("a given posterior needs proposal 'posterior' and one row per image")
     device = _device(model)
     was_training = model.training
     model.eval()
@@ -338,6 +343,8 @@ def iwae_per_image(
                     cond = model.condition(xb, yb, quadrants)
                     post = model.encode(xb, cond)
                     prior = model.prior(cond)
+                if posterior is not None:
+                    post = DiagonalGaussian(*(t[start : start + images].to(device) for t in posterior))
                 mu, std = post.mu.float(), post.std.float()  # (B, Z)
                 prior = prior.float() if prior is not None else None
                 acc_c = torch.full((b,), -math.inf, dtype=torch.float64)
@@ -396,6 +403,7 @@ class InferenceGapPerImage(NamedTuple):
 
     amortized: torch.Tensor  # q from the encoder
     optimized: torch.Tensor  # q = N(mu, std^2) fitted to this one image, starting from the encoder's
+    fitted: DiagonalGaussian | None = None  # that q's mu and std, (N, Z), float32
 
 
 def inference_gap_per_image(
@@ -439,7 +447,7 @@ def inference_gap_per_image(
         recon = model.likelihood.nll(out, xb.repeat(n, *([1] * (xb.dim() - 1))), scored).view(n, -1).mean(0)
         return recon + DiagonalGaussian(mu, std).kl(prior)
 
-    amortized, optimized = [], []
+    amortized, optimized, fitted_mu, fitted_std = [], [], [], []
     try:
         with _forked_rng(device):
             torch.manual_seed(seed)
@@ -471,13 +479,16 @@ def inference_gap_per_image(
                         o_sum += nelbo(mu, std, xb, cond, prior, eps).double() * len(eps)
                 amortized.append((a_sum / samples).cpu())
                 optimized.append((o_sum / samples).cpu())
+                fitted_mu.append(mu.detach().cpu())
+                fitted_std.append(std.cpu())
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
     empty = torch.zeros(0, dtype=torch.float64)
+    fitted = DiagonalGaussian(torch.cat(fitted_mu), torch.cat(fitted_std)) if fitted_mu else None
     return InferenceGapPerImage(
-        torch.cat(amortized) if amortized else empty, torch.cat(optimized) if optimized else empty
+        torch.cat(amortized) if amortized else empty, torch.cat(optimized) if optimized else empty, fitted
     )
 
 
