@@ -39,7 +39,7 @@ label = (
 
 grids, sliders, style, morph = st.tabs(["Grids", "Latent sliders", "Same style, every class", "Interpolation"])
 with grids:
-    gen.grids(str(ckpt), stamp(ckpt), label, names[label], stem)
+    gen.grids(str(ckpt), stamp(ckpt), label, names[label], stem, slides_of=(run, epoch) if run is not None else None)
 with sliders:
     gen.sliders(str(ckpt), stamp(ckpt), net, label, names[label])
 with style:

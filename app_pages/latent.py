@@ -4,7 +4,8 @@ import time
 
 import streamlit as st
 
-from ui import plots, versus
+from cvae.figures import Export
+from ui import plots, slides, versus
 from ui.pick import held_epochs, remembered_pick, show_reconstruction
 from ui.runs import latents, open_run, runs_root, stamp
 from ui.sidebar import current_run, require_config
@@ -70,6 +71,8 @@ with side:
                )  # fmt: skip
     if run.active:
         st.caption(f"Training: showing epochs 1–{epochs[-1]}; the plot takes in new epochs as they end.")
+    slides.download(run, [(f"Epoch {epochs[-1]}", Export("latent", epochs[-1])),
+                          (f"Epochs {epochs[0]}–{epochs[-1]}, animated", Export("animation", epochs[-1]))], "latent_slides")  # fmt: skip
     points = event.selection.points if event and event.selection else []
     picked = remembered_pick(run, fig, [p for p in points if p.get("customdata") is not None])
     if picked:

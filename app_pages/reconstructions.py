@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from cvae.figures import Export
+from ui import slides
 from ui.models import png_file
 from ui.runs import open_run, run_ids, runs_root
 from ui.sidebar import current_run, require_config
@@ -23,7 +25,7 @@ c1, c2 = st.columns([1, 2])
 kind = c1.segmented_control("Decoder output", ["mean", "sample"], default="mean", key="recon_kind",
                             format_func=lambda k: {"mean": "Mean", "sample": "Sampled"}[k]) or "mean"  # fmt: skip
 epoch = c2.select_slider("Epoch", epochs, value=epochs[-1], key="recon_epoch")
-left, right, _ = st.columns([2, 2, 1])  # at 1280x720 the pair and its captions fit the first screen
+left, right, side = st.columns([2, 2, 1])  # at 1280x720 the pair and its captions fit the first screen
 truth = png_file(run.dir.artifacts / "truth.png", 3)
 recon = png_file(run.dir.artifact(epoch, f"recon_{kind}.png"), 3)
 if truth is not None:
@@ -32,6 +34,8 @@ if recon is None:
     right.warning(f"The {kind} reconstruction of epoch {epoch} cannot be read (still being written?).")
 else:
     right.image(recon, caption=f"Reconstructions after epoch {epoch} ({kind})", width="stretch", output_format="PNG")
+with side:
+    slides.download(run, [(f"Epoch {epoch}, {kind}", Export("recon", epoch, kind=kind))], "recon_slides")
 
 st.subheader("Over the epochs")
 wanted = [e for e in (1, 2, 5, 10, 20, 30, 40, 50, 75, 100) if e in epochs] or epochs[:: max(1, len(epochs) // 6)]

@@ -23,7 +23,7 @@ import math
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -72,18 +72,25 @@ def frame_epochs(n: int, max_frames: int = MAX_FRAMES) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, n - 1, max_frames)})
 
 
+def projection(last: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """The map from codes (..., Z) to the plane (..., 2) that the latent plots draw, fitted on one epoch's
+    means `last` (N, Z) (PCA above 2-D), and the axis titles' note."""
+    dim = last.shape[-1]
+    if dim == 2:
+        return lambda z: z, ""
+    if dim == 1:
+        note = "z is 1-D: points are spread by class vertically"
+        return lambda z: np.concatenate([z, np.zeros_like(z)], axis=-1), note
+    mean = last.mean(axis=0)
+    _, s, vt = np.linalg.svd(last - mean, full_matrices=False)
+    share = (s[:2] ** 2).sum() / max((s**2).sum(), 1e-12)
+    return lambda z: (z - mean) @ vt[:2].T, f"PCA of the {dim}-D means ({share:.0%} of the last epoch's variance)"
+
+
 def project(z: np.ndarray) -> tuple[np.ndarray, str]:
     """(E, N, Z) -> (E, N, 2) and the axis titles' note; PCA fitted once on the last epoch."""
-    dim = z.shape[-1]
-    if dim == 2:
-        return z, ""
-    if dim == 1:
-        return np.concatenate([z, np.zeros_like(z)], axis=-1), "z is 1-D: points are spread by class vertically"
-    last = z[-1] - z[-1].mean(axis=0)
-    _, s, vt = np.linalg.svd(last, full_matrices=False)
-    share = (s[:2] ** 2).sum() / max((s**2).sum(), 1e-12)
-    centred = z - z[-1].mean(axis=0)
-    return centred @ vt[:2].T, f"PCA of the {dim}-D means ({share:.0%} of the last epoch's variance)"
+    to_plane, note = projection(z[-1])
+    return to_plane(z), note
 
 
 def plane(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, str, tuple[str, str]]:

@@ -216,7 +216,7 @@ def test_generate_page(runs: Path) -> None:
     for kind in ("finished", "gauss", "rgb"):
         at = open_page("app_pages/generate.py", kind)
         assert len(at.tabs) == 4
-        assert len(of_type(at, "DownloadButton")) == 3  # uniform grid, random grid, checkpoint
+        assert len(of_type(at, "DownloadButton")) == 7  # uniform grid, random grid, checkpoint; each grid for slides
         assert len(at.slider) >= 1  # the grid's span; the latent sliders are drawn in the browser (ui.scrub)
         assert len(of_type(at, "Image")) >= 4
         assert at.get("iframe"), "the latent sliders' scrubber"

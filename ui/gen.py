@@ -6,9 +6,11 @@ import numpy as np
 import streamlit as st
 import torch
 
+from cvae.figures import Export
 from cvae.generate import interpolate, random_images, restyle, uniform_images
-from ui import scrub
+from ui import scrub, slides
 from ui.models import cached_model, scale_for, upscale
+from ui.runs import Run
 
 STEPS = 21  # slider positions decoded ahead, per axis
 
@@ -78,8 +80,10 @@ def blend_sprite(checkpoint: str, version: tuple[int, int], ia: int, ib: int, _x
     return scrub.sprite(images, STEPS)
 
 
-def grids(checkpoint: str, version: tuple[int, int], label: int, name: str, stem: str) -> None:
-    """The uniform latent grid and the random samples of one class, side by side, with downloads."""
+def grids(checkpoint: str, version: tuple[int, int], label: int, name: str, stem: str,
+          slides_of: tuple[Run, int] | None = None) -> None:  # fmt: skip
+    """The uniform latent grid and the random samples of one class, side by side, with downloads (and, for
+    `slides_of` (run, epoch of the model), the same grids drawn for slides)."""
     c1, c2 = st.columns(2)
     images = c1.container(), c2.container()  # the grids first, their settings under them
     span = c1.slider("Uniform grid covers z₁, z₂ in [−span, span]", 0.5, 4.0, 2.0, 0.5, key="gen_span")
@@ -90,10 +94,19 @@ def grids(checkpoint: str, version: tuple[int, int], label: int, name: str, stem
         uniform, caption=f"20×20 grid over z₁ (→) and z₂ (↑), class {name}", width="stretch", output_format="PNG"
     )
     images[1].image(rand, caption=f"400 random codes z ~ N(0, I), class {name}", width="stretch", output_format="PNG")
-    c1.download_button("Grid PNG", uniform, f"{stem}_uniform_{label}.png", "image/png", key="dl_uniform",
-                       icon=":material/download:")  # fmt: skip
-    c2.download_button("Random PNG", rand, f"{stem}_random_{label}.png", "image/png", key="dl_random",
-                       icon=":material/download:")  # fmt: skip
+    row = c1.container(horizontal=True), c2.container(horizontal=True)
+    row[0].download_button("Grid PNG", uniform, f"{stem}_uniform_{label}.png", "image/png", key="dl_uniform",
+                           icon=":material/download:")  # fmt: skip
+    row[1].download_button("Random PNG", rand, f"{stem}_random_{label}.png", "image/png", key="dl_random",
+                           icon=":material/download:")  # fmt: skip
+    if slides_of is not None and slides_of[0].config.model.condition == "label":
+        run, epoch = slides_of
+        with row[0]:
+            slides.download(run, [(f"Class {name}, grid", Export("generate", epoch, label=label, span=span))],
+                            "gen_slides_uniform")  # fmt: skip
+        with row[1]:
+            slides.download(run, [(f"Class {name}, random", Export("generate", epoch, mode="random", label=label,
+                                                                    seed=int(seed)))], "gen_slides_random")  # fmt: skip
 
 
 def sliders(checkpoint: str, version: tuple[int, int], net, label: int, name: str) -> None:

@@ -21,11 +21,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from cvae.figures import Export
 from cvae.jobs import estimated_start, max_active
 from cvae.ledger import alarm, valid_dims
 from cvae.progress import format_seconds
 from cvae.runs import RunDir, log_tail
-from ui import plots
+from ui import plots, slides
 from ui.models import png_file
 from ui.profiling import profiled
 from ui.runs import (
@@ -315,6 +316,9 @@ def _curves(run: Run) -> None:
     if rows:
         chart = _epoch_figure(str(run.dir.metrics_path), stamp(run.dir.metrics_path), rows)
         st.plotly_chart(chart, key="epoch_chart", config={"displayModeBar": False})
+        last = rows[-1].get("epoch")
+        if isinstance(last, int) and last >= 1:
+            slides.download(run, [(f"Epochs 1–{last}", Export("curves", last))], "train_slides")
     else:
         st.caption("Per-epoch train and test curves appear when the first epoch ends.")
     _ledger(run, rows)

@@ -10,6 +10,10 @@ import plotly.graph_objects as go
 from _plotly_utils.utils import convert_to_base64
 from plotly.subplots import make_subplots
 
+# The latent plane and the classes' look are the library's, shared with its slide figures (cvae.figures);
+# frame_epochs, MAX_FRAMES and projection are named here for the pages that draw beside these plots.
+from cvae.figures import MAX_FRAMES, class_styles, extent, frame_epochs, plane, projection  # noqa: F401
+
 TRAIN, TEST = "#1f77b4", "#d62728"
 INK = "#1f2230"  # tick labels and titles: about 15:1 on white (Streamlit's chart theme draws a light grey)
 FONT = dict(size=16, color=INK)
@@ -221,32 +225,8 @@ def compare_ledgers(series: list[tuple[str, list[float]]], colors: list[str]) ->
 
 
 def class_colors(n: int) -> list[str]:
-    palette = plotly.colors.qualitative.D3 if n <= 10 else plotly.colors.qualitative.Alphabet
-    return [palette[i % len(palette)] for i in range(n)]
-
-
-def project(z: np.ndarray) -> tuple[np.ndarray, str]:
-    """(E, N, Z) -> (E, N, 2) and the axis titles' note; PCA fitted once on the last epoch."""
-    dim = z.shape[-1]
-    if dim == 2:
-        return z, ""
-    if dim == 1:
-        return np.concatenate([z, np.zeros_like(z)], axis=-1), "z is 1-D: points are spread by class vertically"
-    last = z[-1] - z[-1].mean(axis=0)
-    _, s, vt = np.linalg.svd(last, full_matrices=False)
-    share = (s[:2] ** 2).sum() / max((s**2).sum(), 1e-12)
-    centred = z - z[-1].mean(axis=0)
-    return centred @ vt[:2].T, f"PCA of the {dim}-D means ({share:.0%} of the last epoch's variance)"
-
-
-MAX_FRAMES = 50  # animation frames at most: a long run shows every k-th epoch (and its last)
-
-
-def frame_epochs(n: int, max_frames: int = MAX_FRAMES) -> list[int]:
-    """Indices of the epochs to animate: all of them, or `max_frames` spread evenly, first and last included."""
-    if n <= max_frames:
-        return list(range(n))
-    return sorted({int(round(i)) for i in np.linspace(0, n - 1, max_frames)})
+    """The classes' colours (cvae.figures.class_styles: colour-blind safe, each class its marker too)."""
+    return [style.color for style in class_styles(n)]
 
 
 def latent_animation(
@@ -260,11 +240,9 @@ def latent_animation(
     """
     keep = frame_epochs(len(epochs))
     epochs, z = [epochs[i] for i in keep], z[keep]
-    xy, note = project(z)  # (E, N, 2)
-    if z.shape[-1] == 1:
-        xy[..., 1] = labels[None, :] + np.random.default_rng(0).uniform(-0.3, 0.3, size=labels.shape)[None, :]
-    xy = np.round(xy.astype(np.float64), 3)
-    colors = class_colors(len(class_names))
+    xy, note, titles = plane(z, labels)  # (E, N, 2)
+    xy = np.round(xy, 3)
+    styles = class_styles(len(class_names))
     index = np.arange(len(labels))
 
     def traces(e: int) -> list[go.Scatter]:
@@ -273,7 +251,7 @@ def latent_animation(
             m = labels == k
             out.append(go.Scatter(
                 x=xy[e, m, 0], y=xy[e, m, 1], mode="markers", name=name, customdata=index[m],
-                marker=dict(size=7, color=colors[k], opacity=0.75, line=dict(width=0)),
+                marker=dict(size=8, color=styles[k].color, symbol=styles[k].symbol, opacity=0.8, line=dict(width=0)),
                 hovertemplate=f"class {name}<br>test image #%{{customdata}}<extra></extra>",
             ))  # fmt: skip
         return out
@@ -284,11 +262,9 @@ def latent_animation(
     last = len(epochs) - 1
     frames = [go.Frame(data=positions(i), name=str(e)) for i, e in enumerate(epochs)]
     fig = go.Figure(data=traces(last), frames=frames)
-    lo, hi = np.nanpercentile(xy, 0.2, axis=(0, 1)), np.nanpercentile(xy, 99.8, axis=(0, 1))
-    pad = (hi - lo) * 0.05 + 1e-3
-    axis = "PC" if note.startswith("PCA") else "z"
-    fig.update_xaxes(range=[lo[0] - pad[0], hi[0] + pad[0]], title=f"{axis}₁", zeroline=True)
-    fig.update_yaxes(range=[lo[1] - pad[1], hi[1] + pad[1]], title=f"{axis}₂" if z.shape[-1] > 1 else "class")
+    xrange, yrange = extent(xy)
+    fig.update_xaxes(range=list(xrange), title=titles[0], zeroline=True)
+    fig.update_yaxes(range=list(yrange), title=titles[1])
     play = dict(frame=dict(duration=400, redraw=True), transition=dict(duration=0), fromcurrent=True, mode="immediate")
     pause = dict(frame=dict(duration=0, redraw=False), transition=dict(duration=0), mode="immediate")
     fig.update_layout(
@@ -302,7 +278,7 @@ def latent_animation(
                  currentvalue=dict(prefix="epoch ", font=dict(size=16)),
                  steps=[dict(label=str(e), method="animate", args=[[str(e)], pause]) for e in epochs])
         ],
-        legend=dict(title="class", itemsizing="constant", orientation="v", x=1.02, y=1),
+        legend=dict(title=dict(text="class", font=FONT), font=FONT, itemsizing="constant", orientation="v", x=1.02, y=1),
         height=height, margin=dict(l=10, r=10, t=40, b=10), font=FONT, clickmode="event+select",
         title=dict(text=note or "Posterior means of the test images", x=0, xanchor="left", font=dict(size=16)),
     )  # fmt: skip
