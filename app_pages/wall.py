@@ -35,8 +35,11 @@ def wall() -> None:
             shown = [c for c in shown if needle in f"{c.name} {c.owner or ''} {c.differs} {c.run_id}".lower()]
         counts = [f"{sum(c.state in states for c in shown)} {word}" for word, states in
                   (("training", ("starting", "running")), ("queued", ("queued",)), ("finished", ("finished",)))]  # fmt: skip
-        st.caption(f"**{len(shown)}** of {len(everything)} runs{', filtered' if needle else ''} · {' · '.join(counts)}"
-                   + (f" · most runs: {usual}" if usual else ""), help=CARD)  # fmt: skip
+        most = " · ".join(usual[:4]) + (f" and {len(usual) - 4} more" if len(usual) > 4 else "")
+        line = f"**{len(shown)}** of {len(everything)} runs{', filtered' if needle else ''} · {' · '.join(counts)}"
+        st.caption(
+            line + (f" · most runs: {most}" if usual else ""), help=f"{CARD} Most runs: {' · '.join(usual) or '–'}."
+        )
         if not shown:
             st.info("No runs to show: start one on the **Train** page, or choose *all runs* above.")
             return

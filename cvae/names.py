@@ -96,15 +96,16 @@ def what_differs(configs: list[dict], most: int | None = None) -> list[str]:
     return [_words(f, shown) + (more if shown else "") for f in (_flatten(c) for c in configs)]
 
 
-def apart_from_most(configs: list[dict]) -> tuple[str, list[str]]:
+def apart_from_most(configs: list[dict]) -> tuple[list[str], list[str]]:
     """What sets each run apart from most of the others: (the most common value of each setting that differs
-    between the runs, in plain words; for each run, its own values where they are not the most common, "" where
-    it has them all). For many runs at once (a class's wall), where `what_differs` would list every setting
+    between the runs, in plain words, one a setting; for each run, its own values where they are not the most
+    common, "" where it has them all). For many runs at once (a class's wall), where `what_differs` would list every setting
     that any run changed on every run."""
     keys, flat = _learning_keys(configs), [_flatten(c) for c in configs]
     usual = {k: Counter(repr(f.get(k)) for f in flat).most_common(1)[0][0] for k in keys}
     typical = {k: next(f.get(k) for f in flat if repr(f.get(k)) == usual[k]) for k in keys}
-    return _words(typical, keys), [_words(f, [k for k in keys if repr(f.get(k)) != usual[k]]) for f in flat]
+    own = [_words(f, [k for k in keys if repr(f.get(k)) != usual[k]]) for f in flat]
+    return [_words(typical, [k]) for k in keys], own
 
 
 def _learning_keys(configs: list[dict]) -> list[str]:

@@ -116,3 +116,15 @@ def test_a_students_wall_shows_only_what_the_class_settings_let_them_see(wall: P
     assert sorted(re.search(r"run=(\w+)", c).group(1) for c in cards) == ["run03", "run07"]
     assert "bob · " in " ".join(cards) and "student7 · " in " ".join(cards)
     assert "student5" not in " ".join(cards)
+
+
+def test_what_sets_each_run_apart_from_most() -> None:
+    from cvae.names import apart_from_most
+
+    def config(z: int, beta: float = 1.0, threads: int = 1) -> dict:
+        return {"model": {"latent_dim": z, "kl_weight": beta}, "train": {"threads": threads}}
+
+    usual, own = apart_from_most([config(2), config(2, threads=4), config(10), config(2, 4.0), config(10, 4.0)])
+    assert usual == ["z=2", "KL weight β=1"]  # the most common value of each setting that differs (threads: not one)
+    assert own == ["", "", "z=10", "KL weight β=4", "z=10 · KL weight β=4"]
+    assert apart_from_most([config(2)]) == ([], [""]) and apart_from_most([]) == ([], [])

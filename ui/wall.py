@@ -68,7 +68,7 @@ def since(runs: list[Run], choice: str, now: float | None = None) -> list[Run]:
     return runs
 
 
-def cards(runs: list[Run], owners: bool) -> tuple[list[Card], str]:
+def cards(runs: list[Run], owners: bool) -> tuple[list[Card], list[str]]:
     """One card per run (newest first, as given), and the settings most of them share in plain words; `owners`:
     say whose run each is (sign-in on)."""
     root = runs_root()
@@ -90,16 +90,16 @@ def cards(runs: list[Run], owners: bool) -> tuple[list[Card], str]:
     return found, usual
 
 
-def _differs(key: tuple, runs: list[Run]) -> tuple[str, dict[str, str]]:
+def _differs(key: tuple, runs: list[Run]) -> tuple[list[str], dict[str, str]]:
     """What most runs on the wall share, and what sets each run apart from them, in plain words."""
     configured = [r for r in runs if r.raw_config]  # a queued run has no config.json yet
     if len(configured) < 2:
-        return "", {}
+        return [], {}
     return _differs_cached(key, tuple(r.id for r in configured), [r.raw_config for r in configured])
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _differs_cached(key: tuple, ids: tuple[str, ...], _configs: list[dict]) -> tuple[str, dict[str, str]]:
+def _differs_cached(key: tuple, ids: tuple[str, ...], _configs: list[dict]) -> tuple[list[str], dict[str, str]]:
     usual, apart = apart_from_most([{k: c.get(k) or {} for k in ("data", "model", "train")} for c in _configs])
     return usual, dict(zip(ids, apart, strict=True))
 
