@@ -33,6 +33,7 @@ def _main() -> None:
         st.Page("app_pages/reconstructions.py", title="Reconstructions", icon=":material/compare:"),
         st.Page("app_pages/latent.py", title="Latent space", icon=":material/scatter_plot:"),
         st.Page("app_pages/generate.py", title="Generate", icon=":material/palette:"),
+        st.Page("app_pages/draw.py", title="Draw a digit", icon=":material/draw:"),
         st.Page("app_pages/complete.py", title="Complete a digit", icon=":material/extension:"),
         st.Page("app_pages/compare.py", title="Compare runs", icon=":material/stacked_line_chart:"),
         st.Page("app_pages/twins.py", title="Twin runs", icon=":material/call_split:"),

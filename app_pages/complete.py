@@ -6,6 +6,7 @@ import torch
 from cvae.errors import CVAEError
 from ui import completion as comp
 from ui.runs import runs_root
+from ui.sketch import sketch
 
 st.title(":material/extension: Complete a digit")
 st.markdown(
@@ -52,17 +53,22 @@ st.session_state.setdefault("complete_index", 1)  # test digit 1, a 2: its botto
 index = top[2].number_input("Test digit", 0, len(images) - 1, key="complete_index")
 seed = st.session_state.setdefault("complete_seed", 0)
 
-given, baseline, grid = comp.pictures(net, images[index], k, samples=12, seed=seed)
-cols = st.columns([1, 1, 2, 1.1])
-cols[0].image(given, caption=f"Given: the {comp.given_text(k)} of test digit #{index}", width="stretch")
+start = comp.given_part(net, images[index], k)
+cols = st.columns([1.15, 0.9, 2, 1.1])
+with cols[0]:
+    x = comp.drawn_input(net, sketch("complete_canvas", start=start, hidden=comp.hidden_rects(net, k)), start)
+    st.caption(f"Given: the {comp.given_text(k)} of test digit #{index}. Draw or erase in it; Clear for a blank.")
+baseline, grid, spread = comp.pictures(net, x, k, samples=12, seed=seed)
 cols[1].image(baseline, caption="Baseline: its single prediction, the average of what fits", width="stretch")
+cols[1].image(spread, caption=f"Spread: where {comp.SPREAD_DRAWS} CVAE completions disagree (std per pixel)",
+              width="stretch")  # fmt: skip
 cols[2].image(grid, caption="CVAE: 12 completions, each from its own z ~ p(z | x)", width="stretch")
 if cols[2].button("Draw again", icon=":material/refresh:", key="complete_again"):
     st.session_state["complete_seed"] = seed + 1
     st.rerun()
 with cols[3]:
     t = st.session_state.setdefault("complete_t", 1.0)
-    st.image(comp.walk(net, images[index], k, t, seed), caption="CVAE: one z, walked by the slider", width="stretch")
+    st.image(comp.walk(net, x, k, t, seed), caption="CVAE: one z, walked by the slider", width="stretch")
     st.slider("Walk through z", -2.0, 2.0, step=0.1, key="complete_t",
               help="z = mean + t × std × d along one fixed random direction d of the prior p(z | x): 0 is the "
                    "prior's mean, ±1 two ordinary samples. The given part stays; the hidden part moves from one "

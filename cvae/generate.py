@@ -148,6 +148,12 @@ class Completions(NamedTuple):
     baseline: torch.Tensor  # the baseline's pixel probabilities on the hidden part (zeros without one)
     samples: torch.Tensor  # (S, H, W): the CVAE's pixel probabilities, one z ~ p(z | x) each
 
+    @property
+    def spread(self) -> torch.Tensor:
+        """(H, W): the standard deviation of the samples' pixel probabilities, pixel by pixel: where the
+        completions disagree (0 on the given pixels; 0.5 at most)."""
+        return self.samples.std(0, correction=0)
+
 
 @torch.no_grad()
 def complete(model: CVAE, image: torch.Tensor, *, quadrants: int, samples: int = 8, noise: torch.Tensor | None = None,

@@ -13,6 +13,12 @@ Generate (grids, sliders, interpolation) and Compare runs. The runs folder is
 inside the project by default, so the sidebar shows a short, stable path (no
 temporary folder).
 
+    python -m scripts.screenshots --draw --runs /tmp/draw-runs
+
+shoots instead the two pages that are drawn on: a 7 drawn with the mouse on the Draw page of the quick demo
+(z = 2), and, on Complete a digit, the given quadrant of the Complete page's preset cleared and the bottom-left
+of a 0 drawn in it (draw.png, complete_draw.png); the two runs are trained first if `--runs` lacks them.
+
     python -m scripts.screenshots --cluster --runs /tmp/cluster-runs
 
 shoots instead the Train page of runs sent to a Slurm cluster (CVAE_BACKEND=slurm; the test cluster of
@@ -79,11 +85,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per training run [1]")
     ap.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
     ap.add_argument("--cluster", action="store_true", help="the Train page of runs on a Slurm cluster instead")
+    ap.add_argument("--draw", action="store_true", help="the Draw and Complete a digit pages, drawn on, instead")
     args = ap.parse_args()
     runs, out = args.runs.resolve(), args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.cluster:
         return cluster(runs, out, args.chromium)
+    if args.draw:
+        return drawn(runs, out, args.chromium, args.threads)
     os.environ["CVAE_MAX_RUNS"] = str(len(RUNS))  # all three train at once, a thread each
     runs.mkdir(parents=True, exist_ok=True)
     started = start_runs(runs, args.threads)
@@ -171,6 +180,69 @@ def cluster(runs: Path, out: Path, chromium: str) -> int:
     finally:
         for run in (first, second):
             jobs.stop(run)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+    return 0
+
+
+# Strokes as a person draws them: polylines in shares of the canvas's side (x to the right, y down).
+SEVEN = [[(0.27, 0.22), (0.72, 0.22), (0.42, 0.82)]]
+ZERO_BOTTOM_LEFT = [[(0.46, 0.52), (0.3, 0.6), (0.24, 0.75), (0.3, 0.9), (0.46, 0.94)]]  # the bottom-left quadrant
+
+
+def draw_strokes(page, canvas, lines: list[list[tuple[float, float]]]) -> None:
+    """Draw on a canvas (a Playwright locator) with the mouse: for each line, press, move through its points,
+    release, as a person draws."""
+    box = canvas.bounding_box()
+    for line in lines:
+        points = [(box["x"] + u * box["width"], box["y"] + v * box["height"]) for u, v in line]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(x, y, steps=12)
+        page.mouse.up()
+
+
+def drawn(runs: Path, out: Path, chromium: str, threads: int) -> int:
+    """The Draw page with a 7 drawn on the quick demo, and Complete a digit with the bottom-left of a 0 drawn
+    on the page's preset; each run trained first where `runs` lacks it."""
+    from cvae import jobs
+    from cvae.config import QUICK_DEMO
+    from cvae.runs import RunDir
+
+    wanted = {"demo-z2": QUICK_DEMO, "complete-q1": {"condition": "quadrants", "quadrants": 1, "epochs": 1}}
+    runs.mkdir(parents=True, exist_ok=True)
+    for run_id, options in wanted.items():
+        if not (runs / run_id / "config.json").is_file():
+            jobs.start(runs, {**options, "threads": threads}, run_id=run_id)
+    wait(lambda: all(RunDir(runs / r).read_status().get("state") == "finished" for r in wanted), 3600, "the runs")
+    server, url = serve(runs)
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+            page.goto(f"{url}/draw?run=demo-z2")
+            canvas = page.locator("canvas.ink")
+            canvas.wait_for(timeout=60_000)
+            draw_strokes(page, canvas, SEVEN)
+            page.get_by_text("The red ring").wait_for(timeout=60_000)
+            shot(page, out, "draw", settle_ms=2500)
+            page.goto(f"{url}/complete?run=complete-q1")
+            canvas = page.locator("canvas.ink")
+            canvas.wait_for(timeout=60_000)
+            baseline = page.locator('[data-testid="stImage"] img').first
+            baseline.wait_for(timeout=60_000)
+            changed = "s => document.querySelector('[data-testid=\"stImage\"] img').src !== s"
+            for act in (lambda: page.get_by_role("button", name="Clear").click(),
+                        lambda: draw_strokes(page, canvas, ZERO_BOTTOM_LEFT)):  # fmt: skip
+                before = baseline.get_attribute("src")
+                act()
+                page.wait_for_function(changed, arg=before, timeout=60_000)  # the baseline of the new drawing
+            shot(page, out, "complete_draw", settle_ms=2500)
+            browser.close()
+    finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
     return 0

@@ -26,7 +26,7 @@ from cvae.train import main as train
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py",
-         "app_pages/complete.py"]  # fmt: skip
+         "app_pages/draw.py", "app_pages/complete.py"]  # fmt: skip
 KINDS = ["finished", "running", "failed", "stopped", "half", "corrupt", "gauss", "rgb", "vae", "completion",
          "completion-mixed"]  # fmt: skip
 
@@ -288,20 +288,60 @@ def test_complete_page(runs: Path) -> None:
     assert "from 1 quadrant(s)" in picker.options[picker.value] and len(picker.options) == 2
     assert at.segmented_control(key="complete_k").options == ["1"]  # trained for 1 quadrant: only 1 offered
     shown = images(at)
-    assert len(shown) == 4  # given, baseline, the samples' grid, the latent walk
-    assert "blur" in texts(at) and shown[0][0] == "Given: the bottom-left quadrant of test digit #1"
+    assert len(shown) == 4  # baseline, spread, the samples' grid, the latent walk (the given part is the canvas)
+    assert "blur" in texts(at) and "Given: the bottom-left quadrant of test digit #1" in texts(at)
+    assert shown[1][0].startswith("Spread: where 64 CVAE completions disagree")
     at.button(key="complete_again").click().run()
     assert not at.exception and at.session_state["complete_seed"] == 1
     assert images(at)[2][1] != shown[2][1] and images(at)[0][1] == shown[0][1]  # new draws, the same input
+    ink = np.zeros((280, 280), np.float32)  # the given part erased, then one stroke drawn in it
+    ink[150:270, 60:80] = 1.0
+    at.session_state["complete_canvas_ink"] = ink
+    at.run()
+    drawn = images(at)
+    assert not at.exception and drawn[0][1] != shown[0][1]  # the baseline completes the drawing, not the digit
     at.selectbox(key="complete_class").select(7).run()
     at.button(key="complete_random").click().run()
     index = at.number_input(key="complete_index").value
-    assert not at.exception and images(at)[0][0].endswith(f"digit #{index}")
+    assert not at.exception and f"test digit #{index}" in texts(at)
+    assert at.session_state["complete_canvas_ink"] is None  # a new test digit: the canvas starts from its part
     walk = images(at)[3][1]
     at.slider(key="complete_t").set_value(1.5).run()
     assert not at.exception and images(at)[3][1] != walk
     at = open_page("app_pages/latent.py", "completion")  # other pages send it here
     assert "Complete a digit" in texts(at)
+
+
+def test_draw_page(runs: Path) -> None:
+    def images(at: AppTest) -> list[str]:
+        return [e.proto.imgs[0].caption for e in of_type(at, "Image")]
+
+    ink = np.zeros((280, 280), np.float32)  # a "1", as the canvas would send it
+    ink[40:240, 130:150] = 1.0
+    at = open_page("app_pages/draw.py", "finished")
+    assert "Draw a digit in the black square" in texts(at) and not images(at)
+    at.session_state["draw_canvas_ink"] = ink
+    at.run()
+    assert not at.exception and "What the model saw" in texts(at) and "pixel ≥ 0.5 → 1" in texts(at)
+    assert "The model reads a" in texts(at)
+    recon = images(at)[-1]
+    assert "decoded under every class" in recon and "y = " in recon
+    chart = at.get("plotly_chart")[0]
+    assert chart.proto.id and "your digit" in chart.proto.spec  # the test images' scatter, the drawing ringed
+    at.selectbox(key="draw_label").select(3).run()
+    assert not at.exception and "y = 3" in images(at)[-1]  # encoded under the class chosen
+    at = open_page("app_pages/draw.py", "vae")  # a plain VAE: one reconstruction, no class to choose
+    at.session_state["draw_canvas_ink"] = ink
+    at.run()
+    assert not at.exception and "plain VAE" in images(at)[-1] and "draw_label" not in {w.key for w in at.selectbox}
+    assert "your digit" in at.get("plotly_chart")[0].proto.spec
+    at = open_page("app_pages/draw.py", "gauss")  # z = 3 (PCA of the scatter), grey levels: not binarized
+    at.session_state["draw_canvas_ink"] = ink
+    at.run()
+    assert not at.exception and "The model reads a" in texts(at) and "pixel ≥ 0.5" not in texts(at)
+    assert "PCA" in at.get("plotly_chart")[0].proto.spec
+    at = open_page("app_pages/draw.py", "rgb")
+    assert "colour images" in texts(at)
 
 
 def test_complete_page_preset_starts_the_one_quadrant_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -300,7 +300,7 @@ def _click_a_dot_and_watch_an_epoch_end(url: str, run: RunDir) -> None:
 
 def test_complete_a_digit_in_a_browser(server, tmp_path: Path) -> None:
     """The preset button queues the 1-quadrant model; a trained one shows the given part, the baseline,
-    the samples and the walk on the first screen, and Draw again draws new samples."""
+    the spread, the samples and the walk on the first screen, and Draw again draws new samples."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM}")
@@ -322,13 +322,90 @@ def test_complete_a_digit_in_a_browser(server, tmp_path: Path) -> None:
         page.goto(f"{url}/complete?run=tiny-q1")
         page.get_by_text("Walk through z").wait_for(timeout=60_000)
         images = page.locator('[data-testid="stImage"] img')
-        for k, what in enumerate(["the given part", "the baseline", "the CVAE samples", "the latent walk"]):
+        _on_first_screen(page.locator("canvas.ink"), "the given part, on its canvas")
+        for k, what in enumerate(["the baseline", "the spread", "the CVAE samples", "the latent walk"]):
             _on_first_screen(images.nth(k), what)
         grid = images.nth(2).get_attribute("src")
         page.get_by_role("button", name="Draw again").click()
         page.wait_for_function(
             "s => document.querySelectorAll('[data-testid=\"stImage\"] img')[2].src !== s", arg=grid, timeout=30_000
         )
+        browser.close()
+
+
+def _browser(sync_api):
+    return sync_api.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                                   "--disable-background-networking"])  # fmt: skip
+
+
+def test_draw_a_digit_in_a_browser(server, tmp_path: Path) -> None:
+    """A 7 drawn with the mouse on the Draw page: the model's reading, the reconstructions under every class and
+    the drawing's place among the test images' codes, on the first screen; Clear empties the canvas again."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}")
+    from scripts.screenshots import SEVEN, draw_strokes
+
+    url, runs = server
+    _small_run(runs, "tiny", latent_dim=2)
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+        page.goto(f"{url}/draw?run=tiny")
+        _title(page, "Draw a digit · CVAE lab")
+        canvas = page.locator("canvas.ink")
+        _on_first_screen(canvas, "the canvas")
+        page.get_by_text("Draw a digit in the black square").wait_for(timeout=30_000)
+        draw_strokes(page, canvas, SEVEN)
+        page.get_by_text("The model reads a").wait_for(timeout=60_000)
+        _on_first_screen(page.get_by_text("decoded under every class"), "the reconstructions' caption")
+        _on_first_screen(page.locator('[data-testid="stImage"] img').last, "the reconstructions")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.js-plotly-plot')].some(p => p._fullData &&"
+            " p._fullData.some(t => t.name === 'your digit'))", timeout=30_000,
+        )  # fmt: skip
+        _on_first_screen(page.locator(".js-plotly-plot").first, "the latent scatter with the drawing")
+        _shot(page, Path(os.environ.get("CVAE_SHOTS_DIR") or tmp_path / "shots"), "draw")
+        page.get_by_role("button", name="Clear").click()
+        page.get_by_text("Draw a digit in the black square").wait_for(timeout=30_000)
+        browser.close()
+
+
+def test_draw_the_given_part_of_a_digit_in_a_browser(server) -> None:
+    """On Complete a digit, a stroke drawn with the mouse over the given quadrant changes the completions; the
+    hidden part of the canvas takes no ink."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}")
+    from cvae.train import main
+    from scripts.screenshots import draw_strokes
+
+    url, runs = server
+    main(dataset="MNIST", condition="quadrants", quadrants=1, epochs=1, train_subset=512, test_subset=128,
+         latent_dim=4, mlp_hidden=(64,), run_dir=str(runs / "tiny-q1"), quiet=True, threads=1)  # fmt: skip
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+        page.goto(f"{url}/complete?run=tiny-q1")
+        canvas = page.locator("canvas.ink")
+        _on_first_screen(canvas, "the canvas")
+        images = page.locator('[data-testid="stImage"] img')
+        images.nth(3).wait_for(timeout=60_000)
+        before = [images.nth(k).get_attribute("src") for k in range(3)]  # baseline, spread, samples
+        draw_strokes(page, canvas, [[(0.05, 0.8), (0.95, 0.8)]])  # across the given bottom-left into the hidden part
+        page.wait_for_function(
+            "s => document.querySelectorAll('[data-testid=\"stImage\"] img')[0].src !== s", arg=before[0],
+            timeout=30_000,
+        )  # fmt: skip
+        page.wait_for_timeout(500)
+        after = [images.nth(k).get_attribute("src") for k in range(3)]
+        assert all(a != b for a, b in zip(after, before, strict=True)), "the completions did not follow the drawing"
+        ink = canvas.evaluate(
+            "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, n = c.width;"
+            " const at = (x, y) => d[4 * (Math.round(y * n) * n + Math.round(x * n))];"
+            " return [at(0.25, 0.8), at(0.75, 0.8)]; }"
+        )
+        assert ink[0] > 200 and ink[1] == 0, f"ink in the given / hidden part: {ink}"
         browser.close()
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 import torch
 
 from cvae import jobs
+from cvae.artifacts import png_bytes
 from cvae.config import DataConfig
 from cvae.data import load_data
+from cvae.drawing import fit_grid, model_input
 from cvae.generate import Completions, complete, given_text  # noqa: F401 - given_text is the page's
 from cvae.model import CVAE
 from ui.live import POLL_S, status_line
@@ -50,21 +53,56 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return data.test_x, data.test_y
 
 
-def pictures(net: CVAE, image: torch.Tensor, k: int, *, samples: int, seed: int) -> tuple[bytes, bytes, bytes]:
-    """PNGs: the given part (hidden pixels grey), the baseline's prediction, a grid of CVAE samples."""
+SPREAD_DRAWS = 64  # completions the spread map is measured over (the first ones are shown)
+
+
+def given_part(net: CVAE, image: torch.Tensor, k: int) -> np.ndarray:
+    """(H, W): the test digit's first k quadrants, the rest black: the drawing the canvas starts from."""
+    given = image * net.quadrant_masks[k - 1].view_as(image)
+    return given.reshape(net.config.height, net.config.width).numpy()
+
+
+def hidden_rects(net: CVAE, k: int) -> list[tuple[float, float, float, float]]:
+    """The quadrants hidden when k are given, as rectangles (x0, y0, x1, y1) in shares of the side: from the
+    model's own masks, so the canvas greys out what the model will not see."""
+    given = net.quadrant_masks[k - 1].view(net.config.height, net.config.width)
+    h, w = given.shape[0] // 2, given.shape[1] // 2
+    return [(left / 2, top / 2, left / 2 + 0.5, top / 2 + 0.5) for top in (0, 1) for left in (0, 1)
+            if not given[top * h : (top + 1) * h, left * w : (left + 1) * w].any()]  # fmt: skip
+
+
+def drawn_input(net: CVAE, ink: np.ndarray | None, start: np.ndarray) -> torch.Tensor:
+    """The model's input (1, H, W) from the canvas: the drawing scaled to the model's grid (nothing moved: the
+    quadrants are places), binarized as the model's digits were; the start picture before any stroke."""
+    c = net.config
+    return model_input(net, start if ink is None else fit_grid(ink, (c.height, c.width)))
+
+
+def pictures(net: CVAE, x: torch.Tensor, k: int, *, samples: int, seed: int) -> tuple[bytes, bytes, bytes]:
+    """PNGs: the baseline's prediction, a grid of `samples` CVAE completions, and the per-pixel spread (std)
+    of SPREAD_DRAWS completions, of the first k quadrants of x."""
     done: Completions = complete(
-        net, image, quadrants=k, samples=samples, generator=torch.Generator().manual_seed(seed)
+        net, x, quadrants=k, samples=max(samples, SPREAD_DRAWS), generator=torch.Generator().manual_seed(seed)
     )
-    grid = upscale(done.samples[:, None], nrow=4, scale=SCALE // 2)
-    return upscale(done.given[None, None], 1, SCALE), upscale(done.baseline[None, None], 1, SCALE), grid
+    grid = upscale(done.samples[:samples, None], nrow=4, scale=SCALE // 2)
+    return upscale(done.baseline[None, None], 1, SCALE), grid, spread_png(done.spread)
 
 
-def walk(net: CVAE, image: torch.Tensor, k: int, t: float, seed: int) -> bytes:
+def spread_png(spread: torch.Tensor) -> bytes:
+    """A per-pixel std map (H, W) in a colour map (black 0, light yellow 0.5, the most a pixel probability's
+    std can be), so it does not read as a digit."""
+    from matplotlib import colormaps
+
+    rgb = colormaps["magma"](np.clip(spread.numpy() / 0.5, 0, 1))[..., :3]  # (H, W, 3)
+    return png_bytes((rgb * 255).round().astype(np.uint8), scale=SCALE)
+
+
+def walk(net: CVAE, x: torch.Tensor, k: int, t: float, seed: int) -> bytes:
     """One completion at z = mu(x) + t * std(x) * d, d one fixed draw of N(0, I) (seeded): the latent slider.
 
     t = 0 is the prior's mean; t = +-1 are two ordinary samples on opposite sides of it."""
     d = torch.randn(1, net.config.latent_dim, generator=torch.Generator().manual_seed(seed))
-    done = complete(net, image, quadrants=k, noise=t * d)
+    done = complete(net, x, quadrants=k, noise=t * d)
     return upscale(done.samples[:, None], 1, SCALE)
 
 
