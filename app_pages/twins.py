@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from cvae.errors import CVAEError
 from cvae.twins import change_words
 from ui.runs import open_run, runs_root
 from ui.sidebar import current_run, display_name
@@ -29,7 +30,10 @@ epochs = common_epochs(parent, twin)
 @st.fragment(run_every=5 if parent.active or twin.active else None)
 def watch() -> None:
     """While either trains: redraw the page once both have a new epoch, or one has ended."""
-    fresh = [open_run(runs_root(), r.id) for r in (parent, twin)]
+    try:
+        fresh = [open_run(runs_root(), r.id) for r in (parent, twin)]
+    except CVAEError:  # no longer shared with this user: the page says so on its next run
+        st.rerun()
     if common_epochs(*fresh)[-1:] != epochs[-1:] or [r.active for r in fresh] != [parent.active, twin.active]:
         st.rerun()
 

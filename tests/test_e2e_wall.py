@@ -1,16 +1,18 @@
 """The class wall and the Twin runs page in a real headless Chromium at 1280x720 (a classroom projector): twelve
-cards whole on the first screen with their text at 16 px or more; a run and its twin at one epoch, the slider and
-both reconstructions on the first screen; nothing fetched from outside the machine."""
+cards whole on the first screen with their text at 16 px or more; a run's twin forked on its Train page, trained,
+and the two at one epoch, the slider and both reconstructions on the first screen; nothing fetched from outside."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
+
+from cvae import twins
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 WIDTH, HEIGHT = 1280, 720
@@ -25,11 +27,6 @@ def test_the_wall_and_twins_on_a_projector(tmp_path: Path, tiny_run: Path, app_s
     root = tmp_path / "runs"
     for k in range(14):
         shutil.copytree(tiny_run, root / f"run{k:02d}")
-    config = json.loads((root / "run01" / "config.json").read_text())
-    config["model"]["kl_weight"] = 4.0  # run01 is run00's twin: β = 4
-    (root / "run01" / "config.json").write_text(json.dumps(config))
-    record = {"parent": "run00", "setting": "kl_weight", "value": 4.0, "parent_value": 1.0, "created": 0}
-    (root / "run01" / "twin.json").write_text(json.dumps(record))
     outside: list[str] = []
     with app_server(tmp_path) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
@@ -56,7 +53,20 @@ def test_the_wall_and_twins_on_a_projector(tmp_path: Path, tiny_run: Path, app_s
                               " === 0 && e.textContent.trim()).map(e => parseFloat(getComputedStyle(e).fontSize))")  # fmt: skip
         assert sizes and min(sizes) >= 16, sizes
         assert page.locator(".wall .card img").count() == 28  # a curve and a crop of reconstructions each
-        page.goto(f"{url}/twins?run=run01")
+        # run00's twin with β = 4, forked on its Train page, trained by the app's queue, then beside it at one epoch
+        page.goto(f"{url}/?run=run00")
+        page.get_by_text("Fork as a twin").click()
+        box = page.get_by_label("KL weight β", exact=True)
+        box.fill("4")
+        box.press("Enter")
+        page.wait_for_timeout(500)
+        page.get_by_role("button", name="Start the twin").click()
+        deadline = time.time() + 240
+        while not (done := [t for t in twins.twins_of(root, "run00") if t.read_status().get("state") == "finished"]):
+            assert time.time() < deadline, "the twin did not finish"
+            time.sleep(1)
+        assert twins.read_twin(done[0])["value"] == 4.0
+        page.goto(f"{url}/twins?run=run00")
         page.get_by_text("Epoch (both runs)").wait_for(timeout=60_000)
         page.locator("[data-testid=stImage] img").nth(1).wait_for(timeout=60_000)
         page.wait_for_timeout(1500)

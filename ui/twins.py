@@ -70,9 +70,8 @@ def partners(run: Run) -> list[tuple[Run, Run, dict]]:
 
 
 def common_epochs(a: Run, b: Run) -> list[int]:
-    """The finished epochs whose reconstructions and latent codes both runs have."""
-    have = [set(r.dir.epochs_with("recon_mean.png")) & set(r.dir.epochs_with("latent.npy")) for r in (a, b)]
-    return sorted(have[0] & have[1])
+    """The finished epochs whose reconstructions both runs have (their latent codes, where they kept them)."""
+    return sorted(set(a.dir.epochs_with("recon_mean.png")) & set(b.dir.epochs_with("recon_mean.png")))
 
 
 def legend(a: Run, b: Run, record: dict) -> list[str]:
