@@ -26,7 +26,7 @@ from cvae.train import main as train
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["app_pages/train.py", "app_pages/reconstructions.py", "app_pages/latent.py", "app_pages/generate.py",
-         "app_pages/draw.py", "app_pages/complete.py"]  # fmt: skip
+         "app_pages/draw.py", "app_pages/complete.py", "app_pages/twins.py", "app_pages/wall.py"]  # fmt: skip
 KINDS = ["finished", "running", "failed", "stopped", "half", "corrupt", "gauss", "rgb", "vae", "completion",
          "completion-mixed"]  # fmt: skip
 
@@ -112,7 +112,8 @@ def test_every_page_every_run(runs: Path, page: str, kind: str) -> None:
     assert at.session_state["current_run"] == kind
     assert at.query_params["run"] == kind
     # (the Complete a digit page shows completion runs only, whichever run the sidebar has)
-    if kind in ("half", "corrupt") and page not in ("app_pages/train.py", "app_pages/complete.py"):
+    # (the Class wall shows every run, whichever the sidebar has: each as a card, the half-written ones too)
+    if kind in ("half", "corrupt") and page not in ("app_pages/train.py", "app_pages/complete.py", "app_pages/wall.py"):
         assert at.error or at.info, "a half-written run needs a message"
 
 
@@ -300,6 +301,7 @@ def test_complete_page(runs: Path) -> None:
     at.run()
     drawn = images(at)
     assert not at.exception and drawn[0][1] != shown[0][1]  # the baseline completes the drawing, not the digit
+    assert "Given: your drawing in the bottom-left quadrant" in texts(at)
     at.selectbox(key="complete_class").select(7).run()
     at.button(key="complete_random").click().run()
     index = at.number_input(key="complete_index").value
