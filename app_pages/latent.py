@@ -71,8 +71,9 @@ with side:
                )  # fmt: skip
     if run.active:
         st.caption(f"Training: showing epochs 1–{epochs[-1]}; the plot takes in new epochs as they end.")
-    slides.download(run, [(f"Epoch {epochs[-1]}", Export("latent", epochs[-1])),
-                          (f"Epochs {epochs[0]}–{epochs[-1]}, animated", Export("animation", epochs[-1]))], "latent_slides")  # fmt: skip
+    shown = [(f"Epoch {epochs[-1]}", Export("latent", epochs[-1])),
+             (f"Epochs {epochs[0]}–{epochs[-1]}, animated", Export("animation", epochs[-1]))]  # fmt: skip
+    slides.download(run, shown, "latent_slides")
     points = event.selection.points if event and event.selection else []
     picked = remembered_pick(run, fig, [p for p in points if p.get("customdata") is not None])
     if picked:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import shlex
 import sys
 import textwrap
 import threading
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from cvae.config import RunConfig
 from cvae.errors import CVAEError
 
 # ------------------------------------------------------------------ the classes' colours and markers
@@ -123,8 +125,8 @@ MIME = {"png": "image/png", "svg": "image/svg+xml", "gif": "image/gif"}
 INK, SOFT = "#1f2230", "#f0f1f5"
 TRAIN, TEST = CLASS_COLORS[1], CLASS_COLORS[0]  # indigo and rose: apart in every colour vision, and in grey
 STYLE = {
-    "font.family": ["DejaVu Sans", "sans-serif"], "font.size": FONT_PT, "axes.titlesize": FONT_PT + 2, "axes.labelsize": FONT_PT,
-    "xtick.labelsize": FONT_PT, "ytick.labelsize": FONT_PT, "legend.fontsize": FONT_PT,
+    "font.family": ["DejaVu Sans", "sans-serif"], "font.size": FONT_PT, "axes.titlesize": FONT_PT + 2,
+    "axes.labelsize": FONT_PT, "xtick.labelsize": FONT_PT, "ytick.labelsize": FONT_PT, "legend.fontsize": FONT_PT,
     "legend.title_fontsize": FONT_PT, "figure.titlesize": FONT_PT + 4, "text.color": INK, "axes.labelcolor": INK,
     "axes.edgecolor": "#888a94", "xtick.color": INK, "ytick.color": INK, "axes.grid": True, "grid.color": "#dcdde3",
     # Text stays text (searchable, and a browser without DejaVu draws it in its own sans-serif or monospace font);
@@ -167,9 +169,6 @@ class Caption:
                                     break_long_words=True)  # fmt: skip
             out += [(line, True) for line in wrapped]
         return out
-
-    def text(self) -> str:
-        return "\n".join(line for line, _ in self.lines())
 
 
 def _page(Figure: type, caption: Caption) -> tuple[Any, float]:
@@ -366,7 +365,7 @@ class Export:
     def command(self, where: str) -> str:
         """`cvae export ...` that draws this figure again (the epoch always given, so more training does not
         change what it draws)."""
-        parts = ["cvae export", _quote(where), "--what", self.what]
+        parts = ["cvae export", shlex.quote(where), "--what", self.what]
         if self.epoch is not None:
             parts += ["--epoch", str(self.epoch)]
         if self.what == "recon" and self.kind != "mean":
@@ -389,12 +388,6 @@ class Export:
 WHATS = ("curves", "latent", "recon", "generate", "animation")
 
 
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
-
-
 def _epochs_text(epochs: Sequence[int]) -> str:
     if not epochs:
         return "none"
@@ -409,7 +402,7 @@ class Source:
 
     path: Path
     raw: dict  # config.json
-    config: Any  # RunConfig
+    config: RunConfig
     metrics: list[dict]
     name: str  # its display name ("" when unnamed)
 
@@ -426,7 +419,8 @@ class Source:
         m = self.config.model
         data = (self.raw.get("dataset_info") or {}).get("name") or self.config.data.dataset
         kind = {"none": " · plain VAE", "quadrants": " · digit completion"}.get(m.condition, "")
-        return f"{data} · {m.likelihood}{' (learned σ)' if m.learn_sigma else ''} · {m.arch} · z={m.latent_dim}{kind}"
+        sigma = " (learned σ)" if m.learn_sigma else ""
+        return f"{data} · {m.likelihood}{sigma} · {m.arch} · z={m.latent_dim}{kind}"
 
     def caption(self, epochs: str, commands: Sequence[str]) -> Caption:
         run = f"“{self.name}” ({self.id})" if self.name else self.id
@@ -435,7 +429,6 @@ class Source:
 
 def open_run(path: Path | str) -> Source:
     """A run folder's config, metrics and name; CVAEError (one line) for a folder that is not a run."""
-    from cvae.config import RunConfig
     from cvae.names import read_meta
     from cvae.runs import RunDir
 
@@ -457,7 +450,7 @@ def train_commands(raw: dict, where: str) -> list[str]:
     the defaults (or from the quick demo's preset) and --run-dir `where`, then one `cvae train --resume_path`
     a resume, with the epochs each trained (its config.json records when each began, not what it overrode)."""
     from cvae.cli import format_argv
-    from cvae.config import COMPLETION, DEFAULTS, OPTIONS, QUICK_DEMO, RunConfig
+    from cvae.config import COMPLETION, DEFAULTS, OPTIONS, QUICK_DEMO
 
     config = RunConfig.from_dict({k: raw.get(k, {}) for k in ("data", "model", "train")})
     values = {o.name: getattr(getattr(config, o.section), o.field) for o in OPTIONS if o.section != "launch"}
@@ -479,10 +472,8 @@ def train_commands(raw: dict, where: str) -> list[str]:
     # The quick demo's preset, where it says the run in fewer flags (`--quick-demo --latent_dim 10`).
     plain, demo = differing({}), differing(QUICK_DEMO)
     first = format_argv({"quick_demo": True, **demo} if len(demo) + 1 < len(plain) else plain) + ["--run-dir", where]
-    out = ["cvae train " + " ".join(_quote(a) for a in first)]
-    for more in spans[1:]:
-        out.append("cvae train " + " ".join(_quote(a) for a in format_argv({"resume_path": where, "epochs": more})))
-    return out
+    resumes = [format_argv({"resume_path": where, "epochs": more}) for more in spans[1:]]
+    return ["cvae train " + " ".join(shlex.quote(a) for a in argv) for argv in [first, *resumes]]
 
 
 def _check_epoch(epoch: int | None, have: Sequence[int], what: str) -> int:
@@ -571,7 +562,8 @@ def _model_at(source: Source, epoch: int) -> Any:
 
 
 def generation_panels(model: Any, class_names: Sequence[str], *, mode: str = "uniform", n: int = 8,
-                      labels: Sequence[int] | None = None, span: float = 2.0, seed: int = 0) -> list[tuple[str, np.ndarray]]:  # fmt: skip
+                      labels: Sequence[int] | None = None, span: float = 2.0,
+                      seed: int = 0) -> list[tuple[str, np.ndarray]]:  # fmt: skip
     """(class name, n x n grid pixels) for each class of `labels` (all by default): a uniform grid of codes over
     z1, z2 in [-span, span], or n*n random codes of `seed`, the same codes under every class."""
     from cvae.artifacts import grid_pixels

@@ -278,7 +278,8 @@ def latent_animation(
                  currentvalue=dict(prefix="epoch ", font=dict(size=16)),
                  steps=[dict(label=str(e), method="animate", args=[[str(e)], pause]) for e in epochs])
         ],
-        legend=dict(title=dict(text="class", font=FONT), font=FONT, itemsizing="constant", orientation="v", x=1.02, y=1),
+        legend=dict(title=dict(text="class", font=FONT), font=FONT, itemsizing="constant", orientation="v", x=1.02,
+                    y=1),
         height=height, margin=dict(l=10, r=10, t=40, b=10), font=FONT, clickmode="event+select",
         title=dict(text=note or "Posterior means of the test images", x=0, xanchor="left", font=dict(size=16)),
     )  # fmt: skip
