@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from cvae.bounds import BOUNDS_IMAGES, BOUNDS_K, cli_bounds
 from cvae.cli import OneLineParser, number
 from cvae.config import PRECISIONS
 from cvae.data import ImageData, load_data
@@ -797,10 +798,11 @@ def format_report(r: dict) -> str:
 def cli(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m cvae.evaluate", description="Test-set likelihoods of a trained CVAE, in nats.")
     p.add_argument("checkpoint", help="a run folder or a checkpoint file")
-    p.add_argument("--iw-samples", "-k", type=number(int, low_open=False), default=DEFAULT_IW_SAMPLES,
+    p.add_argument("--iw-samples", "-k", type=number(int, low_open=False), default=None,
                    help=f"importance samples K for the IWAE bound, at most {MAX_IW_SAMPLES}; 0 skips it; for a "
                         f"digit-completion run (condition quadrants), the samples S of its -log p(y | x), from q "
-                        f"and from the prior [{DEFAULT_IW_SAMPLES}]")  # fmt: skip
+                        f"and from the prior; with --bounds, the largest K of the ladder [{DEFAULT_IW_SAMPLES}; "
+                        f"with --bounds {BOUNDS_K}]")  # fmt: skip
     p.add_argument("--test-subset", type=number(int), default=None, help="evaluate the first N test images only")
     p.add_argument("--batch-size", type=number(int), default=1000, help="images per ELBO batch [1000]")
     p.add_argument("--max-rows", type=number(int), default=MAX_ROWS,
@@ -823,11 +825,19 @@ def cli(argv: Sequence[str] | None = None) -> int:
                    help="digit-completion runs: ours (the run's own data; -log p(y | x) by importance sampling) or "
                         f"pyro (as Pyro's CVAE tutorial measures: grey targets, hidden pixels, its "
                         f"{PYRO_PARTICLES}-particle -ELBO from q) [ours]")  # fmt: skip
+    p.add_argument("--bounds", action="store_true",
+                   help=f"the bounds ladder and its two gaps (cvae.bounds): -ELBO with the encoder's q and with q "
+                        f"fitted per image, IWAE at K = 1, 10, ... -k, on the first --test-subset images "
+                        f"[{BOUNDS_IMAGES}], kept in the run folder's bounds.json")  # fmt: skip
+    p.add_argument("--nice", type=int, default=0, help="--bounds: lower this process's CPU priority by N (0-19) [0]")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
+    if args.bounds:
+        return cli_bounds(args, p)
+    iw_samples = DEFAULT_IW_SAMPLES if args.iw_samples is None else args.iw_samples
     try:
         report = evaluate_checkpoint(
-            args.checkpoint, iw_samples=args.iw_samples, test_subset=args.test_subset, batch_size=args.batch_size,
+            args.checkpoint, iw_samples=iw_samples, test_subset=args.test_subset, batch_size=args.batch_size,
             max_rows=args.max_rows, seed=args.seed, data_dir=args.data_dir, precision=args.precision,
             device=args.device, gap_images=args.gap_images, gap_steps=args.gap_steps, protocol=args.protocol,
         )  # fmt: skip
