@@ -56,8 +56,10 @@ seed = st.session_state.setdefault("complete_seed", 0)
 start = comp.given_part(net, images[index], k)
 cols = st.columns([1.15, 0.9, 2, 1.1])
 with cols[0]:
-    x = comp.drawn_input(net, sketch("complete_canvas", start=start, hidden=comp.hidden_rects(net, k)), start)
-    st.caption(f"Given: the {comp.given_text(k)} of test digit #{index}. Draw or erase in it; Clear for a blank.")
+    ink = sketch("complete_canvas", start=start, hidden=comp.hidden_rects(net, k))
+    x = comp.drawn_input(net, ink, start)
+    st.caption(f"Given: the {comp.given_text(k)} of test digit #{index}: draw or erase in it (Clear: a blank)"
+               if ink is None else f"Given: your drawing in the {comp.given_text(k)} (Reset: test digit #{index}'s)")  # fmt: skip
 baseline, grid, spread = comp.pictures(net, x, k, samples=12, seed=seed)
 cols[1].image(baseline, caption="Baseline: its single prediction, the average of what fits", width="stretch")
 cols[1].image(spread, caption=f"Spread: where {comp.SPREAD_DRAWS} CVAE completions disagree (std per pixel)",

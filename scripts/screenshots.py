@@ -17,7 +17,8 @@ temporary folder).
 
 shoots instead the two pages that are drawn on: a 7 drawn with the mouse on the Draw page of the quick demo
 (z = 2), and, on Complete a digit, the given quadrant of the Complete page's preset cleared and the bottom-left
-of a 0 drawn in it (draw.png, complete_draw.png); the two runs are trained first if `--runs` lacks them.
+of a 0 drawn in it (draw.png; complete.png as the page opens, complete_draw.png drawn on); the two runs are
+trained first if `--runs` lacks them.
 
     python -m scripts.screenshots --cluster --runs /tmp/cluster-runs
 
@@ -204,8 +205,8 @@ def draw_strokes(page, canvas, lines: list[list[tuple[float, float]]]) -> None:
 
 
 def drawn(runs: Path, out: Path, chromium: str, threads: int) -> int:
-    """The Draw page with a 7 drawn on the quick demo, and Complete a digit with the bottom-left of a 0 drawn
-    on the page's preset; each run trained first where `runs` lacks it."""
+    """The Draw page with a 7 drawn on the quick demo, and Complete a digit as it opens and with the bottom-left
+    of a 0 drawn on the page's preset; each run trained first where `runs` lacks it."""
     from cvae import jobs
     from cvae.config import QUICK_DEMO
     from cvae.runs import RunDir
@@ -234,6 +235,7 @@ def drawn(runs: Path, out: Path, chromium: str, threads: int) -> int:
             canvas.wait_for(timeout=60_000)
             baseline = page.locator('[data-testid="stImage"] img').first
             baseline.wait_for(timeout=60_000)
+            shot(page, out, "complete", settle_ms=2500)  # as it opens: test digit #1's given quadrant
             changed = "s => document.querySelector('[data-testid=\"stImage\"] img').src !== s"
             for act in (lambda: page.get_by_role("button", name="Clear").click(),
                         lambda: draw_strokes(page, canvas, ZERO_BOTTOM_LEFT)):  # fmt: skip
