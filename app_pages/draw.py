@@ -51,11 +51,12 @@ with mid:
         st.error(f"Cannot read this drawing: {err}")
         st.stop()
     if labelled:
-        best, second = r.nelbo.argsort()[:2].tolist()
+        order = r.nelbo.argsort().tolist()  # the classes from the likeliest
+        nxt = f"; next {names[order[1]]}, {r.nelbo[order[1]]:.0f}" if len(order) > 1 else ""
         st.markdown(f"The model reads a **{names[r.guess]}**: under that class your digit is most likely "
-                    f"(−ELBO {r.nelbo[best]:.0f} nats; next {names[second]}, {r.nelbo[second]:.0f}).")  # fmt: skip
-        caption = (f"Its code z, the mean of q(z | x, y = {names[r.label]}), decoded under every class "
-                   f"({names[0]}–{names[draw.ROW - 1]} above, {names[draw.ROW]}–{names[-1]} below)")  # fmt: skip
+                    f"(−ELBO {r.nelbo[order[0]]:.0f} nats{nxt}).")  # fmt: skip
+        caption = (f"Its code z, the mean of q(z | x, y = {names[r.label]}), decoded under every class, "
+                   f"{names[0]} to {names[-1]} in rows of {draw.ROW}")  # fmt: skip
     else:
         caption = "A plain VAE is given no class: its one reconstruction, from the mean of q(z | x)"
     st.image(draw.classes_png(r.images, r.label), caption=caption, width="stretch" if labelled else 168,
