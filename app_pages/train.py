@@ -5,6 +5,7 @@ import streamlit as st
 from cvae.errors import CVAEError
 from cvae.names import write_meta
 from ui.auth import current_user
+from ui.bounds import bounds_section
 from ui.controls import run_controls
 from ui.live import live_panel
 from ui.runs import run_ids, runs_root, state_badge
@@ -50,6 +51,7 @@ if run is not None:
     with controls:
         run_controls(run)
     live_panel(run)
+    bounds_section(run)  # a run that has ended: its bounds on -log p(x | y) and their gaps
     with st.expander("Name and note", icon=":material/edit:"):
         with st.form("run_meta", border=False):
             name = st.text_input("Name (shown in the run picker and in comparisons)", names["name"], max_chars=80)

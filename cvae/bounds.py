@@ -455,7 +455,8 @@ def measure_checkpoint(
                 if progress is not None:
                     progress(stage, share)
 
-            told("loading the model and the test images", 0.0)
+            if run is not None:
+                _write_status(run, state="measuring", stage="loading the model and the test images", done=0.0)
             loaded = load_run(path, select_device(device))
             config = loaded.config.data if data_dir is None else replace(loaded.config.data, data_dir=data_dir)
             data = load_data(config)
@@ -520,7 +521,8 @@ def cli_bounds(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("--bounds needs -k of at least 1 (the largest K of the ladder)")
 
     def stage(text: str, share: float) -> None:
-        print(f"{share:4.0%}  {text}", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():  # for a person watching; a script or the app reads bounds-status.json
+            print(f"{share:4.0%}  {text}", file=sys.stderr, flush=True)
 
     def body() -> int:
         if not 0 <= args.nice <= 19:

@@ -10,6 +10,8 @@ import plotly.graph_objects as go
 from _plotly_utils.utils import convert_to_base64
 from plotly.subplots import make_subplots
 
+from cvae.bounds import Bounds, Figure
+
 # The latent plane and the classes' look are the library's, shared with its slide figures (cvae.figures);
 # frame_epochs, MAX_FRAMES and projection are named here for the pages that draw beside these plots.
 from cvae.figures import MAX_FRAMES, class_styles, extent, frame_epochs, plane, projection  # noqa: F401
@@ -316,4 +318,62 @@ def latent_snapshot(
     fig.layout.updatemenus, fig.layout.sliders = (), ()
     fig.update_layout(showlegend=legend, margin=dict(l=10, r=10, t=60, b=10),
                       title=dict(text=title + (f"<br><sup>{note}</sup>" if note else "")))  # fmt: skip
+    return fig
+
+
+ENCODER_Q, REFINED_Q = "#1f77b4", "#d95f02"  # the bounds chart: which q a bound uses (blue / orange, colour-blind safe)
+
+
+def _pm(f: Figure) -> str:
+    """A `cvae.bounds.Figure` as "mean ± standard error" in nats, two decimals."""
+    return f"{f.nats:.2f}" + (f" ± {f.se:.2f}" if f.se is not None else "")
+
+
+def bounds_ladder(b: Bounds, epoch: int) -> go.Figure:
+    """The bounds of one run on -log p(x | y), loosest to tightest (a `cvae.bounds.Bounds`): each a dot with its
+    standard-error bar, coloured by the q it uses, and the amortization and approximation gaps as brackets
+    between the -ELBO with the encoder's q, the -ELBO with q refined per image and the tightest bound."""
+    rungs = [("−ELBO<br>encoder's q", b.nelbo_encoder, ENCODER_Q, "diamond"),
+             ("−ELBO<br>q refined", b.nelbo_refined, REFINED_Q, "diamond"),
+             *[(f"IWAE<br>K = {k}", f, ENCODER_Q, "circle") for k, f in b.iwae],
+             (f"IWAE K = {b.k}<br>refined q", b.iwae_refined, REFINED_Q, "circle")]  # fmt: skip
+    fig = go.Figure()
+    for name, color in (("encoder's q", ENCODER_Q), ("q refined per image", REFINED_Q)):
+        kept = [(i, f, shape) for i, (_, f, c, shape) in enumerate(rungs) if c == color]
+        fig.add_scatter(
+            x=[i for i, _, _ in kept], y=[f.nats for _, f, _ in kept], name=name, mode="markers+text",
+            marker=dict(size=16, color=color, symbol=[s for _, _, s in kept], line=dict(width=1, color="white")),
+            error_y=dict(type="data", array=[f.se or 0.0 for _, f, _ in kept], color=color, thickness=1.5, width=6),
+            text=[f"{f.nats:.2f}" for _, f, _ in kept], textposition="middle right", textfont=FONT,
+            customdata=[_pm(f) for _, f, _ in kept], hovertemplate="%{customdata} nats<extra></extra>",
+            cliponaxis=False,
+        )  # fmt: skip
+    tightest = len(rungs) - 1 if b.tightest == "refined" else len(rungs) - 2
+    levels = [(0, b.nelbo_encoder.nats), (1, b.nelbo_refined.nats), (tightest, b.tightest_bound.nats)]
+    edge = len(rungs) - 0.2  # the brackets stand right of the last bound
+    for i, y in levels:  # dotted guides from each of the three bounds (past its figure) to the brackets
+        fig.add_shape(type="line", x0=i + 0.5, x1=edge, y0=y, y1=y, line=dict(color="#8a8fa3", width=1.5, dash="dot"))
+    tops = [f.nats + (f.se or 0) for _, f, _, _ in rungs]
+    bottoms = [f.nats - (f.se or 0) for _, f, _, _ in rungs]
+    span = max(max(tops) - min(bottoms), 1e-3)
+    for (top, bottom), color in (((levels[0][1], levels[1][1]), ENCODER_Q), ((levels[1][1], levels[2][1]), REFINED_Q)):
+        fig.add_shape(type="path", path=f"M {edge} {top} L {edge + 0.12} {top} L {edge + 0.12} {bottom} L {edge} "
+                      f"{bottom}", line=dict(color=color, width=3))  # fmt: skip
+    # The amortization gap's label beside its bracket; the approximation gap's hangs below its own (often a few
+    # hundredths of a nat: a bracket too short to hold a label), so the two never overlap.
+    fig.add_annotation(x=edge + 0.2, y=(levels[0][1] + levels[1][1]) / 2, xanchor="left", yanchor="middle",
+                       text=f"<b>amortization gap</b><br>{_pm(b.amortization_gap)} nats", showarrow=False,
+                       align="left")  # fmt: skip
+    fig.add_annotation(x=edge + 0.2, y=min(levels[1][1], levels[2][1]), xanchor="left", yanchor="top",
+                       text=f"<b>approximation gap</b><br>≥ {_pm(b.approximation_gap)} nats", showarrow=False,
+                       align="left")  # fmt: skip
+    unit = "nats per image" + (", hidden pixels" if b.scored == "hidden pixels" else " (a density)" if b.density
+                               else "")  # fmt: skip
+    fig.update_xaxes(tickvals=list(range(len(rungs))), ticktext=[r[0] for r in rungs], range=[-0.4, edge + 2.1],
+                     showgrid=False, zeroline=False)  # fmt: skip
+    fig.update_yaxes(title=f"{unit} (lower is tighter)",
+                     range=[min(bottoms) - 0.22 * span, max(tops) + 0.08 * span])  # fmt: skip
+    _layout(fig, 470, f"Bounds on −log p(x | y), loosest to tightest: epoch {epoch}, the first {b.test_images} "
+                      "test images")  # fmt: skip
+    fig.update_layout(legend=dict(y=1.0, yanchor="bottom"), margin=dict(t=80))
     return fig
