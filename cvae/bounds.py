@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -218,13 +219,15 @@ def measure_bounds(
     # and backward) and its two ELBOs, then each IWAE's K.
     fit_cost = gap_steps * 16 * 3 + 2 * GAP_SAMPLES
     total = len(counts) * (fit_cost + sum(ks) + k)
-    done = 0.0
+    at = {"done": 0.0, "cost": 0.0, "stage": ""}  # the work before the current part, and that part
 
-    def tell(stage: str, cost: float = 0.0) -> None:
-        nonlocal done
+    def begin(stage: str, cost: float) -> None:
+        at.update(done=at["done"] + at["cost"], cost=cost, stage=stage)
+        tell(0.0)
+
+    def tell(share: float) -> None:
         if progress is not None:
-            progress(stage, min(done / total, 1.0))
-        done += cost
+            progress(at["stage"], min((at["done"] + share * at["cost"]) / total, 1.0))
 
     parts: dict[str, list[torch.Tensor]] = {}
 
@@ -234,17 +237,17 @@ def measure_bounds(
     for q in counts:
         given = f" ({q} quadrant{'s' * (q != 1)} given)" if len(counts) > 1 else ""
         add("nelbo", elbo_per_image(model, x, y, seed=seed, quadrants=q).nelbo)
-        tell(f"fitting q to each of {len(x)} images by {gap_steps} steps{given}", fit_cost)
-        gap = inference_gap_per_image(model, x, y, steps=gap_steps, seed=seed, quadrants=q)
+        begin(f"fitting q to each of {len(x)} images by {gap_steps} steps{given}", fit_cost)
+        gap = inference_gap_per_image(model, x, y, steps=gap_steps, seed=seed, quadrants=q, on_step=tell)
         add("nelbo_encoder", gap.amortized)
         add("nelbo_refined", gap.optimized)
         for kk in ks:
-            tell(f"the importance-weighted bound, K = {kk}{given}", kk)
+            begin(f"the importance-weighted bound, K = {kk}{given}", kk)
             add(f"iwae_{kk}", -iwae_per_image(model, x, y, k=kk, max_rows=max_rows, seed=seed, quadrants=q).log_px)
-        tell(f"the importance-weighted bound with the fitted q, K = {k}{given}", k)
+        begin(f"the importance-weighted bound with the fitted q, K = {k}{given}", k)
         add("iwae_refined", -iwae_per_image(model, x, y, k=k, max_rows=max_rows, seed=seed, quadrants=q,
                                             posterior=gap.fitted).log_px)  # fmt: skip
-    tell("done")
+    begin("done", 0.0)
     per_image = {name: torch.stack(values).mean(0) for name, values in parts.items()}  # over the counts: (N,)
 
     def figure(values: torch.Tensor) -> Figure:
@@ -448,10 +451,13 @@ def measure_checkpoint(
         _claim(run, test_images)
     try:
         with _slot(run) if run is not None else contextlib.nullcontext():
+            written = {"stage": "", "time": 0.0}
 
             def told(stage: str, share: float) -> None:
-                if run is not None:
+                # A file write a second at most (the fit reports every step), and one for each new stage.
+                if run is not None and (stage != written["stage"] or time.time() - written["time"] >= 1.0):
                     _write_status(run, state="measuring", stage=stage, done=share)
+                    written.update(stage=stage, time=time.time())
                 if progress is not None:
                     progress(stage, share)
 
@@ -474,7 +480,8 @@ def measure_checkpoint(
             _write_status(run, state="finished", stage="", done=1.0, seconds=bounds.seconds, message="")
     except BaseException as err:
         if run is not None:
-            message = str(err) if isinstance(err, (CVAEError, OSError)) else f"stopped ({type(err).__name__})"
+            message = str(err) if isinstance(err, (CVAEError, OSError)) else "stopped before it finished" if \
+                isinstance(err, (KeyboardInterrupt, SystemExit)) else f"{type(err).__name__}: {err}"  # fmt: skip
             with contextlib.suppress(OSError):
                 _write_status(run, state="failed", stage="", message=message.splitlines()[0][:300] if message else "")
         raise
@@ -520,11 +527,17 @@ def cli_bounds(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if k < 1:
         parser.error("--bounds needs -k of at least 1 (the largest K of the ladder)")
 
+    shown = {"stage": "", "share": 0.0}
+
     def stage(text: str, share: float) -> None:
-        if sys.stderr.isatty():  # for a person watching; a script or the app reads bounds-status.json
+        # For a person watching: each part, and every tenth of the work; a script or the app reads the status file.
+        if sys.stderr.isatty() and (text != shown["stage"] or share >= shown["share"] + 0.1):
             print(f"{share:4.0%}  {text}", file=sys.stderr, flush=True)
+            shown.update(stage=text, share=share)
 
     def body() -> int:
+        # A kill (SIGTERM) ends it as Ctrl-C does: the status file then says it stopped, rather than going stale.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         if not 0 <= args.nice <= 19:
             raise CVAEError(f"--nice must be 0 to 19, got {args.nice}")
         if args.nice:

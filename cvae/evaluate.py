@@ -51,7 +51,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -419,8 +419,11 @@ def inference_gap_per_image(
     batch_size: int = 500,
     seed: int = EVAL_SEED,
     quadrants: int | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> InferenceGapPerImage:
     """How much better a per-image Gaussian posterior does than the encoder's (the amortization gap).
+
+    `on_step(share)`: told after each Adam step the share of all the steps done (a progress bar's).
 
     For each image the Gaussian q(z | x, y) = N(mu, std^2) starts at the
     encoder's output and is fitted by `steps` Adam steps on that image's
@@ -464,12 +467,14 @@ def inference_gap_per_image(
                 raw = (post.std - STD_FLOOR).clamp_min(1e-12)
                 raw = (raw + torch.log(-torch.expm1(-raw))).detach().requires_grad_(True)  # softplus^-1
                 opt = torch.optim.Adam([mu, raw], lr=lr)
-                for _ in range(steps):
+                for step in range(steps):
                     eps = torch.randn(train_samples, *mu.shape, device=device)
                     loss = nelbo(mu, torch.nn.functional.softplus(raw) + STD_FLOOR, xb, cond, prior, eps)
                     opt.zero_grad(set_to_none=True)
                     loss.sum().backward()  # the images are independent: each gets its own gradient
                     opt.step()
+                    if on_step is not None:
+                        on_step((start + len(xb) * (step + 1) / steps) / len(x))
                 with torch.no_grad():
                     std = torch.nn.functional.softplus(raw) + STD_FLOOR
                     a_sum = torch.zeros(len(xb), dtype=torch.float64, device=device)

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -78,6 +79,18 @@ def test_iwae_at_k_1_is_the_elbo_in_expectation() -> None:
     noise = float((one_draw - closed).std()) / math.sqrt(len(x))  # the draws' noise alone: closed is exact
     assert abs(b.iwae[0][1].nats - float(closed.mean())) < 4 * noise
     assert abs(b.nelbo.nats - float(closed.mean())) < 4 * noise
+
+
+def test_progress_rises_step_by_step_to_the_end() -> None:
+    """A progress bar's figures: the fit reports every Adam step (most of the work), then each bound."""
+    lg = LinearGaussian()
+    x, y = lg.sample(40)
+    told: list[tuple[str, float]] = []
+    measure_bounds(lg.model(), x, y, k=10, gap_steps=20, progress=lambda stage, share: told.append((stage, share)))
+    shares = [share for _, share in told]
+    assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] == 1.0 and told[-1][0] == "done"
+    fitting = [share for stage, share in told if stage.startswith("fitting q")]
+    assert len(fitting) == 21 and 0.5 < fitting[-1] < 1  # its start, then each of the 20 steps
 
 
 def test_the_figures_are_evaluate_checkpoints(tiny_run: Path) -> None:
@@ -164,6 +177,20 @@ def test_cli_refuses_while_another_process_measures(run: RunDir, tmp_path: Path,
     assert not bounds.measuring(run)  # its process is gone: a stale status holds nothing up
     assert cli([str(tmp_path / "missing"), "--bounds"]) == 2
     _one_line_error(capsys)
+
+
+def test_a_killed_measurement_says_it_stopped_and_keeps_nothing(run: RunDir) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "cvae.evaluate", str(run.path), "--bounds", "--test-subset", "64",
+                             "--gap-steps", "100000"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not read_status(run).get("stage", "").startswith("fitting") and time.time() < deadline:
+        time.sleep(0.2)
+    assert bounds.measuring(run)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM and "Traceback" not in proc.stderr.read()
+    status = read_status(run)
+    assert status["state"] == "failed" and status["message"] == "stopped before it finished"
+    assert not bounds.measuring(run) and not (run.path / bounds.BOUNDS_FILE).exists()
 
 
 # ------------------------------------------------------------------ the files, read as anyone could write them
