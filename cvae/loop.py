@@ -41,7 +41,9 @@ from cvae.progress import Callback
 from cvae.ranks import ONE, Ranks
 from cvae.runs import RunDir, active_runs, available_cores, process_identity
 from cvae.runtime import (
+    HalfWeights,
     autocast,
+    half_weights,
     make_optimizer,
     match_optimizer_state,
     prepare_for_cpu,
@@ -198,6 +200,9 @@ def fit(
         warning = f"CUDA graph off: {ranks.world} processes train this run (DistributedDataParallel): training eagerly"
     if warning and ranks.main:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
+    # One process's eager CPU step under bf16 autocast keeps its matrix weights in bf16 (the same numbers,
+    # fewer passes over memory); DDP's hooks and the CUDA graph hold on to the fp32 tensors.
+    weights = half_weights(model, optimizer, device, amp_dtype) if graph is None and not ranks.active else None
 
     grid_x, grid_y = d.test_x[: cfg.grid_size], d.test_y[: cfg.grid_size]
     lat_x, lat_y = d.test_x[: cfg.latent_subset], d.test_y[: cfg.latent_subset]
@@ -232,7 +237,7 @@ def fit(
             for epoch in range(start_epoch + 1, end_epoch + 1):
                 t_epoch = time.time()
                 step = Step(model, optimizer, schedule, d, amp_dtype, dynamic=dynamic, graph=graph, share=share,
-                            objective=objective, ranks=ranks)  # fmt: skip
+                            objective=objective, ranks=ranks, weights=weights)  # fmt: skip
                 train = step.epoch(epoch, cfg, run, batch_log, callbacks, stop, t_run, preview)
                 t_trained = time.time()
                 if stop.requested:
@@ -424,8 +429,9 @@ class Step:
     def __init__(self, model: CVAE, optimizer: torch.optim.Optimizer, schedule: LearningRate, d: DeviceData,
                  amp_dtype: torch.dtype | None, *, dynamic: bool, graph: GraphStep | None = None,
                  share: CoreShare | None = None, objective: Callable[..., Objective] | None = None,
-                 ranks: Ranks = ONE) -> None:  # fmt: skip
+                 ranks: Ranks = ONE, weights: HalfWeights | None = None) -> None:  # fmt: skip
         self.model, self.optimizer, self.schedule, self.d, self.share = model, optimizer, schedule, d, share
+        self.weights = weights  # bf16 matrix weights during each step (cvae.runtime.HalfWeights), or None
         self.amp_dtype, self.dynamic, self.graph = amp_dtype, dynamic, graph
         self.objective = objective or model.objective  # DDP's wrapper of it with several ranks
         self.ranks = ranks
@@ -483,14 +489,15 @@ class Step:
             # dynamic binarization draws for the global batch: each image gets the pixels one process would draw
             xb = torch.bernoulli(d.train_x[idx], generator=gen)[part] if self.dynamic else d.train_x[idx[part]]
             yb = d.train_y[idx[part]]
-            with autocast(self.device, self.amp_dtype):
-                terms = self.objective(xb, yb)
-            loss = terms.loss
-            if len(xb) * ranks.world != len(idx):  # an uneven last batch: DDP averages the ranks' means equally
-                loss = loss * (len(xb) * ranks.world / len(idx))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            with self.weights.for_step() if self.weights is not None else contextlib.nullcontext():
+                with autocast(self.device, self.amp_dtype):
+                    terms = self.objective(xb, yb)
+                loss = terms.loss
+                if len(xb) * ranks.world != len(idx):  # an uneven last batch: DDP averages the ranks' means equally
+                    loss = loss * (len(xb) * ranks.world / len(idx))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step() if self.weights is None else self.weights.step()
             with torch.no_grad():  # running sums, outside the graph
                 sums += torch.stack([t.sum() for t in terms.terms().values()])
             self.seen += len(xb)

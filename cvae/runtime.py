@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -176,3 +177,110 @@ def machine_info() -> dict[str, object]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+# Modules whose weights CPU autocast hands to bf16 kernels (linear layers and convolutions).
+HALF_WEIGHT_MODULES = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+ADAM_CHUNK = 1 << 17  # elements per piece of the optimiser's pass: the piece's five arrays stay in a core's L2
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements in memory order, as a 1-D view (contiguous or channels_last alike)."""
+    return t.as_strided((t.numel(),), (1,))
+
+
+def _dense(t: torch.Tensor) -> bool:
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+class HalfWeights:
+    """The matrix weights in bf16 during a CPU training step under bf16 autocast, with Adam's update fused.
+
+    Under autocast each step casts every fp32 weight to bf16 for the forward pass and each bf16 weight
+    gradient back to fp32 in the backward pass (for a linear layer, a transposing copy): two passes over the
+    reference model's 15 M weights on top of Adam's own, on a step whose time on two cores is mostly memory
+    traffic. Here the weights are bf16 tensors during the step (`for_step`), so autocast finds nothing to cast
+    and the gradients arrive in bf16; `step` then updates the fp32 weights, which stay the parameters' own
+    tensors between steps (checkpoints, evaluation and pictures read them), piece by piece: each piece's
+    gradient is widened, Adam's fused kernel updates it, and its bf16 copy for the next step is written while
+    the piece is in cache. The arithmetic is autocast's and Adam's, value for value: the same bf16 roundings
+    of the same fp32 weights, the same widened gradients, the same kernel (tests/test_runtime.py compares the
+    two bit for bit). The optimiser keeps every state it would keep, so checkpoints do not change.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Adam) -> None:
+        self.optimizer = optimizer
+        groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        self.params: list[nn.Parameter] = [
+            m.weight for m in model.modules() if isinstance(m, HALF_WEIGHT_MODULES)
+            and m.weight.dtype == torch.float32 and _dense(m.weight) and id(m.weight) in groups
+        ]  # fmt: skip
+        self.groups = [groups[id(p)] for p in self.params]
+        self.full = [p.data for p in self.params]  # the fp32 weights themselves
+        self.half = [torch.empty_like(p, dtype=torch.bfloat16) for p in self.params]  # the same strides
+        self._scratch = torch.empty(ADAM_CHUNK)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """The bf16 copies anew from the fp32 weights (after a checkpoint was loaded into them)."""
+        with torch.no_grad():
+            for full, half in zip(self.full, self.half, strict=True):
+                half.copy_(full)
+
+    @contextlib.contextmanager
+    def for_step(self) -> Iterator[None]:
+        """The forward and backward passes and `step` see bf16 weights; everything else the fp32 ones."""
+        for p, half in zip(self.params, self.half, strict=True):
+            p.data = half
+        try:
+            yield
+        finally:
+            for p, full in zip(self.params, self.full, strict=True):
+                p.grad = None  # a bf16 gradient does not belong to the fp32 weight
+                p.data = full
+
+    def step(self) -> None:
+        """Adam on every parameter: the optimiser's own fused step for the rest, then the matrix weights."""
+        grads = [p.grad for p in self.params]
+        for p in self.params:
+            p.grad = None  # the optimiser's own step leaves them to this one
+        self.optimizer.step()
+        with torch.no_grad():
+            for p, grad, group, full, half in zip(self.params, grads, self.groups, self.full, self.half, strict=True):
+                if grad is not None:
+                    self._update(p, grad, group, full, half)
+
+    def _update(self, p: nn.Parameter, grad: torch.Tensor, group: dict, full: torch.Tensor,
+                half: torch.Tensor) -> None:  # fmt: skip
+        state = self.optimizer.state[p]
+        if not state:  # what torch.optim.Adam's fused step starts a parameter with
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(full, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(full, memory_format=torch.preserve_format)
+        m, v, step = state["exp_avg"], state["exp_avg_sq"], state["step"]
+        step += 1
+        beta1, beta2 = group["betas"]
+        kw = dict(lr=float(group["lr"]), beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                  eps=group["eps"], amsgrad=False, maximize=group["maximize"])  # fmt: skip
+        if not all(t.stride() == full.stride() for t in (grad, m, v)):  # layouts that cannot be walked together
+            torch._fused_adam_([full], [grad.float()], [m], [v], [], [step], **kw)
+            half.copy_(full)
+            return
+        fp, gp, mp, vp, hp = (_flat(t) for t in (full, grad, m, v, half))
+        for s in range(0, fp.numel(), ADAM_CHUNK):
+            e = min(fp.numel(), s + ADAM_CHUNK)
+            g = self._scratch[: e - s]
+            g.copy_(gp[s:e])
+            torch._fused_adam_([fp[s:e]], [g], [mp[s:e]], [vp[s:e]], [], [step], **kw)
+            hp[s:e].copy_(fp[s:e])
+
+
+def half_weights(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 amp_dtype: torch.dtype | None) -> HalfWeights | None:  # fmt: skip
+    """HalfWeights where they apply: a CPU step under bf16 autocast with Adam's fused kernel (no amsgrad)."""
+    fused = isinstance(optimizer, torch.optim.Adam) and all(
+        g.get("fused") and not g["amsgrad"] and not g.get("differentiable") for g in optimizer.param_groups
+    )
+    if device.type != "cpu" or amp_dtype != torch.bfloat16 or not fused:
+        return None
+    return HalfWeights(model, optimizer)

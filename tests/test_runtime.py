@@ -5,6 +5,7 @@ No timing is asserted here: speed is measured by `python -m benchmarks.bench`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -17,7 +18,15 @@ import torch
 
 from cvae.config import QUICK_DEMO, ModelConfig, RunConfig, conv_preset
 from cvae.model import CVAE
-from cvae.runtime import keep_freed_memory, make_optimizer, match_optimizer_state, prepare_model
+from cvae.runtime import (
+    ADAM_CHUNK,
+    HalfWeights,
+    half_weights,
+    keep_freed_memory,
+    make_optimizer,
+    match_optimizer_state,
+    prepare_model,
+)
 from cvae.train import main
 from cvae.training import build_config, resolve_options
 
@@ -145,6 +154,90 @@ def test_loaded_optimizer_state_takes_the_parameters_layout() -> None:
     a = _train_steps(plain, plain_opt, 2)
     b = _train_steps(fast, fast_opt, 2)
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=1e-3)
+
+
+def _half_steps(model: CVAE, optimizer: torch.optim.Optimizer, weights: HalfWeights | None, steps: int,
+                start: int = 0) -> list[float]:  # fmt: skip
+    """`steps` training steps under bf16 autocast, as the loop takes them: with `weights` or plain."""
+    losses = []
+    for s in range(start, start + steps):
+        x, y = batch(32, seed=s)
+        torch.manual_seed(100 + s)
+        with weights.for_step() if weights is not None else contextlib.nullcontext():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model.objective(x, y).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step() if weights is None else weights.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("arch", ["conv", "mlp"])
+def test_half_weights_train_bit_for_bit_as_autocast_does(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 weights during the step and Adam's update in pieces give autocast's numbers exactly: the losses,
+    every weight and every optimiser state, for the conv net (channels_last weights) and the MLP; pieces
+    smaller than a weight so that a weight spans several."""
+    monkeypatch.setattr("cvae.runtime.ADAM_CHUNK", 5000)
+    config = reference_config() if arch == "conv" else ModelConfig(channels=1, height=28, width=28, num_classes=10,
+                                                                   latent_dim=3, arch="mlp", mlp_hidden=(64, 32))  # fmt: skip
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(prepare_model(CVAE(config), CPU))
+    (plain, fast), (plain_opt, fast_opt) = models, [make_optimizer(m, 1e-3, CPU) for m in models]
+    weights = half_weights(fast, fast_opt, CPU, torch.bfloat16)
+    assert weights is not None and len(weights.params) >= 4
+    assert any(p.numel() > 5000 for p in weights.params) and any(p.dim() == 4 for p in weights.params) == (
+        arch == "conv"
+    )
+    assert _half_steps(plain, plain_opt, None, 4) == _half_steps(fast, fast_opt, weights, 4)
+    halves = {id(p) for p in weights.params}
+    for a, b in zip(plain.parameters(), fast.parameters(), strict=True):
+        assert b.dtype == torch.float32 and torch.equal(a, b)
+        assert b.grad is None if id(b) in halves else torch.equal(a.grad, b.grad)  # a bf16 gradient is not kept
+    plain_state, fast_state = plain_opt.state_dict(), fast_opt.state_dict()
+    assert plain_state["param_groups"] == fast_state["param_groups"]
+    for k, state in plain_state["state"].items():
+        assert state.keys() == fast_state["state"][k].keys()
+        assert all(torch.equal(v, fast_state["state"][k][n]) and v.dtype == fast_state["state"][k][n].dtype
+                   for n, v in state.items())  # fmt: skip
+
+
+def test_half_weights_resume_from_the_fp32_weights_a_checkpoint_holds() -> None:
+    """A checkpoint of a HalfWeights run loads into a plain run and back; refresh() takes loaded weights."""
+    torch.manual_seed(0)
+    first = prepare_model(CVAE(reference_config()), CPU)
+    first_opt = make_optimizer(first, 1e-3, CPU)
+    weights = half_weights(first, first_opt, CPU, torch.bfloat16)
+    _half_steps(first, first_opt, weights, 2)
+    saved = copy.deepcopy({"model": first.state_dict(), "optimizer": first_opt.state_dict()})
+    assert all(v.dtype == torch.float32 for v in saved["model"].values() if v.is_floating_point())
+    plain = prepare_model(CVAE(reference_config()), CPU)
+    plain_opt = make_optimizer(plain, 1e-3, CPU)
+    plain.load_state_dict(saved["model"])
+    plain_opt.load_state_dict(copy.deepcopy(saved["optimizer"]))
+    match_optimizer_state(plain_opt, True)
+    second = prepare_model(CVAE(reference_config()), CPU)
+    second_opt = make_optimizer(second, 1e-3, CPU)
+    resumed = half_weights(second, second_opt, CPU, torch.bfloat16)
+    second.load_state_dict(saved["model"])
+    second_opt.load_state_dict(copy.deepcopy(saved["optimizer"]))
+    match_optimizer_state(second_opt, True)
+    resumed.refresh()
+    assert _half_steps(plain, plain_opt, None, 2, start=2) == _half_steps(second, second_opt, resumed, 2, start=2)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), second.parameters(), strict=True))
+
+
+def test_half_weights_only_where_they_give_autocasts_numbers() -> None:
+    torch.manual_seed(0)
+    model = CVAE(reference_config())
+    fused = make_optimizer(model, 1e-3, CPU)
+    assert half_weights(model, fused, CPU, None) is None  # fp32: nothing to cast
+    assert half_weights(model, torch.optim.Adam(model.parameters(), lr=1e-3), CPU, torch.bfloat16) is None
+    assert half_weights(model, torch.optim.SGD(model.parameters(), lr=1e-3), CPU, torch.bfloat16) is None
+    assert half_weights(model, fused, torch.device("meta"), torch.bfloat16) is None
+    assert ADAM_CHUNK >= 1 << 14
 
 
 def test_flush_denormals_zeroes_denormal_floats() -> None:
