@@ -470,7 +470,8 @@ def measure_checkpoint(
                 raise CVAEError("the test data differ in shape or classes from the data the checkpoint was trained on")
             epoch = loaded.checkpoint.get("epoch")
             epoch = epoch if _whole(epoch) else 0
-            x, y = data.test_x[:test_images], data.test_y[:test_images]
+            x, y = data.test_x[:test_images].clone(), data.test_y[:test_images].clone()
+            del data  # the training images are not needed: their memory back while it measures
             if run is not None:
                 _write_status(run, epoch=epoch)
             bounds = measure_bounds(loaded.model, x, y, k=k, gap_steps=gap_steps, seed=seed, max_rows=max_rows,

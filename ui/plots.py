@@ -352,7 +352,7 @@ def bounds_ladder(b: Bounds, epoch: int) -> go.Figure:
     levels = [(0, b.nelbo_encoder.nats), (1, b.nelbo_refined.nats), (tightest, b.tightest_bound.nats)]
     edge = len(rungs) - 0.2  # the brackets stand right of the last bound
     for i, y in levels:  # dotted guides from each of the three bounds (past its figure) to the brackets
-        fig.add_shape(type="line", x0=i + 0.5, x1=edge, y0=y, y1=y, line=dict(color="#8a8fa3", width=1.5, dash="dot"))
+        fig.add_shape(type="line", x0=i + 0.65, x1=edge, y0=y, y1=y, line=dict(color="#8a8fa3", width=1.5, dash="dot"))
     tops = [f.nats + (f.se or 0) for _, f, _, _ in rungs]
     bottoms = [f.nats - (f.se or 0) for _, f, _, _ in rungs]
     span = max(max(tops) - min(bottoms), 1e-3)
