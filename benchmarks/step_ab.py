@@ -6,6 +6,7 @@ Each run imports `cvae` from the checkout it is given and times 100 optimisation
 conv model (MNIST shapes, Bernoulli, z = 2, batch 64, the loop's own runtime settings: bf16 autocast where
 the CPU runs it natively, fused Adam, channels_last) on random binary images after 10 warm-up steps. The
 checkouts alternate, so the machine's load falls on both; the report is each round and the median ratio.
+A checkout whose loop keeps bf16 matrix weights during the step (`cvae.runtime.half_weights`) steps that way.
 Either step API works (`model.objective`, or `model.elbo_terms` before the one model family).
 """
 
@@ -18,9 +19,11 @@ import sys
 from pathlib import Path
 
 WORKER = r"""
-import sys, time
+import contextlib, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
+if int(sys.argv[2]):
+    torch.set_num_threads(int(sys.argv[2]))
 from cvae.config import ModelConfig, conv_preset
 from cvae.model import CVAE
 from cvae.runtime import autocast, flush_denormals, make_optimizer, prepare_for_cpu, prepare_model, select_amp_dtype
@@ -29,22 +32,29 @@ dev = torch.device("cpu")
 config = ModelConfig(channels=1, height=28, width=28, num_classes=10, latent_dim=2, **conv_preset(28, 28))
 model = prepare_model(CVAE(config), dev)
 opt, amp = make_optimizer(model, 1e-4, dev), select_amp_dtype("auto", dev)
+try:  # the loop's bf16 matrix weights, in a checkout that has them
+    from cvae.runtime import half_weights
+    weights = half_weights(model, opt, dev, amp)
+except ImportError:
+    weights = None
 x, y = (torch.rand(6400, 1, 28, 28) > 0.5).float(), torch.randint(0, 10, (6400,))
 step = getattr(model, "objective", None) or model.elbo_terms
 def run(n, off=0):
     for b in range(n):
         i = (b + off) % 100
-        with autocast(dev, amp):
-            terms = step(x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64])
-        opt.zero_grad(set_to_none=True); terms.loss.backward(); opt.step()
+        with weights.for_step() if weights else contextlib.nullcontext():
+            with autocast(dev, amp):
+                terms = step(x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64])
+            opt.zero_grad(set_to_none=True); terms.loss.backward(); (weights.step if weights else opt.step)()
 run(10)
 t0 = time.perf_counter(); run(100, 10)
 print(6400 / (time.perf_counter() - t0))
 """
 
 
-def images_per_s(checkout: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", WORKER, str(checkout)], capture_output=True, text=True, cwd=checkout)
+def images_per_s(checkout: Path, threads: int = 0) -> float:
+    out = subprocess.run([sys.executable, "-c", WORKER, str(checkout), str(threads)], capture_output=True, text=True,
+                         cwd=checkout)  # fmt: skip
     if out.returncode != 0:
         raise SystemExit(f"{checkout}: {out.stderr.strip()[-300:]}")
     return float(out.stdout.strip().splitlines()[-1])
@@ -55,10 +65,11 @@ def main() -> int:
     p.add_argument("old", type=Path)
     p.add_argument("new", type=Path)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = torch's default [0]")
     args = p.parse_args()
     ratios = []
     for r in range(args.rounds):
-        old, new = images_per_s(args.old), images_per_s(args.new)
+        old, new = images_per_s(args.old, args.threads), images_per_s(args.new, args.threads)
         ratios.append(new / old)
         print(f"round {r + 1}: old {old:.0f}, new {new:.0f} images/s, new / old {new / old:.3f}", flush=True)
     print(f"median new / old: {statistics.median(ratios):.3f}")

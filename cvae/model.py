@@ -124,6 +124,18 @@ def _conv_out(n: int) -> int:
     return (n + 2 * 1 - 4) // 2 + 1  # 4x4 kernel, stride 2, padding 1
 
 
+class FlatLeakyReLU(nn.LeakyReLU):
+    """LeakyReLU on a contiguous (N, C, H, W) copy of its input: the activation that comes before Flatten.
+
+    On a CPU the convolutions run channels_last, and Flatten needs (N, C, H, W) order. Copying after the
+    activation (as Flatten would) hands the activation's backward a channels_last input and a contiguous
+    gradient, a mix of layouts that PyTorch walks element by element, about twenty times slower than the
+    copy made here. The same values either way; no parameters, so checkpoints do not change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous())
+
+
 class ConvEncoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -133,7 +145,7 @@ class ConvEncoder(nn.Module):
             layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1))
             if i > 0:
                 layers.append(nn.BatchNorm2d(c_out))
-            layers.append(nn.LeakyReLU(0.2))
+            layers.append(FlatLeakyReLU(0.2) if i == len(config.enc_channels) - 1 else nn.LeakyReLU(0.2))
             c_in, h, w = c_out, _conv_out(h), _conv_out(w)
         layers.append(nn.Flatten())
         features = c_in * h * w
