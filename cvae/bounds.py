@@ -49,7 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from cvae.errors import ConfigError, CVAEError
-from cvae.runs import RunDir, available_cores, fcntl, process_identity, process_is, read_json, write_json
+from cvae.runs import (
+    RunDir,
+    available_cores,
+    process_identity,
+    process_is,
+    read_json,
+    waiting_lock,
+    write_json,
+)
 
 BOUNDS_FILE = "bounds.json"
 STATUS_FILE = "bounds-status.json"
@@ -275,14 +283,8 @@ def measure_bounds(
 @contextlib.contextmanager
 def _locked(run: RunDir) -> Iterator[None]:
     """One process at a time checks and changes a run's bounds files (the app's threads, command lines)."""
-    with open(run.path / LOCK_FILE, "a") as fh:
-        if fcntl is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    with waiting_lock(run.path / LOCK_FILE):
+        yield
 
 
 def read_bounds(run: RunDir) -> dict[int, Bounds]:

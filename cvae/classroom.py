@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cvae.errors import CVAEError
-from cvae.runs import ACTIVE_STATES, OWNER_FILE, RunDir, fcntl, list_runs, read_json, write_json
+from cvae.runs import ACTIVE_STATES, OWNER_FILE, RunDir, list_runs, read_json, waiting_lock, write_json
 
 CLASS_DIR = ".class"
 ROLES = ("lecturer", "student")
@@ -157,14 +157,8 @@ def locked(root: Path) -> Iterator[None]:
     """One writer of the class's files at a time, across the app's threads and command lines."""
     folder = class_dir(root)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(folder / "lock", "a+") as fh:
-        if fcntl is not None:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    with waiting_lock(folder / "lock"):
+        yield
 
 
 def read_settings(root: Path) -> dict:

@@ -576,6 +576,20 @@ def sane_status(status: dict) -> dict:
     return status
 
 
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (made if missing), waited for: one writer at a time of the files it guards,
+    across threads and processes. Nothing where the platform has no flock."""
+    with open(path, "a") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 MAX_NUMBER_LIST = 1024  # a per-dimension figure (cvae.ledger): one number per latent dimension, at most
 
 

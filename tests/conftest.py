@@ -92,3 +92,25 @@ def app_server():
 @pytest.fixture()
 def free_port():
     return _free_port
+
+
+@pytest.fixture()
+def watch_outside():
+    """A function: `outside = watch_outside(page)` collects the requests that page sends off this machine."""
+    return watch_outside_requests
+
+
+def watch_outside_requests(page) -> list[str]:
+    """The requests a Playwright page sends off this machine, collected as they go: a classroom may be offline,
+    so the app must fetch nothing from elsewhere."""
+    import urllib.parse
+
+    outside: list[str] = []
+
+    def note(request) -> None:
+        host = urllib.parse.urlparse(request.url).hostname
+        if request.url.split(":", 1)[0] in ("http", "https", "ws", "wss") and host not in ("127.0.0.1", "localhost"):
+            outside.append(request.url)
+
+    page.on("request", note)
+    return outside

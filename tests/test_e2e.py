@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -103,13 +101,12 @@ def _small_run(runs: Path, name: str, **kw) -> None:
          quiet=True, threads=1, **kw)  # fmt: skip
 
 
-def test_app_in_a_browser(server, tmp_path: Path) -> None:
+def test_app_in_a_browser(server, tmp_path: Path, watch_outside) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM}")
     url, runs = server
     shots = Path(os.environ.get("CVAE_SHOTS_DIR") or tmp_path / "shots")
-    outside: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -117,15 +114,7 @@ def test_app_in_a_browser(server, tmp_path: Path) -> None:
         )
         page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
 
-        def note(request) -> None:  # every request must stay on this machine: a classroom may be offline
-            host = urllib.parse.urlparse(request.url).hostname
-            if request.url.split(":", 1)[0] in ("http", "https", "ws", "wss") and host not in (
-                "127.0.0.1",
-                "localhost",
-            ):
-                outside.append(request.url)
-
-        page.on("request", note)
+        outside = watch_outside(page)
         page.goto(url)
         page.get_by_text("No runs yet").wait_for(timeout=30_000)
         _title(page, "Train · CVAE lab")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -20,27 +19,18 @@ WIDTH, HEIGHT = 1280, 720
 pytestmark = pytest.mark.e2e
 
 
-def test_the_wall_and_twins_on_a_projector(tmp_path: Path, tiny_run: Path, app_server) -> None:
+def test_the_wall_and_twins_on_a_projector(tmp_path: Path, tiny_run: Path, app_server, watch_outside) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM}")
     root = tmp_path / "runs"
     for k in range(14):
         shutil.copytree(tiny_run, root / f"run{k:02d}")
-    outside: list[str] = []
     with app_server(tmp_path) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
 
-        def note(request) -> None:  # every request stays on this machine: a classroom may be offline
-            host = urllib.parse.urlparse(request.url).hostname
-            if request.url.split(":", 1)[0] in ("http", "https", "ws", "wss") and host not in (
-                "127.0.0.1",
-                "localhost",
-            ):
-                outside.append(request.url)
-
-        page.on("request", note)
+        outside = watch_outside(page)
         page.goto(f"{url}/wall")
         page.locator(".wall .card").nth(13).wait_for(timeout=60_000)
         page.wait_for_timeout(1000)
