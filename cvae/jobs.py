@@ -157,11 +157,12 @@ def build_argv(options: dict[str, Any]) -> list[str]:
     return format_argv({k: v for k, v in options.items() if v != base.get(k)})
 
 
-# Memory a CPU run is taken to need, to size the default number of runs that train at once: a trainer holds
-# 0.6-0.7 GB for a small MLP run (torch itself is most of it) and 1.6 GB for the reference's conv net.
-RUN_MEMORY_BYTES = 1 << 30
+# Memory a CPU run is taken to need, to size the default number of runs that train at once, by architecture:
+# an MLP run holds 0.6-0.7 GB resident, but most of that is torch's libraries, shared among the trainers
+# (35 quick demos forked by the fork server held 5.0 GB in all, PSS); the reference's conv net 1.6 GB.
+RUN_MEMORY_BYTES = {"mlp": 1 << 29, "conv": 3 << 29}
 APP_MEMORY_BYTES = 2 << 30  # kept for the app (one Streamlit server with a class connected holds 1.5 GB)
-RUNS_PER_CORE = 8  # at most this many runs time-share one core by default
+RUNS_PER_CORE = 16  # at most this many runs time-share one core by default: a class of 30 on 2 cores at once
 
 
 def memory_bytes() -> int | None:
@@ -173,9 +174,11 @@ def memory_bytes() -> int | None:
         return None
 
 
-def max_active() -> int:
-    """How many runs may train at once: $CVAE_MAX_RUNS, else as many as the memory holds (RUN_MEMORY_BYTES each,
-    APP_MEMORY_BYTES left for the app), at most RUNS_PER_CORE per core, at least one.
+def max_active(arch: str = "conv") -> int:
+    """How many runs of `arch` may train at once: $CVAE_MAX_RUNS, else as many as the memory holds
+    (RUN_MEMORY_BYTES each, APP_MEMORY_BYTES left for the app), at most RUNS_PER_CORE per core, at least one.
+    The slots are shared: a conv run takes only one of the first ones, so however the runs mix, their memory
+    stays within bounds.
 
     Time-sharing the cores among a class's runs (each at one thread) gives every student their first pictures
     within seconds, where a queue would make the last one wait for every run ahead; the kernel shares the CPU
@@ -185,7 +188,8 @@ def max_active() -> int:
     if raw.isdigit() and int(raw) > 0:
         return int(raw)
     memory = memory_bytes()
-    by_memory = (memory - APP_MEMORY_BYTES) // RUN_MEMORY_BYTES if memory else available_cores() // 2
+    per_run = RUN_MEMORY_BYTES.get(arch, RUN_MEMORY_BYTES["conv"])
+    by_memory = (memory - APP_MEMORY_BYTES) // per_run if memory else available_cores() // 2
     return max(1, min(RUNS_PER_CORE * available_cores(), by_memory))
 
 
@@ -199,11 +203,50 @@ def train_nice() -> int:
     return min(int(raw), 19) if raw.isdigit() else 10
 
 
+STEP_BACK_NICE = 19  # a trainer's priority once its first pictures are out: the newer runs' first pictures first
+
+
+def lower_priority(nice: int) -> None:
+    """Every thread of this process at CPU priority `nice` (or lower, never higher). Linux keeps a nice value
+    per thread, and torch's worker threads are already running: each is reniced, and threads started later
+    inherit the main thread's."""
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc (macOS): the priority is the process's own
+        threads = [0]
+    for tid in threads:
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+
+
+def step_back_after_first_pictures(run: RunDir, nice: int = STEP_BACK_NICE, poll_s: float = 0.25) -> threading.Thread:
+    """Watch this process's run: once its first live pictures are written (status.json's first_pictures_at),
+    lower the whole process to `nice`. A class clicks Quick demo within seconds, so the runs time-share the
+    cores; a run that has shown its student a model steps back, and the cores go first to the runs whose
+    students still see nothing. Then they all share alike again, behind the app's pages."""
+
+    def watch() -> None:
+        while True:
+            status = read_json(run.status_path) or {}  # as written: this very process is the trainer
+            if status.get("first_pictures_at") is not None:
+                lower_priority(nice)
+                return
+            if status.get("state") not in ("starting", "running", None):
+                return
+            time.sleep(poll_s)
+
+    thread = threading.Thread(target=watch, name="cvae-step-back", daemon=True)
+    thread.start()
+    return thread
+
+
 def _queue_argv(argv: list[str], run: RunDir) -> list[str]:
     """`python -m cvae.jobs` flags: N slots, a lower priority, the GPUs. The threads stay the run's own option:
     with 0 (auto) the trainer shares the cores with the runs training beside it as they come and go."""
     gpus = json.dumps([asdict(g) for g in list_gpus()])  # this process has torch loaded; the queue has not
-    flags = ["--max-active", str(max_active()), "--nice", str(train_nice()), "--gpus", gpus, "--run-dir", str(run.path)]
+    slots = max_active(requested_arch(argv, run))
+    flags = ["--max-active", str(slots), "--nice", str(train_nice()), "--gpus", gpus, "--run-dir", str(run.path)]
     return [*flags, *argv]
 
 
@@ -579,6 +622,27 @@ def requested_device(train_args: list[str], run: RunDir) -> str:
     return str(DEFAULTS["device"])
 
 
+def requested_arch(train_args: list[str], run: RunDir) -> str:
+    """The architecture a queued run trains: its --arch flag, else the quick demo's where it asks for that, else
+    (resuming) its run's, else the default."""
+    parser = OneLineParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(*BY_NAME["arch"].flags, dest="arch", default=None)
+    parser.add_argument(*BY_NAME["quick_demo"].flags, dest="quick_demo", action="store_true")
+    parser.add_argument(*BY_NAME["resume_path"].flags, dest="resume_path", default=None)
+    args, _ = parser.parse_known_args(train_args)
+    if args.arch:
+        return str(args.arch)
+    if args.quick_demo:
+        return str(QUICK_DEMO["arch"])
+    if args.resume_path:
+        folder = Path(args.resume_path)
+        saved = RunDir(folder if folder.is_dir() else folder.parent.parent).read_config() or {}
+        arch = (saved.get("model") or {}).get("arch") if isinstance(saved, dict) else None
+        if isinstance(arch, str):
+            return arch
+    return str(DEFAULTS["arch"])
+
+
 def waiting_runs(root: Path, pool: str | None = None) -> list[RunDir]:
     """Runs waiting for a slot, in queue order (live processes only); with `pool`, only those waiting in it.
     A lecturer's runs come first (what the whole class will look at), then each in the order it joined."""
@@ -774,6 +838,8 @@ def cli(argv: list[str] | None = None) -> int:
         gpu = next((g for g in gpus if f"cuda:{g.index}" == slot.device), None)
         run.write_status(device=slot.device, device_name=gpu.name if gpu else "")
     run.write_status(state="starting", position=None, message="")
+    if args.nice and slot.device is None:  # a CPU run the app queued: first pictures first (see the function)
+        step_back_after_first_pictures(run)
     with handle:  # the slot is held until training ends, and freed by the kernel if we die
         from cvae.train import cli as train_cli  # torch, only now: a waiting run holds little memory
 

@@ -71,15 +71,24 @@ def test_the_default_number_of_runs_at_once_is_what_memory_holds(monkeypatch: py
     monkeypatch.delenv("CVAE_MAX_RUNS", raising=False)
     monkeypatch.setattr(jobs, "available_cores", lambda: 2)
     monkeypatch.setattr(jobs, "memory_bytes", lambda: 24 << 30)
-    assert jobs.max_active() == 16  # 8 a core
+    assert jobs.max_active("mlp") == 32  # a class of 30 quick demos at once: 16 a core
+    assert jobs.max_active("conv") == jobs.max_active() == 14  # 24 GB less 2 for the app, 1.5 GB a run
     monkeypatch.setattr(jobs, "memory_bytes", lambda: 8 << 30)
-    assert jobs.max_active() == 6  # 8 GB less 2 for the app, 1 GB a run
+    assert jobs.max_active("mlp") == 12 and jobs.max_active("conv") == 4
     monkeypatch.setattr(jobs, "memory_bytes", lambda: 2 << 30)
-    assert jobs.max_active() == 1
+    assert jobs.max_active("mlp") == 1
     monkeypatch.setattr(jobs, "memory_bytes", lambda: None)  # no /proc/meminfo: one per two cores
     assert jobs.max_active() == 1
     monkeypatch.setenv("CVAE_MAX_RUNS", "3")
     assert jobs.max_active() == 3
+
+
+def test_a_queued_runs_architecture_sets_its_slots(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    assert jobs.requested_arch(["--quick-demo", "-z", "10"], run) == "mlp"
+    assert jobs.requested_arch(["--quick-demo", "--arch", "conv"], run) == "conv"
+    assert jobs.requested_arch(["-e", "3"], run) == "conv"  # the command line's default: the reference's net
+    assert jobs.requested_arch(["--resume_path", str(tmp_path / "gone")], run) == "conv"
 
 
 def test_queue_flags_and_the_cores_shared_among_the_runs_training_together(tmp_path: Path,

@@ -292,3 +292,44 @@ def test_a_queued_run_is_told_when_it_starts_from_the_measured_pace(tmp_path: Pa
     (tmp_path / "done-1" / "launch.json").write_text("[")  # broken launch files: those runs do not count
     (tmp_path / "done-2" / "launch.json").write_text("{" * 10_000)
     assert jobs.estimated_start(tmp_path, second, 1) is None  # nothing measured for these flags: no made-up time
+
+
+STEP_BACK = r"""
+import os, sys, threading, time
+from pathlib import Path
+from cvae.jobs import step_back_after_first_pictures
+from cvae.runs import RunDir
+os.nice(5)
+run = RunDir(Path(sys.argv[1]))
+run.write_status(state="running")
+worker_nice = []
+go = threading.Event()
+def worker():  # a thread that was running before, as torch's workers are
+    go.wait()
+    worker_nice.append(os.getpriority(os.PRIO_PROCESS, 0))
+t = threading.Thread(target=worker); t.start()
+watch = step_back_after_first_pictures(run, nice=17, poll_s=0.05)
+time.sleep(0.3)
+before = os.getpriority(os.PRIO_PROCESS, 0)
+run.write_status(first_pictures_at=time.time())
+watch.join(10)
+go.set(); t.join()
+print(before, os.getpriority(os.PRIO_PROCESS, 0), worker_nice[0])
+"""
+
+
+def test_a_run_steps_back_once_its_first_pictures_are_out(tmp_path: Path) -> None:
+    """A class's runs time-share the cores: a trainer that has shown its first pictures lowers every one of its
+    threads (the main one and those already running) so that runs still without pictures go first."""
+    run = tmp_path / "run"
+    run.mkdir()
+    out = subprocess.run([sys.executable, "-c", STEP_BACK, str(run)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, main_after, worker_after = map(int, out.stdout.split())
+    assert before == 5 and main_after == 17 and worker_after == 17
+
+
+def test_a_run_that_ends_without_pictures_stops_watching(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.write_status(state="failed")
+    assert not jobs.step_back_after_first_pictures(run, poll_s=0.01).join(5) and os.getpriority(os.PRIO_PROCESS, 0) < 19
