@@ -116,11 +116,30 @@ def flops_per_image(batch: int = BATCH) -> float:
     return counter.get_total_flops() / batch
 
 
+def reference_parameters() -> int:
+    import torch
+
+    from cvae.model import CVAE
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in CVAE(reference_model_config()).parameters())
+
+
 # ----------------------------------------------------------------- ceiling
 
 
+# Bytes a training step must move per parameter, at the least, for the way our loop trains on a CPU with bf16
+# (cvae.runtime.HalfWeights): Adam reads the fp32 weight, both moments and the bf16 gradient and writes the
+# weight, the moments and its bf16 copy (4 + 4 + 4 + 2 + 4 + 4 + 4 + 2 = 28), the forward and backward passes
+# read the bf16 weight twice (4) and the backward writes its gradient (2). A model of 15 M parameters whose
+# weights cannot stay in cache moves 0.5 GB a step whatever its batch: the memory's own ceiling on its speed.
+STEP_BYTES_PER_PARAMETER = 34
+
+
 def measure_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Best-of-`repeats` matmul throughput, GFLOP/s, fp32 and bf16 (what the cores can do at best)."""
+    """Best-of-`repeats` matmul throughput, GFLOP/s, fp32 and bf16 (what the cores can do at best), and the
+    memory's bandwidth, GB/s: a + b into c over 256 MB arrays, far larger than any cache (what a pass over a
+    model's weights and optimiser state can do at best)."""
     import torch
 
     from cvae.runtime import set_threads
@@ -137,6 +156,13 @@ def measure_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
                 a @ b
             best = min(best, (time.perf_counter() - t) / 3)
         out[f"{name}_gflops"] = 2 * n**3 / best / 1e9
+    a, b, c = (torch.ones(1 << 26) for _ in range(3))  # written once: their pages are mapped before timing
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.add(a, b, out=c)
+        best = min(best, time.perf_counter() - t)
+    out["memory_gbps"] = 3 * c.numel() * c.element_size() / best / 1e9
     return out
 
 
@@ -487,12 +513,14 @@ def run_ours(batches: int, warmup: int, full_epoch: bool = False) -> dict[str, A
 def run_demo(latent_dim: int) -> dict[str, Any]:
     """The quick-demo preset through `cvae.train.main`, as `--quick-demo -z N` runs it."""
     from cvae.config import QUICK_DEMO
+    from cvae.runs import RunDir
     from cvae.train import main
 
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
-        t = time.perf_counter()
+        t, started = time.perf_counter(), time.time()
         result = main(**{**QUICK_DEMO, "latent_dim": latent_dim}, run_dir=str(Path(tmp) / "run"), quiet=True)
         total = time.perf_counter() - t
+        first_pictures = RunDir(Path(tmp) / "run").read_status().get("first_pictures_at")
     metrics = result.metrics
     within = [m for m in metrics if m["time"] <= DEMO_BUDGET_S]
     last = metrics[-1]
@@ -501,6 +529,8 @@ def run_demo(latent_dim: int) -> dict[str, Any]:
         "epochs": len(metrics),
         "train_seconds": last["time"],  # fit's clock: training and per-epoch evaluation, no data loading
         "seconds_with_loading": total,
+        # from the call (data loading included) to the first live reconstructions and latent scatter on disk
+        "first_pictures_s": first_pictures - started if isinstance(first_pictures, float) else None,
         "test_nelbo": last["test_nelbo"],
         "test_nelbo_within_budget": within[-1]["test_nelbo"] if within else None,
         # the final model's test ELBO with q refined per image (QUICK_DEMO's refine_steps), on fit's clock too
@@ -596,6 +626,7 @@ def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> 
         report["ceiling"] = spawn({"kind": "ceiling"})
     if "speed" in parts or "epoch" in parts:
         report["flops_per_image"] = flops_per_image()
+        report["parameters"] = reference_parameters()
     if "speed" in parts:
         base, ours = [], []
         for r in range(rounds):
@@ -616,6 +647,8 @@ def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> 
             "rounds": {"baseline": base, "ours": ours},
         }
         _add_ceiling_fraction(report, report["speed"], "ours_images_per_s")
+        report["speed"]["baseline"] = {"images_per_s": report["speed"]["baseline_images_per_s"]}
+        _add_ceiling_fraction(report, report["speed"]["baseline"], "images_per_s")
     if "epoch" in parts:
         _log("epoch: baseline, one full epoch (fp32; about 3 minutes on 2 cores) ...")
         base = spawn({"kind": "baseline", "batches": 0, "warmup": 0, "full_epoch": True})
@@ -627,6 +660,7 @@ def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> 
             "nelbo_difference": ours["test"]["nelbo"] - base["test"]["nelbo"],
         }  # fmt: skip
         _add_ceiling_fraction(report, report["epoch"]["ours"], "images_per_s")
+        _add_ceiling_fraction(report, report["epoch"]["baseline"], "images_per_s")
     if "processes" in parts:
         report["processes"] = {}
         for model in PROCESS_MODELS:
@@ -754,11 +788,20 @@ def format_cuda_table(report: dict[str, Any]) -> str:
 
 
 def _add_ceiling_fraction(report: dict[str, Any], where: dict[str, Any], key: str) -> None:
-    ceiling = report.get("ceiling", {}).get("bf16_gflops")
-    flops = report.get("flops_per_image")
-    if ceiling and flops:
+    """The share of the matmul ceiling that `where[key]` images/s reach, and of the roofline: the speed that
+    neither the bf16 matmul ceiling nor the memory's bandwidth (STEP_BYTES_PER_PARAMETER a parameter a step)
+    lets a step beat, whichever is lower."""
+    ceiling = report.get("ceiling", {})
+    flops, params = report.get("flops_per_image"), report.get("parameters")
+    if ceiling.get("bf16_gflops") and flops:
         where["achieved_gflops"] = where[key] * flops / 1e9
-        where["fraction_of_bf16_ceiling"] = where["achieved_gflops"] / ceiling
+        where["fraction_of_bf16_ceiling"] = where["achieved_gflops"] / ceiling["bf16_gflops"]
+    if ceiling.get("bf16_gflops") and ceiling.get("memory_gbps") and flops and params:
+        by_compute = ceiling["bf16_gflops"] * 1e9 / flops
+        by_memory = ceiling["memory_gbps"] * 1e9 * BATCH / (params * STEP_BYTES_PER_PARAMETER)
+        where["roofline_images_per_s"] = min(by_compute, by_memory)
+        where["roofline_bound"] = "memory" if by_memory < by_compute else "compute"
+        where["fraction_of_roofline"] = where[key] / where["roofline_images_per_s"]
 
 
 # -------------------------------------------------------------------- table
@@ -771,6 +814,8 @@ def format_table(report: dict[str, Any]) -> str:
     if "ceiling" in report:
         c = report["ceiling"]
         rows.append(("matmul ceiling fp32 / bf16", f"{c['fp32_gflops']:.0f} / {c['bf16_gflops']:.0f} GFLOP/s"))
+        if "memory_gbps" in c:
+            rows.append(("memory bandwidth (a + b into c)", f"{c['memory_gbps']:.1f} GB/s"))
     if "flops_per_image" in report:
         rows.append(("model FLOPs per image (fwd + bwd)", f"{report['flops_per_image'] / 1e6:.1f} MFLOP"))
     if "speed" in report:
@@ -787,6 +832,13 @@ def format_table(report: dict[str, Any]) -> str:
                     f"{100 * s['fraction_of_bf16_ceiling']:.0f}% ({s['achieved_gflops']:.0f} GFLOP/s)",
                 )
             )
+        if "fraction_of_roofline" in s:
+            rows.append(("ours, share of the roofline", f"{100 * s['fraction_of_roofline']:.0f}% of "
+                         f"{s['roofline_images_per_s']:.0f} images/s ({s['roofline_bound']}-bound)"))  # fmt: skip
+        if "fraction_of_roofline" in s.get("baseline", {}):
+            b = s["baseline"]
+            rows.append(("baseline, share of the bf16 ceiling / roofline", f"{100 * b['fraction_of_bf16_ceiling']:.0f}%"
+                         f" / {100 * b['fraction_of_roofline']:.0f}%"))  # fmt: skip
         rows.append(("peak RSS baseline / ours", f"{s['baseline_peak_rss_mb']:.0f} / {s['ours_peak_rss_mb']:.0f} MB"))
     if "epoch" in report:
         e = report["epoch"]
@@ -796,6 +848,9 @@ def format_table(report: dict[str, Any]) -> str:
             ("one epoch, ours", f"{o['epoch_seconds']:.0f} s ({o['epoch_seconds_with_eval']:.0f} s with test eval), "
                                 f"test -ELBO {o['test']['nelbo']:.2f} nats"),
             ("one epoch: speed-up, -ELBO ours - fp32", f"{e['speedup']:.2f}x, {e['nelbo_difference']:+.2f} nats"),
+            *[(f"one epoch, {who}: share of the bf16 ceiling / roofline",
+               f"{100 * r['fraction_of_bf16_ceiling']:.0f}% / {100 * r['fraction_of_roofline']:.0f}%")
+              for who, r in (("ours", o), ("baseline", b)) if "fraction_of_roofline" in r],
             ("peak RSS, full-epoch run (ours)", f"{o['peak_rss_mb']:.0f} MB"),
         ]  # fmt: skip
     for key, d in report.get("processes", {}).items():
@@ -804,8 +859,10 @@ def format_table(report: dict[str, Any]) -> str:
     for key, d in report.get("demo", {}).items():
         refined = (f" ({d['test_nelbo_refined']:.2f} with q refined by {d['refine_steps']} steps)"
                    if d.get("test_nelbo_refined") is not None else "")  # fmt: skip
+        first = f", first pictures after {d['first_pictures_s']:.1f} s" if d.get("first_pictures_s") else ""
         rows.append((f"quick demo {key.replace('z', 'z=')}", f"test -ELBO {d['test_nelbo']:.2f} nats{refined} after "
-                                                          f"{d['epochs']} epochs, {d['train_seconds']:.0f} s training"))  # fmt: skip
+                     f"{d['epochs']} epochs, {d['train_seconds']:.0f} s training, {d['seconds_with_loading']:.0f} s "
+                     f"in all{first}"))  # fmt: skip
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

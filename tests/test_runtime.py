@@ -384,14 +384,41 @@ def test_new_config_fields_are_validated_and_round_trip() -> None:
 def test_bench_table_shows_the_demo_with_and_without_refinement() -> None:
     from benchmarks.bench import format_table
 
-    demo = dict(epochs=13, train_seconds=55.2, test_nelbo=121.3, refine_steps=10, test_nelbo_refined=119.4)
+    demo = dict(epochs=13, train_seconds=55.2, seconds_with_loading=57.0, first_pictures_s=1.84, test_nelbo=121.3,
+                refine_steps=10, test_nelbo_refined=119.4)  # fmt: skip
     machine = dict(cpu="test CPU", cores=2, torch="2", date="today")
-    table = format_table(
-        {"machine": machine, "demo": {"z2": demo, "z10": {**demo, "refine_steps": 0, "test_nelbo_refined": None}}}
-    )
+    z10 = {**demo, "refine_steps": 0, "test_nelbo_refined": None, "first_pictures_s": None}
+    table = format_table({"machine": machine, "demo": {"z2": demo, "z10": z10}})
     rows = {line.split("  ")[0]: line for line in table.splitlines()}
     assert "121.30 nats (119.40 with q refined by 10 steps) after 13 epochs, 55 s" in rows["quick demo z=2"]
-    assert "refined" not in rows["quick demo z=10"]
+    assert "57 s in all, first pictures after 1.8 s" in rows["quick demo z=2"]
+    assert "refined" not in rows["quick demo z=10"] and "first pictures" not in rows["quick demo z=10"]
+
+
+def test_bench_reports_each_speed_as_a_share_of_the_ceiling_and_of_the_roofline() -> None:
+    from benchmarks.bench import STEP_BYTES_PER_PARAMETER, _add_ceiling_fraction, format_table
+
+    report = {"ceiling": {"fp32_gflops": 400.0, "bf16_gflops": 2000.0, "memory_gbps": 10.0},
+              "flops_per_image": 178.6e6, "parameters": 15_000_000}  # fmt: skip
+    memory_bound = 10e9 * 64 / (15_000_000 * STEP_BYTES_PER_PARAMETER)  # 1255 images/s; compute: 11198
+    speed = {"ours_images_per_s": 1000.0}
+    _add_ceiling_fraction(report, speed, "ours_images_per_s")
+    assert speed["roofline_bound"] == "memory"
+    assert speed["roofline_images_per_s"] == pytest.approx(memory_bound)
+    assert speed["fraction_of_roofline"] == pytest.approx(1000 / memory_bound)
+    assert speed["fraction_of_bf16_ceiling"] == pytest.approx(1000 * 178.6e6 / 2000e9)
+    report["ceiling"]["memory_gbps"] = 1000.0  # a memory so fast that the matrix units bound the step
+    _add_ceiling_fraction(report, speed, "ours_images_per_s")
+    assert speed["roofline_bound"] == "compute" and speed["roofline_images_per_s"] == pytest.approx(2000e9 / 178.6e6)
+    base = {"images_per_s": 300.0}
+    _add_ceiling_fraction(report, base, "images_per_s")
+    speed.update(baseline_images_per_s=300.0, speedup=3.33, speedup_per_round=[3.33], ours_seconds_per_epoch=60,
+                 baseline_peak_rss_mb=1, ours_peak_rss_mb=1, baseline=base)  # fmt: skip
+    table = format_table({"machine": dict(cpu="c", cores=2, torch="2", date="d"), **report, "speed": speed})
+    rows = {line.split("  ")[0]: line.split("  ")[-1].strip() for line in table.splitlines()}
+    assert rows["memory bandwidth (a + b into c)"] == "1000.0 GB/s"
+    assert rows["ours, share of the roofline"] == "9% of 11198 images/s (compute-bound)"
+    assert rows["baseline, share of the bf16 ceiling / roofline"] == "3% / 3%"
 
 
 def test_bench_gpu_table_reports_the_demo_breakdown_the_queue_and_torch_compile() -> None:
