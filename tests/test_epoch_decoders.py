@@ -1,11 +1,14 @@
 """The epoch on screen is the model used: every epoch keeps its decoder, and a latent click on epoch 1 of a run
-that kept only its last checkpoint decodes epoch 1's own code with epoch 1's decoder."""
+that kept only its last checkpoint decodes epoch 1's own code with epoch 1's decoder: in the page's helper, and in
+a real Chromium, where the animation's slider is moved to epoch 1 and a dot clicked."""
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from cvae.artifacts import DECODER_FILE, load_decoder
 from cvae.errors import CheckpointError
 from cvae.generate import load_run
 from cvae.runs import RunDir
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def _open(root: Path, run_id: str):
@@ -39,10 +44,70 @@ def test_a_click_on_epoch_one_decodes_with_epoch_ones_decoder(tiny_run: Path, tm
     old = load_run(run_dir.latest_checkpoint).model
     old.decoder.load_state_dict(load_decoder(run_dir.artifact(1, DECODER_FILE), old))
     assert torch.allclose(recon, old.generate(code, label), atol=1e-6)  # epoch 1's code, epoch 1's decoder
+    assert (recon - latest.generate(code, label)).abs().max() > 1e-2  # the latest decoder draws that code otherwise
     by_latest = latest.generate(latest.encode(image, label).mu, label)
     assert (recon - by_latest).abs().max() > 1e-3  # what the latest model would have drawn is another picture
     _, now, epoch = reconstruction(run, 3, epoch=2)
     assert epoch == 2 and torch.allclose(now, by_latest, atol=2e-3)  # half precision: well under a grey level
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.int16)
+
+
+@pytest.mark.e2e
+def test_a_dot_clicked_on_epoch_one_in_chromium_is_drawn_by_epoch_ones_model(
+    tiny_run: Path, tmp_path: Path, app_server
+) -> None:
+    """The Latent space page at 1280x720: the animation's slider moved to epoch 1 with the mouse, a dot clicked.
+    The picture shown is that image's epoch-1 code decoded by epoch 1's decoder, to a grey level; the latest
+    model, or its decoder on the same code, draws it several grey levels apart, so the test fails if either is
+    used."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}")
+    from ui.models import upscale
+
+    shutil.copytree(tiny_run, tmp_path / "runs" / "tiny")
+    run_dir = RunDir(tmp_path / "runs" / "tiny")
+    with app_server(tmp_path) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                                   "--disable-background-networking"])  # fmt: skip
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(f"{url}/latent?run=tiny")
+        plot = page.locator(".js-plotly-plot").first
+        plot.locator(".slider-tick-rect").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)
+        tick, rail = plot.locator(".slider-tick-rect").first.bounding_box(), plot.locator(
+            ".slider-rail-touch-rect").bounding_box()  # fmt: skip
+        page.mouse.click(tick["x"] + tick["width"] / 2, rail["y"] + rail["height"] / 2)  # the slider's first step
+        plot.locator(".slider-container text", has_text="epoch 1").first.wait_for(timeout=10_000)
+        page.wait_for_timeout(500)
+        dot = plot.locator(".scatterlayer .trace").nth(1).locator("path.point").first.bounding_box()  # drawn at epoch 1
+        page.mouse.click(dot["x"] + dot["width"] / 2, dot["y"] + dot["height"] / 2)
+        page.get_by_text("reconstructed, epoch 1").wait_for(timeout=60_000)
+        index = int(page.get_by_text("· class").first.inner_text().split("#")[1].split()[0])  # "#17 · class 1"
+        src = page.locator('[data-testid="stImage"] img').nth(1).get_attribute("src")
+        shown = _pixels(page.request.get(urljoin(page.url, src)).body())
+        browser.close()
+    from ui.pick import reconstruction
+
+    latest = load_run(run_dir.latest_checkpoint).model
+    old = load_run(run_dir.latest_checkpoint).model
+    old.decoder.load_state_dict(load_decoder(run_dir.artifact(1, DECODER_FILE), old))
+    code = torch.from_numpy(np.load(run_dir.artifact(1, "latent.npy"))[index : index + 1])
+    label = torch.tensor([int(np.load(run_dir.artifacts / "latent_labels.npy")[index])])
+    with torch.no_grad():
+        drawn = {
+            "epoch 1": old.generate(code, label),
+            "latest decoder": latest.generate(code, label),
+            "latest model": reconstruction(_open(tmp_path / "runs", "tiny"), index)[1],  # encoded and decoded anew
+        }
+    scale = next(s for s in range(1, 16) if _pixels(upscale(drawn["epoch 1"], 1, s)).shape == shown.shape)
+    apart = {what: int(np.abs(_pixels(upscale(x, 1, scale)) - shown).max()) for what, x in drawn.items()}
+    assert apart["epoch 1"] <= 1 and min(apart["latest decoder"], apart["latest model"]) >= 4, apart
 
 
 def test_half_precision_decoders_draw_what_full_precision_does(tiny_run: Path) -> None:
