@@ -127,7 +127,9 @@ class MetricLog:
 
 
 def portable_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer state_dict as an eager run saves it: float learning rates, capturable off.
+    """An optimizer state_dict as an eager run saves it: float learning rates, capturable off, and the
+    parameters' states in their order (a step that updates some parameters apart, as cvae.runtime.HalfWeights
+    does, starts their states after the others').
 
     So a checkpoint from a graph run resumes anywhere (a CPU, or `--cuda-graph off`).
     """
@@ -139,7 +141,7 @@ def portable_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
         if "capturable" in group:
             group["capturable"] = False
         groups.append(group)
-    return {**state, "param_groups": groups}
+    return {**state, "state": dict(sorted(state["state"].items())), "param_groups": groups}
 
 
 def portable_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -93,8 +93,10 @@ def test_a_run_is_pending_then_runs_then_is_cancelled_keeping_its_epoch_and_resu
     second = jobs.start(on_cluster, {**SMALL, "epochs": 1}, run_id="second")
     assert first.read_status()["backend"] == "slurm" and slurm.is_job_id(first.read_status()["job_id"])
 
-    running = wait_for(first, lambda s: s.get("state") == "running" and (s.get("epoch") or 0) >= 1, 120,
-                       "the first run's first epoch")  # fmt: skip
+    # The first epoch's files: its metrics line lands from the trainer's writer thread while epoch 2 trains (the
+    # status's epoch counter can be ahead of it for a moment).
+    running = wait_for(first, lambda s: s.get("state") == "running" and (s.get("epoch") or 0) >= 1
+                       and len(first.read_metrics()) >= 1, 120, "the first run's first epoch")  # fmt: skip
     assert running["cluster"].startswith("running on ")
     pending = second.read_status()
     assert pending["state"] == "queued" and pending["cluster"].startswith("pending on the cluster"), pending
