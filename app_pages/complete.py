@@ -35,7 +35,7 @@ run = ready[top[0].selectbox("Completion model", range(len(ready)), format_func=
                              index=ids.index(wanted) if wanted in ids else 0, key="complete_run")]  # fmt: skip
 try:
     net = comp.models(run)
-    images, labels = comp.digits()
+    images, labels = comp.digits(grey=run.config is not None and run.config.data.binarize == "none")
 except CVAEError as err:
     st.error(f"Cannot load this model or the test digits: {err}")
     st.stop()

@@ -73,14 +73,17 @@ def centre_digit(ink: np.ndarray, size: tuple[int, int] = (28, 28), *, threshold
 
 def model_input(model: CVAE, image: np.ndarray) -> torch.Tensor:
     """A grey (H, W) image as the model's input (1, H, W): binarized (pixel >= 0.5 -> 1) for a Bernoulli
-    decoder, whose training images were binarized; as it is for a Gaussian one."""
+    decoder whose training images were binarized; as it is for a Gaussian one, or one trained on grey images
+    (`--binarize none`, which the model's run config says when it was loaded from a run)."""
     c = model.config
     if c.channels != 1:
         raise CVAEError(f"a drawing is one grey image; this model takes {c.channels} channels")
     x = torch.from_numpy(_check(image))
     if tuple(x.shape) != (c.height, c.width):
         raise CVAEError(f"the model takes {c.height}x{c.width} images, got {tuple(x.shape)}")
-    if c.likelihood == "bernoulli":
+    run_config = getattr(model, "run_config", None)
+    grey = run_config is not None and run_config.data.binarize == "none"
+    if c.likelihood == "bernoulli" and not grey:
         x = (x >= 0.5).float()
     return x[None]
 

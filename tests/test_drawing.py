@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,9 @@ def test_model_input_binarizes_for_a_bernoulli_model(tiny_run: Path) -> None:
     assert torch.equal(x[0], torch.from_numpy(grey >= 0.5).float())  # the reference's rule, as in training
     with pytest.raises(CVAEError, match="28x28"):
         model_input(model, np.zeros((20, 20)))
+    # a completion model trained on grey digits (Pyro's protocol) reads the drawing's grey levels as they are
+    model.run_config = replace(model.run_config, data=replace(model.run_config.data, binarize="none"))
+    assert torch.equal(model_input(model, grey)[0], torch.from_numpy(grey))
 
 
 @pytest.fixture(scope="module")

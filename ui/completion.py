@@ -46,10 +46,11 @@ def models(run: Run) -> CVAE:
     return cached_model(str(path), stamp(path))[0]
 
 
-@st.cache_resource(max_entries=1, show_spinner="Loading the test digits…")
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """The binarized MNIST test digits and their labels (read once per server), as completion runs see them."""
-    data = load_data(DataConfig(dataset="MNIST", binarize="static", train_subset=1))
+@st.cache_resource(max_entries=2, show_spinner="Loading the test digits…")
+def digits(grey: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MNIST test digits and their labels (read once per server), as completion runs see them: binarized,
+    or grey for a run trained on grey digits (`--binarize none`)."""
+    data = load_data(DataConfig(dataset="MNIST", binarize="none" if grey else "static", train_subset=1))
     return data.test_x, data.test_y
 
 
