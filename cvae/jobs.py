@@ -659,6 +659,9 @@ def waiting_runs(root: Path, pool: str | None = None) -> list[RunDir]:
 
 
 STARTUP_S = 5.0  # a trainer's start before its first batch (imports, data): added to a queued run's duration
+# A run's pace in its first epoch is trusted once it has trained this share of the epoch's batches: the first
+# batches carry the start-up (allocations, caches), so from one batch a 2-minute quick demo read as an hour.
+FIRST_EPOCH_SHARE = 0.05
 
 
 def _number(value: Any) -> float | None:
@@ -667,7 +670,8 @@ def _number(value: Any) -> float | None:
 
 def remaining_seconds(run: RunDir) -> float | None:
     """How long a training run still takes, from its own measured speed: its finished epochs' mean duration
-    (or, in its first epoch, the time the batches so far took), times what is left; None before it is known."""
+    (or, in its first epoch, the time the batches so far took, once they are FIRST_EPOCH_SHARE of it), times
+    what is left; None before it is known."""
     status = run.read_status()
     epoch, epochs = _number(status.get("epoch")) or 0.0, _number(status.get("epochs"))
     batch, batches = _number(status.get("batch")) or 0.0, _number(status.get("batches"))
@@ -677,7 +681,7 @@ def remaining_seconds(run: RunDir) -> float | None:
     started = _number(status.get("epoch_started"))
     if seconds:
         per_epoch = sum(seconds) / len(seconds)
-    elif started and batches and batch >= 1:
+    elif started and batches and batch >= max(1.0, FIRST_EPOCH_SHARE * batches):
         per_epoch = (time.time() - started) / (batch / batches)
     else:
         return None

@@ -289,6 +289,12 @@ def test_a_queued_run_is_told_when_it_starts_from_the_measured_pace(tmp_path: Pa
     assert jobs.estimated_start(tmp_path, second, 1) == pytest.approx(20.0 + jobs.STARTUP_S + 30.0)
     assert jobs.estimated_start(tmp_path, first, 2) == pytest.approx(0.0)  # a second slot is free: at once
     assert jobs.estimated_start(tmp_path, second, 2) == pytest.approx(20.0)  # then the training one's
+    ahead = RunDir(tmp_path / "training")  # now in its first epoch, 3 s in: its pace is trusted after 5 % of it
+    ahead.metrics_path.unlink()
+    ahead.write_status(epoch=0, batch=1, batches=938, epoch_started=time.time() - 3.0)
+    assert jobs.estimated_start(tmp_path, first, 1) is None  # not an epoch of 938 x 3 s from its first batch
+    ahead.write_status(batch=100)
+    assert jobs.estimated_start(tmp_path, first, 1) == pytest.approx(3.0 * (3 * 938 - 100) / 100, rel=0.05)
     (tmp_path / "done-1" / "launch.json").write_text("[")  # broken launch files: those runs do not count
     (tmp_path / "done-2" / "launch.json").write_text("{" * 10_000)
     assert jobs.estimated_start(tmp_path, second, 1) is None  # nothing measured for these flags: no made-up time
