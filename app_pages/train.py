@@ -4,7 +4,7 @@ import streamlit as st
 
 from cvae.errors import CVAEError
 from cvae.names import write_meta
-from ui.auth import current_user
+from ui.auth import can_manage, current_user
 from ui.bounds import bounds_section
 from ui.controls import run_controls
 from ui.live import live_panel
@@ -52,19 +52,23 @@ if run is not None:
         run_controls(run)
     live_panel(run)
     bounds_section(run)  # a run that has ended: its bounds on -log p(x | y) and their gaps
-    with st.expander("Name and note", icon=":material/edit:"):
-        with st.form("run_meta", border=False):
-            name = st.text_input("Name (shown in the run picker and in comparisons)", names["name"], max_chars=80)
-            note = st.text_area("Note", names["note"], max_chars=2000, height=80)
-            if st.form_submit_button("Save"):
-                try:
-                    write_meta(run.dir.path, name=name, note=note, user=current_user())
-                except (CVAEError, OSError) as err:
-                    st.error(f"Could not save the name: {err}")
-                else:
-                    st.rerun()
-        if names["note"]:
-            st.markdown(names["note"])
+    editable = can_manage(run)  # a classmate's or the lecturer's run: its note to read, no form to be refused
+    if editable or names["note"]:
+        with st.expander("Name and note" if editable else "Note", icon=":material/edit:"):
+            if editable:
+                with st.form("run_meta", border=False):
+                    name = st.text_input("Name (shown in the run picker and in comparisons)", names["name"],
+                                         max_chars=80)  # fmt: skip
+                    note = st.text_area("Note", names["note"], max_chars=2000, height=80)
+                    if st.form_submit_button("Save"):
+                        try:
+                            write_meta(run.dir.path, name=name, note=note, user=current_user())
+                        except (CVAEError, OSError) as err:
+                            st.error(f"Could not save the name: {err}")
+                        else:
+                            st.rerun()
+            if names["note"]:
+                st.markdown(names["note"])
     with st.expander("Fork as a twin", icon=":material/call_split:"):
         fork_control(run)
     with st.expander("All runs"):

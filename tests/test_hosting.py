@@ -215,6 +215,7 @@ def test_accounts_sign_in_roles_and_owners(root: Path, tiny_run: Path) -> None:
     at = _app("alices", accounts=True)
     _sign_in(at, "bob", "bobs-own-pw")
     assert not {"resume", "delete", "stop"} & _keys(at) and "Started by **alice**" in _text(at)
+    assert not [box for box in at.text_input if box.label.startswith("Name")]  # no rename form to be refused
     assert " · alice · " in at.sidebar.selectbox(key="run").format_func("alices")  # the picker says whose run
     with pytest.raises(classroom.NotAllowed, match="alice's run"):
         jobs.delete(RunDir(root / "alices"), User("bob"))  # the library refuses, not only the page
@@ -226,6 +227,7 @@ def test_accounts_sign_in_roles_and_owners(root: Path, tiny_run: Path) -> None:
     at.text_input(key="new_password_again").input("lecturer-pw")
     at.button[0].click().run()
     assert {"resume", "delete", "pin"} <= _keys(at)
+    assert [box for box in at.text_input if box.label.startswith("Name")]  # the lecturer renames anyone's run
     at.switch_page("app_pages/train.py").run()
     at.sidebar.selectbox(key="run").select("profs").run()
     at.button(key="pin").click().run()
