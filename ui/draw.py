@@ -59,5 +59,5 @@ def latent_figure(run: Run, mu: np.ndarray, label: int | None, names: list[str])
         span = (hi - lo) * 0.06
         axis.range = [min(lo, value - span), max(hi, value + span)]
     fig.update_layout(title=dict(text=note, font=dict(size=14)), margin=dict(l=10, r=10, t=30 if note else 10, b=10),
-                      legend=dict(title=None, font=dict(size=14), itemwidth=30, x=1.0, y=1))  # fmt: skip
+                      legend=dict(title=None, font=plots.FONT, itemwidth=30, x=1.0, y=1))  # fmt: skip
     return fig
