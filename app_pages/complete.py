@@ -31,7 +31,7 @@ if not ready:
 wanted = st.session_state.get("current_run")
 ids = [r.id for r in ready]
 top = st.columns([2.6, 1.6, 1.3, 1.1, 1.6], vertical_alignment="bottom")
-run = ready[top[0].selectbox("Completion model", range(len(ready)), format_func=lambda i: ready[i].label,
+run = ready[top[0].selectbox("Completion model", range(len(ready)), format_func=lambda i: comp.picker_label(ready[i]),
                              index=ids.index(wanted) if wanted in ids else 0, key="complete_run")]  # fmt: skip
 try:
     net = comp.models(run)

@@ -286,7 +286,7 @@ def test_complete_page(runs: Path) -> None:
 
     at = open_page("app_pages/complete.py", "completion")
     picker = at.selectbox(key="complete_run")  # the picked run, of the two completion runs (newest first)
-    assert "from 1 quadrant(s)" in picker.options[picker.value] and len(picker.options) == 2
+    assert picker.options[picker.value].startswith("1 quadrant · z=") and len(picker.options) == 2
     assert at.segmented_control(key="complete_k").options == ["1"]  # trained for 1 quadrant: only 1 offered
     shown = images(at)
     assert len(shown) == 4  # baseline, spread, the samples' grid, the latent walk (the given part is the canvas)

@@ -18,6 +18,7 @@ from cvae.model import CVAE
 from ui.live import POLL_S, status_line
 from ui.models import cached_model, upscale
 from ui.runs import Run, open_run, open_runs, runs_root, stamp
+from ui.sidebar import meta
 from ui.train_form import launch
 
 # The page's preset: the paper's 1-quadrant model, one epoch (docs/completion.md: distinct completions already).
@@ -29,6 +30,17 @@ def completion_runs(root: Path) -> list[Run]:
     """Runs with condition quadrants, newest first: by their config.json, or by the flags the app queued them with."""
     return [run for run in open_runs(root) if run.completion or run.raw_config is None and
             jobs.launch_options(run.dir).get("condition") == "quadrants"]  # fmt: skip
+
+
+def picker_label(run: Run) -> str:
+    """A completion run in the page's picker, what tells runs apart first, short enough for the box at 1280 px:
+    'alice · 1 quadrant · z=32 · 1/1 epochs' (whose where sign-in is on, and the name a person gave it). Every
+    such run completes MNIST digits, which the page says already."""
+    given = f"{run.quadrants} quadrant{'s' * (run.quadrants != 1)}" if run.quadrants else "1-3 quadrants"
+    z = ((run.raw_config or {}).get("model") or {}).get("latent_dim")
+    epochs = f"{run.status.get('epoch') or 0}/{run.status.get('epochs') or '?'} epochs"
+    name = meta(run.dir.path)["name"]
+    return " · ".join(part for part in (run.owner, given, f"z={z}", epochs, name) if part)
 
 
 def start_preset() -> None:
