@@ -131,15 +131,17 @@ def reference_parameters() -> int:
 # Bytes a training step must move per parameter, at the least, for the way our loop trains on a CPU with bf16
 # (cvae.runtime.HalfWeights): Adam reads the fp32 weight, both moments and the bf16 gradient and writes the
 # weight, the moments and its bf16 copy (4 + 4 + 4 + 2 + 4 + 4 + 4 + 2 = 28), the forward and backward passes
-# read the bf16 weight twice (4) and the backward writes its gradient (2). A model of 15 M parameters whose
-# weights cannot stay in cache moves 0.5 GB a step whatever its batch: the memory's own ceiling on its speed.
+# read the bf16 weight twice (4) and the backward writes its gradient (2). A model of 15 M parameters moves
+# 0.5 GB a step whatever its batch: at the speed a pass over its state runs, a bound on the step as firm as
+# the matrix units' (the roofline).
 STEP_BYTES_PER_PARAMETER = 34
 
 
-def measure_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+def measure_ceiling(n: int = 2048, repeats: int = 5, elements: int | None = None) -> dict[str, float]:
     """Best-of-`repeats` matmul throughput, GFLOP/s, fp32 and bf16 (what the cores can do at best), and the
-    memory's bandwidth, GB/s: a + b into c over 256 MB arrays, far larger than any cache (what a pass over a
-    model's weights and optimiser state can do at best)."""
+    memory's bandwidth, GB/s: a + b into c, fp32 arrays of `elements` (the model's parameter count, so the three
+    are the size of the weights and Adam's moments: what a pass over the model's state can do at best on this
+    machine, from whichever of its caches and memory holds that much)."""
     import torch
 
     from cvae.runtime import set_threads
@@ -156,7 +158,7 @@ def measure_ceiling(n: int = 2048, repeats: int = 5) -> dict[str, float]:
                 a @ b
             best = min(best, (time.perf_counter() - t) / 3)
         out[f"{name}_gflops"] = 2 * n**3 / best / 1e9
-    a, b, c = (torch.ones(1 << 26) for _ in range(3))  # written once: their pages are mapped before timing
+    a, b, c = (torch.ones(elements or reference_parameters()) for _ in range(3))  # pages mapped before timing
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
@@ -585,7 +587,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "demo":
         return run_demo(spec["latent_dim"])
     if kind == "ceiling":
-        return measure_ceiling()
+        return measure_ceiling(elements=spec.get("elements"))
     if kind == "baseline_cuda":
         return run_baseline_cuda()
     if kind == "ours_cuda":
@@ -621,12 +623,12 @@ def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> 
         "batch_size": BATCH, "learning_rate": LEARNING_RATE, "seed": SEED, "arch": "conv (the reference's)",
         "batches_timed": batches, "warmup_batches": warmup, "rounds": rounds,
     }}  # fmt: skip
+    report["parameters"] = reference_parameters()
     if "ceiling" in parts:
-        _log("ceiling: matmul GFLOP/s ...")
-        report["ceiling"] = spawn({"kind": "ceiling"})
+        _log("ceiling: matmul GFLOP/s and the memory's GB/s ...")
+        report["ceiling"] = spawn({"kind": "ceiling", "elements": report["parameters"]})
     if "speed" in parts or "epoch" in parts:
         report["flops_per_image"] = flops_per_image()
-        report["parameters"] = reference_parameters()
     if "speed" in parts:
         base, ours = [], []
         for r in range(rounds):
@@ -815,7 +817,7 @@ def format_table(report: dict[str, Any]) -> str:
         c = report["ceiling"]
         rows.append(("matmul ceiling fp32 / bf16", f"{c['fp32_gflops']:.0f} / {c['bf16_gflops']:.0f} GFLOP/s"))
         if "memory_gbps" in c:
-            rows.append(("memory bandwidth (a + b into c)", f"{c['memory_gbps']:.1f} GB/s"))
+            rows.append(("memory bandwidth (a + b into c)", f"{c['memory_gbps']:.1f} GB/s over the model's size"))
     if "flops_per_image" in report:
         rows.append(("model FLOPs per image (fwd + bwd)", f"{report['flops_per_image'] / 1e6:.1f} MFLOP"))
     if "speed" in report:

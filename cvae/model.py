@@ -30,7 +30,7 @@ Architectures, both built from a `ModelConfig` alone:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -124,16 +124,30 @@ def _conv_out(n: int) -> int:
     return (n + 2 * 1 - 4) // 2 + 1  # 4x4 kernel, stride 2, padding 1
 
 
-class FlatLeakyReLU(nn.LeakyReLU):
-    """LeakyReLU on a contiguous (N, C, H, W) copy of its input: the activation that comes before Flatten.
+class _ToNCHW(torch.autograd.Function):
+    """x.contiguous() whose backward hands the gradient back in x's own layout (channels_last, on a CPU)."""
 
-    On a CPU the convolutions run channels_last, and Flatten needs (N, C, H, W) order. Copying after the
-    activation (as Flatten would) hands the activation's backward a channels_last input and a contiguous
-    gradient, a mix of layouts that PyTorch walks element by element, about twenty times slower than the
-    copy made here. The same values either way; no parameters, so checkpoints do not change."""
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.channels_last = (
+            x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        )
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad
+
+
+class NCHWFlatten(nn.Flatten):
+    """Flatten for the conv encoder: on a CPU the convolutions run channels_last, while the linear layer after
+    them reads (N, C, H, W) order. A plain Flatten copies in the forward pass but hands its gradient back
+    contiguous, so the activation and batch norm before it walk a channels_last input beside a contiguous
+    gradient, element by element, several times slower than the one copy back that is made here. The same
+    values either way; no parameters, so checkpoints do not change."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.contiguous())
+        return super().forward(_ToNCHW.apply(x))
 
 
 class ConvEncoder(nn.Module):
@@ -145,9 +159,9 @@ class ConvEncoder(nn.Module):
             layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1))
             if i > 0:
                 layers.append(nn.BatchNorm2d(c_out))
-            layers.append(FlatLeakyReLU(0.2) if i == len(config.enc_channels) - 1 else nn.LeakyReLU(0.2))
+            layers.append(nn.LeakyReLU(0.2))
             c_in, h, w = c_out, _conv_out(h), _conv_out(w)
-        layers.append(nn.Flatten())
+        layers.append(NCHWFlatten())
         features = c_in * h * w
         for width in config.enc_hidden:
             layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.LeakyReLU(0.2)]
