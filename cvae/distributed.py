@@ -69,6 +69,13 @@ def process_group(ranks: Ranks) -> Iterator[None]:
     _join(ranks)
     try:
         yield
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    # The ranks leave together: a rank that tears its sockets down while another is still in gloo's last
+    # exchange can make that one's transport fail (an abort, not an exception) after the run is written.
+    try:
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

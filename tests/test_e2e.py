@@ -154,7 +154,8 @@ def test_app_in_a_browser(server, tmp_path: Path, watch_outside) -> None:
         _shot(page, shots, "train_live")
         # the reference conv net on one thread: about two minutes on a slow 2-core machine, more when it is busy
         page.get_by_text("Finished: 4 epochs").wait_for(timeout=400_000)
-        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 3", timeout=20_000)
+        # the latent scatter, the batch loss, the per-epoch curves and the ELBO's ledger
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length == 4", timeout=20_000)
         page.get_by_text("refined for each test image by 5 gradient steps").wait_for(timeout=20_000)
         _on_first_screen(page.get_by_text("Their reconstructions after epoch 4").first, "the last reconstructions")
         _shot(page, shots, "train")
