@@ -206,10 +206,11 @@ def train_nice() -> int:
 STEP_BACK_NICE = 19  # a trainer's priority once its first pictures are out: the newer runs' first pictures first
 
 
-def lower_priority(nice: int) -> None:
-    """Every thread of this process at CPU priority `nice` (or lower, never higher). Linux keeps a nice value
-    per thread, and torch's worker threads are already running: each is reniced, and threads started later
-    inherit the main thread's."""
+def lower_priority(nice: int, idle: bool = False) -> None:
+    """Every thread of this process at CPU priority `nice` (or lower, never higher), and with `idle` in Linux's
+    SCHED_IDLE class: it runs only when nothing else on the machine wants the core. Linux keeps both per
+    thread, and torch's worker threads are already running: each is changed, and threads started later inherit
+    the main thread's. Neither can be undone without privileges."""
     try:
         threads = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:  # no /proc (macOS): the priority is the process's own
@@ -218,19 +219,22 @@ def lower_priority(nice: int) -> None:
         with contextlib.suppress(OSError):  # a thread that has just ended
             if os.getpriority(os.PRIO_PROCESS, tid) < nice:
                 os.setpriority(os.PRIO_PROCESS, tid, nice)
+            if idle and hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
 
 
 def step_back_after_first_pictures(run: RunDir, nice: int = STEP_BACK_NICE, poll_s: float = 0.25) -> threading.Thread:
     """Watch this process's run: once its first live pictures are written (status.json's first_pictures_at),
-    lower the whole process to `nice`. A class clicks Quick demo within seconds, so the runs time-share the
-    cores; a run that has shown its student a model steps back, and the cores go first to the runs whose
-    students still see nothing. Then they all share alike again, behind the app's pages."""
+    lower the whole process to `nice`, in the SCHED_IDLE class. A class clicks Quick demo within seconds, so
+    the runs time-share the cores; a run that has shown its student a model steps back, and the cores go first
+    to the runs whose students still see nothing, and to anything interactive on the machine (the app's pages,
+    a browser where the server is a laptop). Then the runs share alike among themselves what is left."""
 
     def watch() -> None:
         while True:
             status = read_json(run.status_path) or {}  # as written: this very process is the trainer
             if status.get("first_pictures_at") is not None:
-                lower_priority(nice)
+                lower_priority(nice, idle=True)
                 return
             if status.get("state") not in ("starting", "running", None):
                 return

@@ -309,11 +309,12 @@ start = os.getpriority(os.PRIO_PROCESS, 0)  # pytest itself may run niced
 os.nice(1)
 run = RunDir(Path(sys.argv[1]))
 run.write_status(state="running")
-worker_nice = []
+worker_nice, worker_policy = [], []
 go = threading.Event()
 def worker():  # a thread that was running before, as torch's workers are
     go.wait()
     worker_nice.append(os.getpriority(os.PRIO_PROCESS, 0))
+    worker_policy.append(os.sched_getscheduler(0))
 t = threading.Thread(target=worker); t.start()
 watch = step_back_after_first_pictures(run, nice=max(start + 2, 19), poll_s=0.05)
 time.sleep(0.3)
@@ -321,19 +322,22 @@ before = os.getpriority(os.PRIO_PROCESS, 0)
 run.write_status(first_pictures_at=time.time())
 watch.join(10)
 go.set(); t.join()
-print(start, before, os.getpriority(os.PRIO_PROCESS, 0), worker_nice[0])
+print(start, before, os.getpriority(os.PRIO_PROCESS, 0), worker_nice[0],
+      int(os.sched_getscheduler(0) == os.SCHED_IDLE) + int(worker_policy[0] == os.SCHED_IDLE))
 """
 
 
 def test_a_run_steps_back_once_its_first_pictures_are_out(tmp_path: Path) -> None:
     """A class's runs time-share the cores: a trainer that has shown its first pictures lowers every one of its
-    threads (the main one and those already running) so that runs still without pictures go first."""
+    threads (the main one and those already running) so that runs still without pictures, and the pages, go
+    first."""
     run = tmp_path / "run"
     run.mkdir()
     out = subprocess.run([sys.executable, "-c", STEP_BACK, str(run)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    start, before, main_after, worker_after = map(int, out.stdout.split())
+    start, before, main_after, worker_after, idle = map(int, out.stdout.split())
     assert start < 18 and before == start + 1 and main_after == worker_after == 19
+    assert idle == 2  # both threads in SCHED_IDLE: they run when nothing else wants the core
 
 
 def test_a_run_that_ends_without_pictures_stops_watching(tmp_path: Path) -> None:
