@@ -57,8 +57,10 @@ def _sign_in(page, name: str, password: str) -> None:
 
 
 def _buttons(page) -> set[str]:
-    """The labels of the page's buttons (without their icons' names), once the page has settled."""
+    """The labels of the Train page's buttons (without their icons' names), once the page has settled: on a busy
+    machine its main part may still be drawing after the sidebar is."""
     page.get_by_text("Runs folder").wait_for(timeout=60_000)
+    page.locator("main").get_by_role("button", name="Quick demo").wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
     return set(page.evaluate(
         "() => [...document.querySelectorAll('main button')].map(b => { const c = b.cloneNode(true);"
@@ -212,6 +214,7 @@ def test_single_sign_on_in_the_browser(tmp_path: Path, app_server, free_port, mo
                 shared = alice.new_page()
                 shared.goto(f"{url}/?run=alices")
                 _signed_in_as(shared, "alice@uni.example")
+                shared.locator("main").get_by_role("button", name="Stop").wait_for(timeout=60_000)  # her own run
                 assert "Stop" in _buttons(shared)
 
                 # a made-up Streamlit identity cookie or header does not sign anyone in
