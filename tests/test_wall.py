@@ -16,6 +16,8 @@ from cvae import classroom
 from cvae.classroom import User
 from cvae.names import write_meta
 from cvae.runs import RunDir, write_json
+from ui.runs import open_runs
+from ui.wall import since
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
@@ -128,3 +130,18 @@ def test_what_sets_each_run_apart_from_most() -> None:
     assert usual == ["z=2", "KL weight β=1"]  # the most common value of each setting that differs (threads: not one)
     assert own == ["", "", "z=10", "KL weight β=4", "z=10 · KL weight β=4"]
     assert apart_from_most([config(2)]) == ([], [""]) and apart_from_most([]) == ([], [])
+
+
+def test_an_evening_lectures_runs_stay_on_the_wall_past_midnight(wall: Path) -> None:
+    """The wall's first span ends now, not at midnight: runs started at 23:50 still show at 00:10."""
+    runs = sorted((r for r in open_runs(wall) if r.id.startswith("run")), key=lambda r: r.id)
+    midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+    for k, run in enumerate(runs):
+        config = json.loads(run.dir.config_path.read_text())
+        config["created"] = midnight - 600 if k < 5 else midnight - 30 * 3600
+        run.dir.config_path.write_text(json.dumps(config))
+    fresh = sorted((r for r in open_runs(wall) if r.id.startswith("run")), key=lambda r: r.id)
+    shown = since(fresh, "today", now=midnight + 600)
+    assert sorted(r.id for r in shown) == sorted(r.id for r in fresh[:5])
+    assert [r.id for r in since(fresh, "lecture", now=midnight + 600)] == [r.id for r in shown]
+    assert len(since(fresh, "all", now=midnight + 600)) == 14

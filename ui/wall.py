@@ -27,7 +27,7 @@ from ui.sidebar import display_name
 
 CROP = (4, 3)  # columns and rows of the reconstruction grid shown on a card: digits at their own size
 STATE_INK = {"gray": "#4a4d5a", "blue": "#1b5fb4", "orange": "#a45200", "green": "#1d7a35", "red": "#b3261e"}
-SINCE = {"lecture": "last 3 hours", "today": "today", "all": "all runs"}
+SINCE = {"lecture": "last 3 hours", "today": "last 24 hours", "all": "all runs"}
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,11 @@ def started_at(run: Run) -> float:
 
 
 def since(runs: list[Run], choice: str, now: float | None = None) -> list[Run]:
-    """The runs started in the chosen span: the last 3 hours (a lecture), today (since local midnight) or all."""
+    """The runs started in the chosen span: the last 3 hours (a lecture), the last 24 hours or all. Spans end now
+    rather than at midnight, so an evening lecture's runs stay on its wall past twelve."""
     now = time.time() if now is None else now
-    if choice == "lecture":
-        return [r for r in runs if started_at(r) >= now - 3 * 3600]
-    if choice == "today":
-        midnight = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
-        return [r for r in runs if started_at(r) >= midnight]
-    return runs
+    hours = {"lecture": 3, "today": 24}.get(choice)
+    return runs if hours is None else [r for r in runs if started_at(r) >= now - hours * 3600]
 
 
 def cards(runs: list[Run], owners: bool) -> tuple[list[Card], list[str]]:
