@@ -4,8 +4,8 @@
     cvae evaluate RUN --bounds --test-subset 1000   # more images: tighter error bars, longer
 
 On one set of test images, nats per image (for a digit-completion run, -log p(y | x) of the hidden pixels),
-each a mean over the images with its standard error, every figure from `cvae.evaluate`'s own estimators
-under one seed:
+each a mean over the images with its standard error, every figure from `cvae.estimators`' per-image
+estimators (the ones `cvae evaluate` reports) under one seed:
 
 - `nelbo_encoder`: -ELBO with the encoder's q (GAP_SAMPLES draws of z per image, the KL analytic);
   `nelbo` the same with one z per image, the training metric's estimator;
@@ -48,7 +48,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cvae.errors import ConfigError, CVAEError
+from cvae.estimators import (
+    DEFAULT_GAP_STEPS,
+    EVAL_SEED,
+    MAX_IW_SAMPLES,
+    MAX_ROWS,
+    counts_of,
+    elbo_per_image,
+    inference_gap_per_image,
+    iwae_per_image,
+)
+from cvae.likelihoods import mean_se
 from cvae.runs import (
     RunDir,
     available_cores,
@@ -198,20 +211,6 @@ def measure_bounds(
     `amortization_gap`. A random-count completion model is measured with 1, 2 and 3 quadrants given, each
     image's figures averaged over the three. `progress(stage, share done)` is told as the work goes.
     """
-    import torch
-
-    from cvae.evaluate import (
-        DEFAULT_GAP_STEPS,
-        EVAL_SEED,
-        MAX_IW_SAMPLES,
-        MAX_ROWS,
-        counts_of,
-        elbo_per_image,
-        inference_gap_per_image,
-        iwae_per_image,
-    )
-    from cvae.likelihoods import mean_se
-
     gap_steps = DEFAULT_GAP_STEPS if gap_steps is None else gap_steps
     seed, max_rows = EVAL_SEED if seed is None else seed, MAX_ROWS if max_rows is None else max_rows
     if not 1 <= k <= MAX_IW_SAMPLES:
@@ -440,7 +439,6 @@ def measure_checkpoint(
     from dataclasses import replace
 
     from cvae.data import load_data
-    from cvae.evaluate import MAX_IW_SAMPLES
     from cvae.generate import load_run
     from cvae.runtime import select_device
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cvae.errors import CVAEError
-from cvae.evaluate import elbo_per_image
+from cvae.estimators import elbo_per_image
 from cvae.model import CVAE
 
 MNIST_BOX = 20 / 28  # the share of the field that a digit's longer side fills

@@ -43,7 +43,8 @@ import numpy as np
 from cvae import figures
 from cvae.data import load_data
 from cvae.errors import CVAEError
-from cvae.evaluate import DEFAULT_IW_SAMPLES, evaluate_checkpoint
+from cvae.estimators import DEFAULT_IW_SAMPLES
+from cvae.evaluate import evaluate_checkpoint
 from cvae.generate import load_model
 from cvae.runs import RunDir, clean_json, read_json
 from cvae.runtime import machine_info

@@ -22,7 +22,8 @@ from cvae import bounds
 from cvae.bounds import Bounds, Figure, bounds_of, measure_bounds, measure_checkpoint, read_bounds, read_status
 from cvae.classroom import NotAllowed, User
 from cvae.errors import ConfigError
-from cvae.evaluate import cli, evaluate_checkpoint, iwae_per_image
+from cvae.estimators import iwae_per_image
+from cvae.evaluate import cli, evaluate_checkpoint
 from cvae.runs import RunDir, process_identity, write_json
 from cvae.train import main as train
 

@@ -19,7 +19,8 @@ from cvae.checkpoints import load_checkpoint, save_checkpoint, validate_checkpoi
 from cvae.config import DataConfig, ModelConfig, RunConfig
 from cvae.data import load_data
 from cvae.errors import CheckpointError, ConfigError, CVAEError
-from cvae.evaluate import EVAL_SEED, PYRO_PARTICLES, elbo_per_image, entropy_floor, evaluate_checkpoint, iwae_per_image
+from cvae.estimators import EVAL_SEED, elbo_per_image, iwae_per_image
+from cvae.evaluate import PYRO_PARTICLES, entropy_floor, evaluate_checkpoint
 from cvae.evaluate import cli as evaluate_cli
 from cvae.generate import complete, load_model, load_run
 from cvae.likelihoods import DiagonalGaussian

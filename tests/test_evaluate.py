@@ -22,17 +22,15 @@ import torch
 from torch.distributions import MultivariateNormal, Normal
 
 from cvae.config import ModelConfig
-from cvae.evaluate import (
-    cli,
+from cvae.estimators import (
     discretized_gaussian_log_prob,
     discretized_gaussian_nll,
     elbo_per_image,
-    evaluate_elbo,
     inference_gap_per_image,
     is_8bit,
     iwae_per_image,
-    refined_nelbo,
 )
+from cvae.evaluate import cli, evaluate_elbo, refined_nelbo
 from cvae.likelihoods import Likelihood
 from cvae.model import CVAE, STD_FLOOR
 from cvae.runs import read_jsonl

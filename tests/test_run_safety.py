@@ -24,7 +24,7 @@ from cvae.checkpoints import load_checkpoint, save_checkpoint, validate_checkpoi
 from cvae.config import DataConfig
 from cvae.data import load_data, load_image_folder, peek_info
 from cvae.errors import CheckpointError, CVAEError, DataError
-from cvae.evaluate import MAX_IW_SAMPLES, iwae_per_image
+from cvae.estimators import MAX_IW_SAMPLES, iwae_per_image
 from cvae.evaluate import cli as evaluate_cli
 from cvae.generate import load_model
 from cvae.runs import RunDir, fresh_run_path, read_json
