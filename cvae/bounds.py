@@ -542,7 +542,9 @@ def cli_bounds(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         if not 0 <= args.nice <= 19:
             raise CVAEError(f"--nice must be 0 to 19, got {args.nice}")
         if args.nice:
-            os.nice(args.nice)
+            from cvae.jobs import lower_session
+
+            lower_session(os.nice(args.nice))  # the app starts it in a session of its own
         epoch, bounds = measure_checkpoint(
             args.checkpoint, k=k, test_images=args.test_subset or BOUNDS_IMAGES, gap_steps=args.gap_steps,
             seed=args.seed, max_rows=args.max_rows, data_dir=args.data_dir, device=args.device, progress=stage,

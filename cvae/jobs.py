@@ -206,11 +206,30 @@ def train_nice() -> int:
 STEP_BACK_NICE = 19  # a trainer's priority once its first pictures are out: the newer runs' first pictures first
 
 
+def lower_session(nice: int) -> None:
+    """This process's session at CPU priority `nice` (or lower, never higher) where Linux groups the scheduling
+    by session ("autogroup", on by default in Debian's and Ubuntu's kernels): the cores are then shared out
+    between sessions first and by thread priority only within one. Every run the app starts leads a session of
+    its own, so without this each run would weigh as much as the whole web server, whatever its threads' nice,
+    and thirty runs would starve the pages. Only a session this process leads is changed: a `cvae train` typed
+    in a terminal leaves the terminal's session as it is."""
+    if os.getsid(0) != os.getpid():
+        return
+    with contextlib.suppress(OSError, ValueError, IndexError):  # no autogroups (macOS, switched off): nothing to do
+        with open("/proc/self/autogroup") as fh:  # "/autogroup-17 nice 0"
+            current = int(fh.read().split()[-1])
+        if current < nice:
+            with open("/proc/self/autogroup", "w") as fh:
+                fh.write(str(nice))
+
+
 def lower_priority(nice: int, idle: bool = False) -> None:
     """Every thread of this process at CPU priority `nice` (or lower, never higher), and with `idle` in Linux's
     SCHED_IDLE class: it runs only when nothing else on the machine wants the core. Linux keeps both per
     thread, and torch's worker threads are already running: each is changed, and threads started later inherit
-    the main thread's. Neither can be undone without privileges."""
+    the main thread's. Neither can be undone without privileges. The session's own priority goes with them
+    (`lower_session`)."""
+    lower_session(nice)
     try:
         threads = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:  # no /proc (macOS): the priority is the process's own
@@ -815,7 +834,7 @@ def cli(argv: list[str] | None = None) -> int:
     if not 0 <= args.nice <= 19:
         parser.error("--nice must be between 0 and 19")
     if args.nice:
-        os.nice(args.nice)  # before torch starts its threads: they inherit it
+        lower_session(os.nice(args.nice))  # before torch starts its threads: they inherit it
     run = RunDir(Path(args.run_dir).resolve())
     run.path.mkdir(parents=True, exist_ok=True)
     device = requested_device(train_args, run)

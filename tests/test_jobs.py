@@ -344,3 +344,37 @@ def test_a_run_that_ends_without_pictures_stops_watching(tmp_path: Path) -> None
     run = RunDir(tmp_path)
     run.write_status(state="failed")
     assert not jobs.step_back_after_first_pictures(run, poll_s=0.01).join(5) and os.getpriority(os.PRIO_PROCESS, 0) < 19
+
+
+SESSION = r"""
+import os
+from cvae.jobs import lower_priority
+def autogroup():
+    try:
+        return int(open("/proc/self/autogroup").read().split()[-1])
+    except OSError:
+        return None
+before = autogroup()
+lower_priority(12)
+print(before, autogroup(), os.getsid(0) == os.getpid())
+"""
+
+
+def test_a_run_in_a_session_of_its_own_lowers_the_sessions_priority_and_no_one_elses() -> None:
+    """Where Linux shares the cores between sessions first (autogroups), a run's nice counts only against its own
+    session's other threads: the app's runs each lead a session, which they lower with their threads, so thirty
+    of them do not each weigh as much as the web server. A trainer started from a terminal leaves the terminal's
+    session (the shell, the editor) as it was."""
+    own = subprocess.run([sys.executable, "-c", SESSION], capture_output=True, text=True, timeout=60,
+                         start_new_session=True)  # fmt: skip
+    shared = subprocess.run([sys.executable, "-c", SESSION], capture_output=True, text=True, timeout=60)
+    assert own.returncode == shared.returncode == 0, own.stderr + shared.stderr
+    own_before, own_after, own_leads = own.stdout.split()
+    shared_before, shared_after, shared_leads = shared.stdout.split()
+    assert own_leads == "True" and shared_leads == "False"
+    assert shared_after == shared_before  # pytest's session: untouched
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if enabled.is_file() and enabled.read_text().strip() == "1":  # this machine groups by session: it must count
+        assert (own_before, own_after) == ("0", "12")
+    else:  # no autogroups here: the thread priorities alone decide, and nothing fails
+        assert own_after == own_before
