@@ -30,12 +30,20 @@ from the click to their own run's first reconstructions and latent scatter on
 their page, and to the finished demo (up to `--finish-timeout`). Then one more
 visitor opens the app, and the time its Train page takes to draw is reported.
 The server runs with the app's own queue settings ($CVAE_MAX_RUNS when set).
+
+    python -m scripts.loadtest --students 30 --within 10 --clients light
+
+The same class, each student's page a light client of Streamlit's websocket protocol instead of a browser
+(`LightPage`): it reruns the page's self-refreshing parts at the server's pace, presses the button and fetches
+every picture, but draws nothing, so the server keeps its cores, as it does when the browsers are the students'
+own machines. Its times are the server's part of each student's wait; the lecturer's page stays a real browser.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -240,37 +248,217 @@ def _queued_at(runs: Path, run_id: str) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
-async def student(browser, url: str, runs: Path, delay: float, finish_timeout: float, result: dict) -> None:
-    """One student: opens the Train page, presses Quick demo after `delay` s, waits for their own pictures."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 720})
-    page = await context.new_page()
-    try:
+class BrowserPage:
+    """A student's page in headless Chromium at 1280x720: what they see, drawn by a real browser."""
+
+    def __init__(self, browser, url: str) -> None:
+        self.browser, self.url = browser, url
+
+    async def open(self) -> None:
+        self.context = await self.browser.new_context(viewport={"width": 1280, "height": 720})
+        self.page = await self.context.new_page()
         # Thirty pages loading the app's scripts at once on 2 cores take longer than Playwright's default 30 s
         # to fire "load": wait for the button instead, as a student does.
-        await page.goto(url, wait_until="commit", timeout=300_000)
-        button = page.get_by_role("button", name=re.compile("quick demo", re.IGNORECASE)).first
-        await button.wait_for(state="visible", timeout=600_000)
+        await self.page.goto(self.url, wait_until="commit", timeout=300_000)
+
+    async def wait_button(self, name: re.Pattern) -> None:
+        self.button = self.page.get_by_role("button", name=name).first
+        await self.button.wait_for(state="visible", timeout=600_000)
+
+    async def click(self) -> None:
+        await self.button.click(timeout=120_000)
+
+    def shown(self) -> str:
+        return parse_qs(urlparse(self.page.url).query).get("run", [""])[0]
+
+    async def shows(self, *texts: str) -> bool:
+        for text in texts:
+            if not await self.page.get_by_text(text).first.is_visible():
+                return False
+        return True
+
+    async def wait_text(self, text: str, timeout: float) -> None:
+        await self.page.get_by_text(text).first.wait_for(state="visible", timeout=timeout * 1000)
+
+    async def wait_train_page(self, timeout: float) -> None:
+        await self.page.get_by_role("heading", name=re.compile("Train")).first.wait_for(state="visible",
+                                                                                        timeout=timeout * 1000)  # fmt: skip
+        await self.page.get_by_role("progressbar").or_(self.page.get_by_text("Queued")).first.wait_for(
+            state="visible", timeout=timeout * 1000)  # fmt: skip
+
+    async def close(self) -> None:
+        await self.context.close()
+
+
+class LightPage:
+    """A student's page as a light client: Streamlit's own websocket protocol (its protobuf messages), as the
+    browser speaks it, without drawing. It keeps the page's query string, reruns each self-refreshing fragment at
+    the interval the server asks for, presses a button by sending its trigger, and fetches every picture the
+    server sends, as a browser does. What it measures is the server's part of a student's wait: the pictures
+    reach the student's machine, which then draws them (a fraction of a second on a laptop, the one-student
+    Chromium figure shows how long). It leaves the server's two cores to the server, where thirty Chromium
+    renderers would take them."""
+
+    TEXT_KINDS = ("markdown", "heading", "alert", "caption", "text", "metric", "button")
+
+    def __init__(self, url: str) -> None:
+        self.url, self.query, self.page_hash = url, "", ""
+        self.texts: dict[tuple, str] = {}  # what each place of the page holds now, as text
+        self.kinds: dict[tuple, str] = {}
+        self.buttons: dict[str, str] = {}  # label -> widget id
+        self.timers: dict[str, asyncio.Task] = {}
+        self.pictures = self.missing = 0  # pictures fetched from the server's media endpoint, and those gone
+        self.ws = self.reader = None
+
+    async def open(self) -> None:
+        import websockets
+
+        stream = self.url.replace("http://", "ws://", 1) + "/_stcore/stream"
+        self.ws = await websockets.connect(stream, subprotocols=["streamlit"], max_size=None, open_timeout=300)
+        self.reader = asyncio.create_task(self._read())
+        await self._rerun()
+
+    async def _rerun(self, widgets: tuple = (), fragment: str = "") -> None:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+
+        msg = BackMsg()
+        state = msg.rerun_script
+        state.query_string, state.page_script_hash = self.query, self.page_hash
+        state.widget_states.widgets.extend(widgets)
+        if fragment:
+            state.fragment_id, state.is_auto_rerun = fragment, True
+        await self.ws.send(msg.SerializeToString())
+
+    async def _every(self, fragment: str, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self._rerun(fragment=fragment)
+
+    def _stop(self, fragments) -> None:
+        for fragment in list(fragments):
+            task = self.timers.pop(fragment, None)
+            if task is not None:
+                task.cancel()
+
+    async def _read(self) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        async for data in self.ws:
+            msg = ForwardMsg()
+            msg.ParseFromString(data)
+            await self._take(msg)
+
+    async def _take(self, msg) -> None:
+        kind = msg.WhichOneof("type")
+        if kind == "new_session":
+            self.page_hash = msg.new_session.page_script_hash
+            if not msg.metadata.run.fragment_ids:  # a whole run of the page registers its fragments anew
+                self._stop(self.timers)
+        elif kind == "page_info_changed":
+            if msg.page_info_changed.query_string != self.query:
+                self.texts.clear()  # another run on the page: what showed the last one is gone
+                self.kinds.clear()
+            self.query = msg.page_info_changed.query_string
+        elif kind == "auto_rerun" and msg.auto_rerun.fragment_id not in self.timers:
+            self.timers[msg.auto_rerun.fragment_id] = asyncio.create_task(
+                self._every(msg.auto_rerun.fragment_id, msg.auto_rerun.interval))  # fmt: skip
+        elif kind == "stop_auto_rerun":
+            self._stop(msg.stop_auto_rerun.fragment_ids)
+        elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+            element = msg.delta.new_element
+            what = element.WhichOneof("type")
+            body = getattr(element, what)
+            text = getattr(body, "body", "") or getattr(body, "label", "") if what in self.TEXT_KINDS else ""
+            if what == "imgs":  # the pictures themselves, fetched before they count as shown
+                for image in body.imgs:
+                    if image.url.startswith("/"):
+                        try:
+                            await asyncio.to_thread(_fetch, self.url + image.url)
+                            self.pictures += 1
+                        except OSError:  # gone by the time it was asked for (a newer refresh replaced it):
+                            self.missing += 1  # a browser shows a broken picture until the next refresh
+                text = " ".join(image.caption for image in body.imgs)
+            if what == "button":
+                self.buttons[body.label] = body.id
+            path = tuple(msg.metadata.delta_path)
+            self.texts[path], self.kinds[path] = text, what
+
+    async def wait_button(self, name: re.Pattern) -> None:
+        while not any(name.search(label) for label in self.buttons):
+            await asyncio.sleep(0.1)
+        self.button = next(self.buttons[label] for label in self.buttons if name.search(label))
+
+    async def click(self) -> None:
+        from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+        await self._rerun((WidgetState(id=self.button, trigger_value=True),))
+
+    def shown(self) -> str:
+        return parse_qs(self.query).get("run", [""])[0]
+
+    async def shows(self, *texts: str) -> bool:
+        if self.reader.done():  # a page that no longer hears from the server would wait for ever
+            raise ConnectionError(f"the page's connection ended: {self.reader.exception() or 'closed by the server'}")
+        return all(any(t in v for v in list(self.texts.values())) for t in texts)
+
+    async def wait_text(self, text: str, timeout: float) -> None:
+        deadline = time.perf_counter() + timeout
+        while not await self.shows(text):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"no {text!r} within {timeout:g} s")
+            await asyncio.sleep(0.2)
+
+    async def wait_train_page(self, timeout: float) -> None:
+        deadline = time.perf_counter() + timeout
+        while not (await self.shows("Train") and ("progress" in self.kinds.values() or await self.shows("Queued"))):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"the Train page was not drawn within {timeout:g} s")
+            await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        self._stop(self.timers)
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.ws is not None:
+            await self.ws.close()
+
+
+def stop_fork_server(runs: Path) -> None:
+    """The trainers' fork server outlives the app on purpose (runs go on through a restart of the app): a load
+    test stops the one of its own runs folder."""
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int((runs / ".slots" / "fork.pid").read_text()), signal.SIGTERM)
+
+
+def _fetch(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=300) as response:
+        response.read()
+
+
+QUICK_DEMO = re.compile("quick demo", re.IGNORECASE)
+
+
+async def student(page, runs: Path, delay: float, finish_timeout: float, result: dict) -> None:
+    """One student: opens the Train page, presses Quick demo after `delay` s, waits for their own pictures."""
+    try:
+        await page.open()
+        await page.wait_button(QUICK_DEMO)
         await asyncio.sleep(delay)
-
-        def shown() -> str:
-            return parse_qs(urlparse(page.url).query).get("run", [""])[0]
-
         t0, clicked = time.perf_counter(), time.time()
-        await button.click(timeout=120_000)
+        await page.click()
         # Their own run: the one the page settles on among those queued after the click. Under load the server
         # handles a click late, and a page that showed no run yet may meanwhile show the newest one, a
         # classmate's queued after this click: a detour, counted, not taken for its own run.
         own, since = "", 0.0
         while True:
-            run, now = shown(), time.perf_counter()
+            run, now = page.shown(), time.perf_counter()
             if run and run != own and _queued_at(runs, run) >= clicked - 1.0:
                 if own:
                     result["detours"] = result.get("detours", 0) + 1
                     result.pop("first_pictures_s", None)  # they were a classmate's pictures: the wait goes on
                 own, since = run, now
-            drawn = own and await page.get_by_text("Their reconstructions").first.is_visible() and \
-                await page.get_by_text("Where the encoder puts").first.is_visible()  # fmt: skip
-            if drawn and shown() == own:
+            drawn = own and await page.shows("Their reconstructions", "Where the encoder puts")
+            if drawn and page.shown() == own:
                 result.setdefault("first_pictures_s", now - t0)
                 if now - since >= SETTLE_S:  # pictures of one run, which the page keeps: its own
                     break
@@ -279,55 +467,55 @@ async def student(browser, url: str, runs: Path, delay: float, finish_timeout: f
             await asyncio.sleep(0.1)
         result["run"] = own
         result["first_reconstruction_s"] = result["first_latent_s"] = result["first_pictures_s"]
-        await page.get_by_text("Finished:").first.wait_for(state="visible", timeout=finish_timeout * 1000)
+        await page.wait_text("Finished:", finish_timeout)
         result["finished_s"] = time.perf_counter() - t0
-        if shown() != own:
-            raise RuntimeError(f"the page went from its own run {own} to {shown()}")
+        if page.shown() != own:
+            raise RuntimeError(f"the page went from its own run {own} to {page.shown()}")
     except Exception as err:  # noqa: BLE001 - a timed-out student is a result, not a crash
-        result["error"] = str(err).splitlines()[0][:160]
+        result["error"] = (str(err).splitlines() or [type(err).__name__])[0][:160]
     finally:
-        await context.close()
+        await page.close()
 
 
-async def late_visitor(browser, url: str) -> float | None:
-    context = await browser.new_context(viewport={"width": 1280, "height": 720})
-    page = await context.new_page()
+async def late_visitor(page) -> float | None:
     t0 = time.perf_counter()
     try:
-        await page.goto(url, wait_until="commit", timeout=300_000)
-        await page.get_by_role("heading", name=re.compile("Train")).first.wait_for(state="visible", timeout=300_000)
-        await page.get_by_role("progressbar").or_(page.get_by_text("Queued")).first.wait_for(state="visible",
-                                                                                             timeout=120_000)  # fmt: skip
+        await page.open()
+        await page.wait_train_page(300)
         return time.perf_counter() - t0
     except Exception:  # noqa: BLE001 - it did not draw: reported as None
         return None
     finally:
-        await context.close()
+        await page.close()
 
 
 async def drive_class(url: str, runs: Path, students: int, within: float, finish_timeout: float,
-                      chromium: str, lecturer_first: float) -> tuple:  # fmt: skip
+                      chromium: str, lecturer_first: float, clients: str) -> tuple:  # fmt: skip
     import random
-
-    from playwright.async_api import async_playwright
 
     rng = random.Random(0)
     results: list[dict] = [{} for _ in range(students)]
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        lecturer = None
+    async with contextlib.AsyncExitStack() as stack:
+        if clients == "chromium":
+            from playwright.async_api import async_playwright
+
+            p = await stack.enter_async_context(async_playwright())
+            browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            stack.push_async_callback(browser.close)
+
+        def page():
+            return BrowserPage(browser, url) if clients == "chromium" else LightPage(url)
+
         if lecturer_first > 0:  # the projector's page, open before the class arrives (and kept open)
-            lecturer = await (await browser.new_context(viewport={"width": 1280, "height": 720})).new_page()
-            await lecturer.goto(url, wait_until="commit", timeout=300_000)
+            lecturer = page()
+            await lecturer.open()
+            stack.push_async_callback(lecturer.close)
             await asyncio.sleep(lecturer_first)
-        tasks = [asyncio.create_task(student(browser, url, runs, rng.uniform(0, within), finish_timeout, results[k]))
+        tasks = [asyncio.create_task(student(page(), runs, rng.uniform(0, within), finish_timeout, results[k]))
                  for k in range(students)]  # fmt: skip
         await asyncio.sleep(within + 5)
-        late = await late_visitor(browser, url)
+        late = await late_visitor(page())
         await asyncio.gather(*tasks)
-        if lecturer is not None:
-            await lecturer.context.close()
-        await browser.close()
     return results, late
 
 
@@ -358,12 +546,16 @@ def class_main(args: argparse.Namespace) -> int:
     threading.Thread(target=sample, daemon=True).start()
     server_cpu0 = cpu_s(server.pid) or 0.0  # the streamlit process itself, not its trainers
     try:
-        os.nice(args.browser_nice)
-        t0 = time.perf_counter()
+        if args.clients == "chromium":  # light clients take little CPU, and at nice 19 the trainers would delay them
+            os.nice(args.browser_nice)
+        cpu0, t0 = os.times(), time.perf_counter()
         results, late = asyncio.run(drive_class(f"http://127.0.0.1:{port}", runs, args.students, args.within,
-                                                args.finish_timeout, args.chromium, args.lecturer_first))  # fmt: skip
+                                                args.finish_timeout, args.chromium, args.lecturer_first,
+                                                args.clients))  # fmt: skip
         wall = time.perf_counter() - t0
         server_cpu = (cpu_s(server.pid) or 0.0) - server_cpu0
+        cpu1 = os.times()
+        client_cpu = sum(cpu1[:4]) - sum(cpu0[:4])  # this script and the browsers it waited for
     finally:
         done.set()
         from cvae import jobs
@@ -379,13 +571,14 @@ def class_main(args: argparse.Namespace) -> int:
                     server_side.append(status["first_pictures_at"] - status["queued_at"])
                 jobs.stop(RunDir(folder))
         os.killpg(server.pid, signal.SIGTERM)
+        stop_fork_server(runs)
         server.wait(20)
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
                 .stdout.splitlines() if line.startswith("Model name")), platform.processor())  # fmt: skip
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{os.cpu_count()} cores, {cpu}",
         "load_average_before": [round(x, 1) for x in load_before], "load_average_after": [round(x, 1) for x in os.getloadavg()],
-        "students": args.students, "within_s": args.within, "max_runs": os.environ.get("CVAE_MAX_RUNS", "default"),
+        "students": args.students, "clients": args.clients, "within_s": args.within, "max_runs": os.environ.get("CVAE_MAX_RUNS", "default"),
         "wall_s": round(wall, 1), "runs_started": started, "lecturer_first_s": args.lecturer_first,
         "epochs_per_run": sorted(e for e in epochs if isinstance(e, int)), "students_detail": results,
         "first_pictures_s": _spread([r["first_pictures_s"] for r in results if "first_pictures_s" in r]),
@@ -396,10 +589,10 @@ def class_main(args: argparse.Namespace) -> int:
         "pages_with_detours": sum(1 for r in results if r.get("detours")),
         "peak_rss_mb_server_and_trainers": round(peak["all_kb"] / 1024),
         "peak_pss_mb_server_and_trainers": round(peak["pss_kb"] / 1024),
-        "server_cpu_s": round(server_cpu, 1), "server_cpu_share": round(server_cpu / (wall * (os.cpu_count() or 1)), 3),
+        "server_cpu_s": round(server_cpu, 1), "clients_cpu_s": round(client_cpu, 1), "server_cpu_share": round(server_cpu / (wall * (os.cpu_count() or 1)), 3),
     }  # fmt: skip
     Path(args.out).write_text(json.dumps(summary, indent=2))
-    print(f"\n{args.students} students press Quick demo within {args.within:g} s; {summary['machine']}; "
+    print(f"\n{args.students} students ({args.clients} pages) press Quick demo within {args.within:g} s; {summary['machine']}; "
           f"load average before {summary['load_average_before']}; {summary['date']}\n")  # fmt: skip
     print("| from the click to | median (s) | worst (s) | students |\n|---|---|---|---|")
     for key, label in (("first_pictures_written_s", "their run's first pictures written (server side)"),
@@ -411,6 +604,10 @@ def class_main(args: argparse.Namespace) -> int:
           f"of the server and its trainers {summary['peak_pss_mb_server_and_trainers']} MB PSS (shared pages counted once; "
           f"{summary['peak_rss_mb_server_and_trainers']} MB summed RSS); the streamlit process used "
           f"{summary['server_cpu_s']} CPU-s ({100 * summary['server_cpu_share']:.1f} % of the machine) in {summary['wall_s']} s")  # fmt: skip
+    print(
+        f"the {args.clients} pages used {summary['clients_cpu_s']} CPU-s "
+        f"({100 * summary['clients_cpu_s'] / (wall * (os.cpu_count() or 1)):.1f} % of the machine)"
+    )
     print(f"the quick demos were sized to {summary['epochs_per_run']} epochs (12 alone)")
     print(
         f"pages that showed another run started after their click before settling on one: "
@@ -432,6 +629,10 @@ def main() -> int:
         default=30.0,
         help="--students: the lecturer's page opens this long before the class arrives [30 s]",
     )
+    ap.add_argument("--clients", choices=("chromium", "light"), default="chromium",
+                    help="--students: each student's page in headless Chromium (drawn, as they see it; the browsers "
+                         "share the server's cores) or as a light client of Streamlit's websocket protocol (the "
+                         "server's part of the wait, with the cores left to the server) [chromium]")  # fmt: skip
     ap.add_argument("--sessions", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2, help="times each session opens the four pages")
     ap.add_argument("--epochs", type=int, default=100, help="epochs of each training run (they are stopped at the end)")
@@ -497,6 +698,7 @@ def main() -> int:
         for run in started:
             jobs.stop(run)
         os.killpg(server.pid, signal.SIGTERM)
+        stop_fork_server(runs)
         server.wait(20)
     all_times = [t for ts in times.values() for t in ts]
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
