@@ -27,7 +27,7 @@ from ui.sidebar import display_name
 
 CROP = (4, 3)  # columns and rows of the reconstruction grid shown on a card: digits at their own size
 STATE_INK = {"gray": "#4a4d5a", "blue": "#1b5fb4", "orange": "#a45200", "green": "#1d7a35", "red": "#b3261e"}
-SINCE = {"lecture": "last 3 hours", "today": "last 24 hours", "all": "all runs"}
+SINCE = {"lecture": "past 3 h", "today": "past 24 h", "all": "all runs"}  # short: the three fit their column at 1280 px
 
 
 @dataclass(frozen=True)
