@@ -233,7 +233,7 @@ def run_baseline_cuda() -> dict[str, Any]:
 
     from cvae.config import DataConfig
     from cvae.data import load_data
-    from cvae.evaluate import evaluate_elbo
+    from cvae.estimators import evaluate_elbo
     from cvae.model import CVAE
 
     device = torch.device("cuda")
@@ -368,7 +368,7 @@ def run_compiled_cuda(epochs: int = 2, device_name: str = "cuda") -> dict[str, A
 
     from cvae.config import DataConfig
     from cvae.data import load_data
-    from cvae.evaluate import evaluate_elbo
+    from cvae.estimators import evaluate_elbo
     from cvae.model import CVAE
 
     device = torch.device(device_name)
@@ -429,7 +429,7 @@ def run_baseline(batches: int, warmup: int, full_epoch: bool = False) -> dict[st
 
     from cvae.config import DataConfig
     from cvae.data import load_data
-    from cvae.evaluate import evaluate_elbo
+    from cvae.estimators import evaluate_elbo
     from cvae.model import CVAE
 
     torch.manual_seed(SEED)

@@ -97,7 +97,7 @@ def measure(options: dict[str, Any], *, threads: int) -> Estimate:
 
     from cvae.config import DataConfig
     from cvae.data import ImageData, peek_info, peek_sizes
-    from cvae.evaluate import refined_nelbo
+    from cvae.estimators import refined_nelbo
     from cvae.loop import PREVIEW_SHARE, fit
     from cvae.runs import RunDir
     from cvae.training import build_config, resolve_options, section_config

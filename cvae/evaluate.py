@@ -5,7 +5,7 @@ importance-weighted bound, and bits per dimension.
     python -m cvae.evaluate checkpoints/<run> --json -k 1000  # JSON, tighter bound
     python -m cvae.evaluate checkpoints/<run> --gap-images 1000  # and how much the encoder loses
 
-The training loop's per-epoch test numbers come from `evaluate_elbo`, which
+The training loop's per-epoch test numbers come from `cvae.estimators.evaluate_elbo`, which
 is `cvae.estimators.elbo_per_image` averaged, so a run's metrics and this
 command agree by construction (same seed, same single z sample per image).
 
@@ -57,21 +57,20 @@ from cvae.estimators import (
     MAX_IW_SAMPLES,
     MAX_MAX_ROWS,
     MAX_ROWS,
-    ElboPerImage,
     counts_of,
     elbo_per_image,
     inference_gap_per_image,
     is_8bit,
     iwae_per_image,
+    ledger_of,
 )
 from cvae.generate import load_run
-from cvae.ledger import alarm, ledger
+from cvae.ledger import alarm
 from cvae.likelihoods import mean_se
 from cvae.model import CVAE
 from cvae.runs import clean_json
 from cvae.runtime import select_amp_dtype, select_device
 
-REFINE_LR = 0.05  # Adam's rate when refining q for the refined test ELBO (refined_nelbo)
 # How a digit-completion run is measured: on its own data, or as Pyro's CVAE tutorial measures its own
 # (grey targets, hidden pixels, its 10-particle -ELBO). The paper's (Sohn et al. 2015, Table 1) is not here:
 # its table could not be read from the sources at hand, so what it measures cannot be followed (docs/completion.md).
@@ -84,52 +83,6 @@ PROTOCOL_WORDS = {
 }  # fmt: skip
 
 
-# ------------------------------------------------------------------- ELBO
-
-
-@torch.no_grad()
-def evaluate_elbo(
-    model: CVAE,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    batch_size: int = 1000,
-    amp_dtype: torch.dtype | None = None,
-) -> dict[str, Any]:
-    """Mean negative ELBO, reconstruction and KL (and the baseline's NLL) over (x, y), one z per image.
-
-    Runs in eval mode (batch-norm running statistics) under a forked RNG with
-    a fixed seed, so it neither depends on nor disturbs the training noise.
-    A random-count completion model is evaluated at 1, 2 and 3 given
-    quadrants: `name_qK` for each, and `name` their mean.
-    """
-    counts = counts_of(model)
-    out: dict[str, Any] = {}
-    n = max(len(x), 1)
-    seen = []
-    for k in counts:
-        terms = elbo_per_image(model, x, y, batch_size=batch_size, amp_dtype=amp_dtype, quadrants=k)
-        seen.append(terms)
-        recon, kl = float(terms.recon.sum()) / n, float(terms.kl.sum()) / n
-        means = {"nelbo": recon + kl, "recon": recon, "kl": kl}
-        if terms.baseline is not None:
-            means["baseline_nll"] = float(terms.baseline.sum()) / n
-        out.update(means if len(counts) == 1 else {f"{name}_q{k}": v for name, v in means.items()})
-    if len(counts) > 1:
-        for name in list(out):
-            base = name.rsplit("_q", 1)[0]
-            out.setdefault(base, sum(out[f"{base}_q{k}"] for k in counts) / len(counts))
-    out.update(_ledger_of(seen))
-    return out
-
-
-def _ledger_of(parts: Sequence[ElboPerImage]) -> dict[str, Any]:
-    """cvae.ledger's figures over every image of every given-quadrant count evaluated."""
-    if any(p.kl_dims is None or p.mu is None for p in parts):
-        return {}
-    return ledger(torch.cat([p.kl_dims for p in parts]), torch.cat([p.mu for p in parts]))  # type: ignore[misc]
-
-
 # ---------------------------------------------------- grey targets' floor
 
 
@@ -140,33 +93,6 @@ def entropy_floor(model: CVAE, x: torch.Tensor, quadrants: int) -> torch.Tensor:
     hidden = 1.0 - model.quadrant_masks[quadrants - 1].cpu().double()  # (C*H*W,)
     x64 = x.flatten(1).double()
     return ((torch.special.entr(x64) + torch.special.entr(1.0 - x64)) * hidden).sum(1)
-
-
-# ---------------------------------------------------------- inference gap
-
-
-def refined_nelbo(model: CVAE, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float = REFINE_LR,
-                  quadrants: int | None = None) -> float:  # fmt: skip
-    """Mean negative ELBO over (x, y) with the encoder's q refined per image by `steps` Adam steps.
-
-    Test-time iterative inference (the test-time half of semi-amortized VAEs,
-    Kim et al. 2018): q starts at the encoder's output and takes `steps` steps
-    on its own image's one-draw negative ELBO, the model fixed; the ELBO is then
-    estimated with one fresh draw per image, as `evaluate_elbo` does. Any q
-    gives a lower bound on log p(x | y), so this is a real test ELBO, only
-    tighter; `evaluate_elbo` - this is the part of the amortization gap
-    that `steps` steps recover. Runs in float32 under a fixed seed.
-
-    Batches of 1000 images; on a GPU, 5000 for an MLP: its eager steps are
-    launch-bound, so fewer, larger batches are faster, at about 100 MB more for
-    two batches (a conv decoder's would hold GBs).
-    """
-    if len(x) == 0:
-        return math.nan
-    batch = 5000 if next(model.parameters()).device.type == "cuda" and model.config.arch == "mlp" else 1000
-    gap = inference_gap_per_image(model, x, y, steps=steps, lr=lr, train_samples=1, samples=1, batch_size=batch,
-                                  quadrants=quadrants)  # fmt: skip
-    return float(gap.optimized.mean())
 
 
 # ------------------------------------------------------------- the report
@@ -243,7 +169,7 @@ def _evaluate_at(
         "recon": float(elbo.recon.mean()) if len(x) else math.nan,
         "kl": float(elbo.kl.mean()) if len(x) else math.nan,
         "iw_samples": iw_samples,
-        **_ledger_of([elbo]),
+        **ledger_of([elbo]),
     }
     report["kl_alarm"] = alarm(report.get("kl_dims"), report.get("active_units"))
     iwae = None

@@ -35,7 +35,7 @@ from cvae.config import RunConfig
 from cvae.cuda_graph import GraphStep, portable_optimizer_state, prepare_graph_step, use_cuda_graph
 from cvae.data import ImageData
 from cvae.errors import CVAEError
-from cvae.evaluate import evaluate_elbo, refined_nelbo
+from cvae.estimators import evaluate_elbo, refined_nelbo
 from cvae.model import CVAE, Objective, count_parameters, term_names
 from cvae.progress import Callback
 from cvae.ranks import ONE, Ranks

@@ -26,11 +26,13 @@ from cvae.estimators import (
     discretized_gaussian_log_prob,
     discretized_gaussian_nll,
     elbo_per_image,
+    evaluate_elbo,
     inference_gap_per_image,
     is_8bit,
     iwae_per_image,
+    refined_nelbo,
 )
-from cvae.evaluate import cli, evaluate_elbo, refined_nelbo
+from cvae.evaluate import cli
 from cvae.likelihoods import Likelihood
 from cvae.model import CVAE, STD_FLOOR
 from cvae.runs import read_jsonl
