@@ -90,6 +90,10 @@ class StopRequested:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(ValueError):  # not the main thread: no signal handling
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if self._previous and hasattr(signal, "pthread_sigmask"):
+            # The command line holds them back (blocked) from torch's import on (cvae.train): one that came
+            # during the set-up is delivered now, to this handler, and the loop stops after its first batch.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(self._previous))
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:

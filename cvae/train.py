@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from cvae.cli import EXIT_BAD_INPUT, OneLineParser, add_options, given, run_main
@@ -70,24 +72,46 @@ def _sigterm_exits() -> Iterator[None]:
 
 
 def _import_training() -> Any:
-    """cvae.training.train_model, imported (torch with it, seconds) with Ctrl-C and SIGTERM held back until the
-    import is done: raised inside an import, some libraries' handlers swallow or mangle them. Then a Ctrl-C is
-    a KeyboardInterrupt (run_main: exit 130), a SIGTERM exit 143."""
-    held: list[int] = []
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):  # not the main thread: nothing to hold back
-            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
-    try:
+    """cvae.training.train_model, imported (torch with it, seconds) with Ctrl-C and SIGTERM held back by the
+    kernel (blocked) until the training loop installs its own handler for them (cvae.loop.StopRequested, which
+    unblocks them). One that comes during the import is a KeyboardInterrupt here (run_main: exit 130), a SIGTERM
+    exit 143; one during the set-up after it (the data, the model) stops the loop before its first batch ends.
+
+    Not a Python handler that raises: it runs wherever the interpreter next looks, and in torch's import and its
+    lazy imports at the first operations that can be a callback that swallows the exception (the Ctrl-C is lost
+    and the run trains on to the end) or C code running Python of its own (the process then dies of SIGINT at
+    exit). Blocked, nothing runs until a place chosen for it. Torch's threads started meanwhile inherit the
+    block, so a later signal goes to the main thread."""
+    watched = {signal.SIGINT, signal.SIGTERM}
+    # Needs a way to collect blocked signals (Linux; not macOS) and the main thread, where Python runs handlers;
+    # elsewhere the import runs as it is.
+    if not hasattr(signal, "sigtimedwait") or threading.current_thread() is not threading.main_thread():
         from cvae.training import train_model
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if signal.SIGTERM in held:
+
+        return train_model
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    from cvae.training import train_model
+
+    arrived = set()
+    while (info := signal.sigtimedwait(watched, 0)) is not None:  # collected: they are not delivered again
+        arrived.add(info.si_signo)
+    if signal.SIGTERM in arrived:
         raise SystemExit(128 + signal.SIGTERM)
-    if held:
+    if arrived:
         raise KeyboardInterrupt
     return train_model
+
+
+@contextlib.contextmanager
+def _signals_unblocked_after() -> Iterator[None]:
+    """The block's signal mask put back when it ends, whatever `_import_training` left blocked."""
+    watched = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set()) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        yield
+    finally:
+        if before is not None and not before & watched:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
 
 
 def _rank_zero() -> bool:
@@ -107,7 +131,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         try:
-            with _sigterm_exits():
+            with _sigterm_exits(), _signals_unblocked_after():
                 train_model = _import_training()
                 result = train_model(**args)
         except CVAEError:
@@ -117,8 +141,10 @@ def cli(argv: Sequence[str] | None = None) -> int:
                 raise
             return EXIT_BAD_INPUT
         if result.state == "stopped":
-            if speaks:
+            if speaks and (Path(result.run_dir) / "checkpoints" / "latest.pt").is_file():
                 print(f"stopped; resume with: python -m cvae.train -rp {result.run_dir}", file=sys.stderr)
+            elif speaks:
+                print(f"stopped before its first epoch ended; nothing to resume in {result.run_dir}", file=sys.stderr)
             return 128 + int(result.stop_signal or signal.SIGINT)  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
         elif not args.get("quiet") and result.metrics:
             last = result.metrics[-1]

@@ -350,9 +350,9 @@ SESSION = r"""
 import os
 from cvae.jobs import lower_priority
 def autogroup():
-    try:
+    try:  # "/autogroup-17 nice 0"; empty for a process in init's session (a container's), which has no group
         return int(open("/proc/self/autogroup").read().split()[-1])
-    except OSError:
+    except (OSError, IndexError):
         return None
 before = autogroup()
 lower_priority(12)
