@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvae.config import ModelConfig
+from cvae.conv import Conv2d, ConvTranspose2d
 from cvae.errors import ConfigError
 from cvae.likelihoods import DiagonalGaussian, Likelihood
 
@@ -156,7 +157,7 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = []
         c_in, h, w = config.channels, config.height, config.width + config.label_width
         for i, c_out in enumerate(config.enc_channels):
-            layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1))
+            layers.append(Conv2d(c_in, c_out, 4, 2, 1))
             if i > 0:
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.LeakyReLU(0.2))
@@ -189,12 +190,12 @@ class ConvDecoder(nn.Module):
         layers += [nn.Linear(features, n_start), nn.BatchNorm1d(n_start), nn.ReLU(), nn.Unflatten(1, self.start)]
         c_in = config.dec_start_channels
         for i, c_out in enumerate(config.dec_channels):
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1))
+            layers.append(ConvTranspose2d(c_in, c_out, 4, 2, 1))
             if i == 0:
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.ReLU())
             c_in = c_out
-        layers.append(nn.ConvTranspose2d(c_in, config.out_channels, 4, 2, 1))
+        layers.append(ConvTranspose2d(c_in, config.out_channels, 4, 2, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, zc: torch.Tensor) -> torch.Tensor:
