@@ -1,6 +1,6 @@
 """Our training step in two checkouts, alternating in fresh processes: does a change move its speed?
 
-    python -m benchmarks.step_ab /path/to/old/checkout /path/to/new/checkout --rounds 3
+    python -m benchmarks.step_ab /path/to/old/checkout /path/to/new/checkout --rounds 3 [--profile 20]
 
 Each run imports `cvae` from the checkout it is given and times 100 optimisation steps of the reference's
 conv model (MNIST shapes, Bernoulli, z = 2, batch 64, the loop's own runtime settings: bf16 autocast where
@@ -47,17 +47,27 @@ def run(n, off=0):
                 terms = step(x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64])
             opt.zero_grad(set_to_none=True); terms.loss.backward(); (weights.step if weights else opt.step)()
 run(10)
+if int(sys.argv[3]):  # where the step's time goes: its operators by input shape, as shares of the profiled steps
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        run(20, 10)
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=int(sys.argv[3]),
+                                                             max_name_column_width=30, max_shapes_column_width=60))
 t0 = time.perf_counter(); run(100, 10)
 print(6400 / (time.perf_counter() - t0))
 """
 
 
-def images_per_s(checkout: Path, threads: int = 0) -> float:
-    out = subprocess.run([sys.executable, "-c", WORKER, str(checkout), str(threads)], capture_output=True, text=True,
-                         cwd=checkout)  # fmt: skip
+def images_per_s(checkout: Path, threads: int = 0, profile_rows: int = 0) -> float:
+    """The checkout's step speed; with `profile_rows`, its profile's top operators printed first."""
+    out = subprocess.run([sys.executable, "-c", WORKER, str(checkout), str(threads), str(profile_rows)],
+                         capture_output=True, text=True, cwd=checkout)  # fmt: skip
     if out.returncode != 0:
         raise SystemExit(f"{checkout}: {out.stderr.strip()[-300:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    *table, speed = out.stdout.strip().splitlines()
+    if profile_rows:
+        print(f"{checkout}: 20 steps profiled (torch.profiler, self CPU time)", *table, sep="\n")
+    return float(speed)
 
 
 def main() -> int:
@@ -66,7 +76,12 @@ def main() -> int:
     p.add_argument("new", type=Path)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = torch's default [0]")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="first profile each checkout's step and print its ROWS costliest operators [0: none]")
     args = p.parse_args()
+    if args.profile:
+        for checkout in (args.old, args.new):
+            images_per_s(checkout, args.threads, args.profile)
     ratios = []
     for r in range(args.rounds):
         old, new = images_per_s(args.old, args.threads), images_per_s(args.new, args.threads)
