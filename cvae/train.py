@@ -14,12 +14,12 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from cvae.cli import EXIT_BAD_INPUT, OneLineParser, add_options, given, run_main
 from cvae.errors import CVAEError
 from cvae.ranks import launched
+from cvae.runs import RunDir
 
 __all__ = ["build_parser", "cli", "main"]  # and train_model, loaded when first used (below)
 
@@ -71,47 +71,62 @@ def _sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _import_training() -> Any:
-    """cvae.training.train_model, imported (torch with it, seconds) with Ctrl-C and SIGTERM held back by the
-    kernel (blocked) until the training loop installs its own handler for them (cvae.loop.StopRequested, which
-    unblocks them). One that comes during the import is a KeyboardInterrupt here (run_main: exit 130), a SIGTERM
-    exit 143; one during the set-up after it (the data, the model) stops the loop before its first batch ends.
+WATCHED = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[bool]:
+    """Ctrl-C and SIGTERM held back by the kernel (blocked) from here, through torch's import and the run's
+    set-up, until the training loop installs its own handler for them (cvae.loop.StopRequested, which unblocks
+    them) or the block ends. Yields whether they are held.
 
     Not a Python handler that raises: it runs wherever the interpreter next looks, and in torch's import and its
     lazy imports at the first operations that can be a callback that swallows the exception (the Ctrl-C is lost
     and the run trains on to the end) or C code running Python of its own (the process then dies of SIGINT at
     exit). Blocked, nothing runs until a place chosen for it. Torch's threads started meanwhile inherit the
-    block, so a later signal goes to the main thread."""
-    watched = {signal.SIGINT, signal.SIGTERM}
-    # Needs a way to collect blocked signals (Linux; not macOS) and the main thread, where Python runs handlers;
-    # elsewhere the import runs as it is.
+    block; a thread started before it (numpy's) can still be handed the signal by the kernel, and the handler
+    here passes it on to the main thread, where it waits with the others. Needs a way to collect blocked
+    signals (Linux; not macOS) and the main thread, where Python runs its handlers; elsewhere nothing is held."""
     if not hasattr(signal, "sigtimedwait") or threading.current_thread() is not threading.main_thread():
-        from cvae.training import train_model
+        yield False
+        return
+    main = threading.get_ident()
+    previous: dict[int, Any] = {}
 
-        return train_model
-    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    def hand_on(signum: int, frame: Any) -> None:
+        if signum in signal.pthread_sigmask(signal.SIG_BLOCK, set()):  # still held: wait on the main thread
+            signal.pthread_kill(main, signum)
+        elif callable(previous[signum]):  # after the loop unblocked them: what would have happened without us
+            previous[signum](signum, frame)
+        else:
+            raise SystemExit(128 + signum)
+
+    for sig in WATCHED:
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # an ignored signal stays ignored
+            previous[sig] = signal.signal(sig, hand_on)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    try:
+        yield True
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _import_training(held: bool) -> Any:
+    """cvae.training.train_model, imported (torch with it, seconds). A held Ctrl-C that came meanwhile is a
+    KeyboardInterrupt here (run_main: exit 130), a SIGTERM exit 143; one during the set-up after it (the data,
+    the model) stops the loop before its first batch ends."""
     from cvae.training import train_model
 
     arrived = set()
-    while (info := signal.sigtimedwait(watched, 0)) is not None:  # collected: they are not delivered again
+    while held and (info := signal.sigtimedwait(WATCHED, 0)) is not None:  # collected: not delivered again
         arrived.add(info.si_signo)
     if signal.SIGTERM in arrived:
         raise SystemExit(128 + signal.SIGTERM)
     if arrived:
         raise KeyboardInterrupt
     return train_model
-
-
-@contextlib.contextmanager
-def _signals_unblocked_after() -> Iterator[None]:
-    """The block's signal mask put back when it ends, whatever `_import_training` left blocked."""
-    watched = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, set()) if hasattr(signal, "pthread_sigmask") else None
-    try:
-        yield
-    finally:
-        if before is not None and not before & watched:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
 
 
 def _rank_zero() -> bool:
@@ -131,8 +146,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         try:
-            with _sigterm_exits(), _signals_unblocked_after():
-                train_model = _import_training()
+            with _sigterm_exits(), _signals_held() as held:
+                train_model = _import_training(held)
                 result = train_model(**args)
         except CVAEError:
             # A launch's other ranks stop with rank 0's error (the same flags, config and data), or with one
@@ -141,7 +156,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
                 raise
             return EXIT_BAD_INPUT
         if result.state == "stopped":
-            if speaks and (Path(result.run_dir) / "checkpoints" / "latest.pt").is_file():
+            if speaks and RunDir(result.run_dir).latest_checkpoint.is_file():
                 print(f"stopped; resume with: python -m cvae.train -rp {result.run_dir}", file=sys.stderr)
             elif speaks:
                 print(f"stopped before its first epoch ended; nothing to resume in {result.run_dir}", file=sys.stderr)
