@@ -8,6 +8,11 @@ the CPU runs it natively, fused Adam, channels_last) on random binary images aft
 checkouts alternate, so the machine's load falls on both; the report is each round and the median ratio.
 A checkout whose loop keeps bf16 matrix weights during the step (`cvae.runtime.half_weights`) steps that way.
 Either step API works (`model.objective`, or `model.elbo_terms` before the one model family).
+
+Each round also gives the timed steps' median forward pass, backward pass and optimiser step (wall time
+around each, no profiler): torch.profiler's own overhead inflates some operators several times over (the
+encoder linear layer's weight gradient, 1.8 ms a step timed around the call, shows as 4-5 ms in its table),
+so `--profile` says which operators run and these say where the step's time goes.
 """
 
 from __future__ import annotations
@@ -39,13 +44,19 @@ except ImportError:
     weights = None
 x, y = (torch.rand(6400, 1, 28, 28) > 0.5).float(), torch.randint(0, 10, (6400,))
 step = getattr(model, "objective", None) or model.elbo_terms
+phases = []
 def run(n, off=0):
     for b in range(n):
         i = (b + off) % 100
         with weights.for_step() if weights else contextlib.nullcontext():
+            t0 = time.perf_counter()
             with autocast(dev, amp):
                 terms = step(x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64])
-            opt.zero_grad(set_to_none=True); terms.loss.backward(); (weights.step if weights else opt.step)()
+            t1 = time.perf_counter()
+            opt.zero_grad(set_to_none=True); terms.loss.backward()
+            t2 = time.perf_counter()
+            (weights.step if weights else opt.step)()
+            phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
 run(10)
 if int(sys.argv[3]):  # where the step's time goes: its operators by input shape, as shares of the profiled steps
     from torch.profiler import ProfilerActivity, profile
@@ -53,21 +64,28 @@ if int(sys.argv[3]):  # where the step's time goes: its operators by input shape
         run(20, 10)
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=int(sys.argv[3]),
                                                              max_name_column_width=30, max_shapes_column_width=60))
-t0 = time.perf_counter(); run(100, 10)
-print(6400 / (time.perf_counter() - t0))
+phases.clear(); t0 = time.perf_counter(); run(100, 10); speed = 6400 / (time.perf_counter() - t0)
+import statistics
+print(speed, *(1e3 * statistics.median(p) for p in zip(*phases)))  # images/s; forward, backward, optimiser ms
 """
 
 
-def images_per_s(checkout: Path, threads: int = 0, profile_rows: int = 0) -> float:
-    """The checkout's step speed; with `profile_rows`, its profile's top operators printed first."""
+def images_per_s(checkout: Path, threads: int = 0, profile_rows: int = 0) -> tuple[float, list[float]]:
+    """The checkout's step speed and its phases' median ms (forward, backward, optimiser); with
+    `profile_rows`, its profile's top operators printed first."""
     out = subprocess.run([sys.executable, "-c", WORKER, str(checkout), str(threads), str(profile_rows)],
                          capture_output=True, text=True, cwd=checkout)  # fmt: skip
     if out.returncode != 0:
         raise SystemExit(f"{checkout}: {out.stderr.strip()[-300:]}")
-    *table, speed = out.stdout.strip().splitlines()
+    *table, last = out.stdout.strip().splitlines()
     if profile_rows:
         print(f"{checkout}: 20 steps profiled (torch.profiler, self CPU time)", *table, sep="\n")
-    return float(speed)
+    speed, *phases = (float(v) for v in last.split())
+    return speed, phases
+
+
+def _ms(phases: list[float]) -> str:
+    return " / ".join(f"{v:.1f}" for v in phases)
 
 
 def main() -> int:
@@ -84,9 +102,10 @@ def main() -> int:
             images_per_s(checkout, args.threads, args.profile)
     ratios = []
     for r in range(args.rounds):
-        old, new = images_per_s(args.old, args.threads), images_per_s(args.new, args.threads)
+        (old, old_ms), (new, new_ms) = images_per_s(args.old, args.threads), images_per_s(args.new, args.threads)
         ratios.append(new / old)
-        print(f"round {r + 1}: old {old:.0f}, new {new:.0f} images/s, new / old {new / old:.3f}", flush=True)
+        print(f"round {r + 1}: old {old:.0f}, new {new:.0f} images/s, new / old {new / old:.3f}; "
+              f"forward / backward / optimiser ms a step: old {_ms(old_ms)}, new {_ms(new_ms)}", flush=True)
     print(f"median new / old: {statistics.median(ratios):.3f}")
     return 0
 
