@@ -77,6 +77,27 @@ def decoder_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
             for name, t in model.decoder.state_dict().items()}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class DecoderSource:
+    """Where a model whose decoder is one epoch's comes from: a checkpoint, and the epoch's decoder weights to
+    load over its own where the checkpoint is a later one (None: the checkpoint's own decoder)."""
+
+    checkpoint: Path
+    decoder: Path | None
+    exact: bool  # False: a run from before every epoch kept its decoder, so the latest model stands in
+
+
+def decoder_source(run: RunDir, epoch: int) -> DecoderSource:
+    """The epoch's checkpoint where it was kept; else the latest one with the epoch's decoder weights (every
+    epoch keeps them); else, for a run older than that, the latest model as it is."""
+    if run.epoch_checkpoint(epoch).is_file():
+        return DecoderSource(run.epoch_checkpoint(epoch), None, True)
+    decoder = run.artifact(epoch, DECODER_FILE)
+    if decoder.is_file():
+        return DecoderSource(run.latest_checkpoint, decoder, True)
+    return DecoderSource(run.latest_checkpoint, None, False)
+
+
 def load_decoder(path: Path, model: torch.nn.Module, max_bytes: int = 256 << 20) -> dict[str, torch.Tensor]:
     """An epoch's decoder weights, checked name by name, shape by shape and kind by kind against `model`'s
     decoder, as a state dict for it; raises CheckpointError for a file that is not one (never unpickles)."""

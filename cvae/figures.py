@@ -529,7 +529,7 @@ def _checkpoint_epochs(run: Any) -> list[int]:
 
 def inputs(path: Path | str, request: Export) -> list[Path]:
     """The files a figure is drawn from: a cache of it is good while none of them changes."""
-    from cvae.artifacts import DECODER_FILE
+    from cvae.artifacts import decoder_source
     from cvae.names import META_FILE
     from cvae.runs import RunDir
 
@@ -541,23 +541,21 @@ def inputs(path: Path | str, request: Export) -> list[Path]:
     elif request.what == "recon":
         files += [run.artifacts / "truth.png", run.artifact(request.epoch or 0, f"recon_{request.kind}.png")]
     elif request.what == "generate":
-        files += [run.latest_checkpoint, run.artifact(request.epoch or 0, DECODER_FILE)]
+        where = decoder_source(run, request.epoch or 0)
+        files += [where.checkpoint] + ([where.decoder] if where.decoder is not None else [])
     return files
 
 
 def _model_at(source: Source, epoch: int) -> Any:
-    """The model whose decoder is the one of `epoch`: that epoch's checkpoint, the latest one when it is that
-    epoch's, else the latest with the epoch's decoder weights (decoder.npz, kept by every epoch)."""
-    from cvae.artifacts import DECODER_FILE, load_decoder
+    """The model whose decoder is the one of `epoch` (`cvae.artifacts.decoder_source` says where from)."""
+    from cvae.artifacts import decoder_source, load_decoder
     from cvae.generate import load_run
     from cvae.runs import RunDir
 
-    run = RunDir(source.path)
-    if run.epoch_checkpoint(epoch).is_file():
-        return load_run(run.epoch_checkpoint(epoch)).model
-    loaded = load_run(run.latest_checkpoint)
-    if int(loaded.checkpoint.get("epoch", -1)) != epoch:
-        loaded.model.decoder.load_state_dict(load_decoder(run.artifact(epoch, DECODER_FILE), loaded.model))
+    where = decoder_source(RunDir(source.path), epoch)
+    loaded = load_run(where.checkpoint)
+    if where.decoder is not None:
+        loaded.model.decoder.load_state_dict(load_decoder(where.decoder, loaded.model))
     return loaded.model
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvae.artifacts import DECODER_FILE, load_decoder
+from cvae.artifacts import DECODER_FILE, DecoderSource, decoder_source, load_decoder
 from cvae.errors import CheckpointError
 from cvae.generate import load_run
 from cvae.runs import RunDir
@@ -49,6 +49,29 @@ def test_a_click_on_epoch_one_decodes_with_epoch_ones_decoder(tiny_run: Path, tm
     assert (recon - by_latest).abs().max() > 1e-3  # what the latest model would have drawn is another picture
     _, now, epoch = reconstruction(run, 3, epoch=2)
     assert epoch == 2 and torch.allclose(now, by_latest, atol=2e-3)  # half precision: well under a grey level
+
+
+def test_the_app_and_the_figures_take_an_epochs_decoder_from_the_same_place(tiny_run: Path, tmp_path: Path) -> None:
+    """The epoch's checkpoint where it was kept; else the latest over which the epoch's decoder is loaded; else,
+    for a run from before every epoch kept its decoder, the latest model, which the app then says it shows."""
+    from cvae.figures import _model_at, open_run
+    from ui.models import decoder_at
+
+    shutil.copytree(tiny_run, tmp_path / "runs" / "tiny")
+    run_dir = RunDir(tmp_path / "runs" / "tiny")
+    assert decoder_source(run_dir, 1) == DecoderSource(
+        run_dir.latest_checkpoint, run_dir.artifact(1, DECODER_FILE), True
+    )
+    code, label = torch.zeros(1, load_run(run_dir.latest_checkpoint).model.config.latent_dim), torch.tensor([2])
+    by_app, epoch = decoder_at(_open(tmp_path / "runs", "tiny"), 1)
+    by_figure = _model_at(open_run(run_dir.path), 1)
+    assert epoch == 1 and torch.equal(by_app.generate(code, label), by_figure.generate(code, label))
+    shutil.copy(run_dir.latest_checkpoint, run_dir.epoch_checkpoint(1))  # as if epoch 1's checkpoint were kept
+    assert decoder_source(run_dir, 1) == DecoderSource(run_dir.epoch_checkpoint(1), None, True)
+    # an older run that kept only latest.pt: no decoder of epoch 2 and no checkpoint of it either
+    for path in (run_dir.artifact(2, DECODER_FILE), run_dir.epoch_checkpoint(1), run_dir.epoch_checkpoint(2)):
+        path.unlink()
+    assert decoder_source(run_dir, 2) == DecoderSource(run_dir.latest_checkpoint, None, False)
 
 
 def _pixels(png: bytes) -> np.ndarray:

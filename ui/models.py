@@ -11,7 +11,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from cvae.artifacts import DECODER_FILE, grid_png, load_decoder
+from cvae.artifacts import decoder_source, grid_png, load_decoder
 from cvae.config import DataConfig
 from cvae.data import load_data
 from cvae.generate import load_run
@@ -50,15 +50,13 @@ def _with_decoder(checkpoint: str, version: tuple[int, int], decoder: str, decod
 
 def decoder_at(run: Run, epoch: int) -> tuple[CVAE, int]:
     """A model whose decoder is the one of `epoch` (the encoder may be a later one: decode that epoch's own
-    latent codes with it), and the epoch it decodes as: the epoch's checkpoint, else the latest model with the
-    epoch's decoder weights (every epoch keeps them), else, for a run from before that, the latest model.
-    Raises CVAEError."""
-    if run.dir.epoch_checkpoint(epoch).is_file():
-        return model_at(run, epoch)
-    path, latest = run.dir.artifact(epoch, DECODER_FILE), run.dir.latest_checkpoint
-    if not path.is_file():
-        return model(run)
-    return _with_decoder(str(latest), stamp(latest), str(path), stamp(path)), epoch
+    latent codes with it), and the epoch it decodes as (`cvae.artifacts.decoder_source` says where from; a run
+    from before every epoch kept its decoder gives its latest model). Raises CVAEError."""
+    where = decoder_source(run.dir, epoch)
+    if where.decoder is None:
+        return model_at(run, epoch) if where.exact else model(run)
+    checkpoint, decoder = where.checkpoint, where.decoder
+    return _with_decoder(str(checkpoint), stamp(checkpoint), str(decoder), stamp(decoder)), epoch
 
 
 @st.cache_data(max_entries=4, show_spinner="Loading test images…")
