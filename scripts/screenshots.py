@@ -26,6 +26,13 @@ shoots instead the Train page of runs sent to a Slurm cluster (CVAE_BACKEND=slur
 scripts/slurm_cluster.sh will do): one run holding every CPU of the cluster's node, training, and one
 pending behind it (train_cluster_running.png, train_cluster_pending.png).
 
+    python -m scripts.screenshots --wall --runs /tmp/wall-runs
+
+shoots instead the class wall (wall.png) of a mock class on a runs folder of its own: 17 quick demos, most of
+two epochs with one or two settings changed (CLASS below), queued one at a time as the Train page queues them
+(CVAE_MAX_RUNS=1), shot once all but the last two have finished, while the next to last trains and the last
+waits.
+
     python -m scripts.screenshots --roles [--runs checkpoints/roles]
 
 shoots instead every page of the navigation as a lecturer and as a student (lecturer_<page>.png,
@@ -60,6 +67,16 @@ RUNS = {  # run id -> (name shown in the app, options besides the quick demo's)
     "demo-z10": ("quick demo, z=10", {"latent_dim": 10}),
     "demo-z2-slow": ("quick demo, z=2, lr 5e-4", {"learning_rate": 5e-4}),
 }
+
+
+CLASS = [  # the mock class of the wall: (student, options besides the quick demo's); two epochs unless said
+    ("ana", {}), ("ben", {"latent_dim": 10}), ("chloe", {"learning_rate": 1e-3}), ("dev", {"kl_weight": 4.0}),
+    ("emil", {"latent_dim": 5}), ("fatima", {"mlp_hidden": (256, 256)}), ("gus", {"batch_size": 64}),
+    ("hana", {"latent_dim": 10, "kl_weight": 0.5}), ("ivan", {"free_bits": 0.5}), ("jo", {}),
+    ("kim", {"kl_warmup_epochs": 1.0}), ("lena", {"latent_dim": 20}), ("max", {"learning_rate": 1e-2}),
+    ("nora", {"epochs": 3}), ("omar", {"latent_dim": 10, "epochs": 3}),
+    ("pia", {"epochs": 12}), ("quinn", {"epochs": 12}),  # training, and waiting behind it, when shot
+]  # fmt: skip
 
 
 def free_port() -> int:
@@ -102,6 +119,7 @@ def main() -> int:
     ap.add_argument("--cluster", action="store_true", help="the Train page of runs on a Slurm cluster instead")
     ap.add_argument("--draw", action="store_true", help="the Draw and Complete a digit pages, drawn on, instead")
     ap.add_argument("--roles", action="store_true", help="every page as a lecturer and as a student, signed in")
+    ap.add_argument("--wall", action="store_true", help="the class wall of a mock class of 17 runs instead")
     args = ap.parse_args()
     runs = (args.runs or ROOT / "checkpoints" / ("roles" if args.roles else "screenshots")).resolve()
     out = args.out.resolve()
@@ -112,6 +130,8 @@ def main() -> int:
         return cluster(runs, out, args.chromium)
     if args.draw:
         return drawn(runs, out, args.chromium, args.threads)
+    if args.wall:
+        return wall(runs, out, args.chromium, args.threads)
     os.environ["CVAE_MAX_RUNS"] = str(len(RUNS))  # all three train at once, a thread each
     runs.mkdir(parents=True, exist_ok=True)
     started = start_runs(runs, args.threads)
@@ -221,6 +241,44 @@ def draw_strokes(page, canvas, lines: list[list[tuple[float, float]]]) -> None:
         for x, y in points[1:]:
             page.mouse.move(x, y, steps=12)
         page.mouse.up()
+
+
+def wall(runs: Path, out: Path, chromium: str, threads: int) -> int:
+    """The class wall of CLASS, queued as the Train page queues runs, one training at a time: shot when the next
+    to last run has trained an epoch (every run before it finished) and the last one waits."""
+    from cvae import jobs
+    from cvae.config import QUICK_DEMO
+    from cvae.names import write_meta
+    from cvae.runs import RunDir
+
+    os.environ["CVAE_MAX_RUNS"] = "1"
+    runs.mkdir(parents=True, exist_ok=True)
+    expect(not any(runs.iterdir()), f"{runs} must be empty: the wall shows every run in it")
+    started = []
+    for student, extra in CLASS:
+        run = jobs.start(runs, {**QUICK_DEMO, "epochs": 2, "threads": threads, **extra}, run_id=f"demo-{student}")
+        write_meta(run.path, name=f"{student}'s demo", note="")
+        started.append(RunDir(run.path))
+    *done, training, waiting = started
+    wait(lambda: len(training.read_metrics()) >= 1, 3600, "the class's runs")
+    expect(all(r.read_status().get("state") == "finished" for r in done), "every run but the last two finished")
+    server, url = serve(runs)
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+            page.goto(f"{url}/wall")
+            page.locator(".wall .card").first.wait_for(timeout=60_000)
+            expect(waiting.read_status().get("state") != "finished", "the last run still waits")
+            shot(page, out, "wall", settle_ms=4000)
+            report(page)
+            browser.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+    return 0
 
 
 def drawn(runs: Path, out: Path, chromium: str, threads: int) -> int:
