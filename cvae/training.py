@@ -12,6 +12,7 @@ prepares the run folder and hands over to `cvae.loop.fit`. The command line
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import math
@@ -193,6 +194,18 @@ def section_config(cls: type, opts: dict[str, Any], **extra: Any) -> Any:
     if cls is DataConfig and values["binarize"] == "auto":
         values["binarize"] = "static" if opts["decoder_type"] == "bernoulli" else "none"
     return cls(**values, **extra)
+
+
+def planned_sections(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The data, model and train sections a run's config.json will hold, from the options it was queued with,
+    before it has written them: all but the model's fields that come from the data (its shapes, the conv
+    layers' sizes). JSON's own types (lists for tuples), so they compare with a config.json's. Raises
+    CVAEError, TypeError or ValueError for options that do not resolve."""
+    opts = resolve_options(options)
+    sections = {"data": dataclasses.asdict(section_config(DataConfig, opts)),
+                "model": {o.field: opts[o.name] for o in OPTIONS if o.section == "model"},
+                "train": dataclasses.asdict(section_config(TrainConfig, opts))}  # fmt: skip
+    return json.loads(json.dumps(sections))
 
 
 def _model_config(opts: dict[str, Any], info: DatasetInfo) -> ModelConfig:

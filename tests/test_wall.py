@@ -74,7 +74,9 @@ def test_the_wall_shows_every_run_as_a_card(wall: Path) -> None:
     assert "<div class='differs'>as most runs</div>" in by_id["run05"]
     assert "<div class='differs'>z=13</div>" in by_id["run11"]  # what sets it apart, in plain words
     assert "most runs: z=2" in " ".join(c.value for c in at.caption)
-    assert "queued — position 2" in by_id["waiting"] and "z=5" in by_id["waiting"]  # what it will train
+    assert "queued — position 2" in by_id["waiting"]
+    # what sets it apart, from the options it was queued with: the quick demo at z=5 among 2-epoch MLP runs
+    assert "<div class='differs'>z=5 · " in by_id["waiting"] and "lr=0.005" in by_id["waiting"]
     assert "Ana&#x27;s &lt;b&gt;bold&lt;/b&gt; run" in by_id["run01"]  # what people type is text, not HTML
     crafted = by_id["crafted"]
     assert "<script>" not in crafted and "onmouseover='x" not in crafted and "no pictures yet" in crafted
@@ -145,3 +147,21 @@ def test_an_evening_lectures_runs_stay_on_the_wall_past_midnight(wall: Path) -> 
     assert sorted(r.id for r in shown) == sorted(r.id for r in fresh[:5])
     assert [r.id for r in since(fresh, "lecture", now=midnight + 600)] == [r.id for r in shown]
     assert len(since(fresh, "all", now=midnight + 600)) == 14
+
+
+def test_a_queued_runs_options_make_the_config_it_then_writes(tiny_run: Path) -> None:
+    """planned_sections (what the wall compares a queued run by) gives, field for field, the config.json that a
+    run given those options writes: the data and train sections whole, the model's options."""
+    from cvae.training import planned_sections
+
+    options = dict(dataset="MNIST", decoder_type="Bernoulli", latent_dim=2, epochs=2, batch_size=64,
+                   learning_rate=1e-3, arch="mlp", mlp_hidden=(64,), train_subset=512, test_subset=256,
+                   latent_subset=200)  # fmt: skip  # tiny_run's (conftest.py)
+    written = json.loads((tiny_run / "config.json").read_text())
+    planned = planned_sections(options)
+    assert planned["data"] == written["data"] and planned["train"] == written["train"]
+    assert planned["model"] == {k: written["model"][k] for k in planned["model"]} and planned["model"][
+        "mlp_hidden"
+    ] == [64]
+    planned["model"]["latent_dim"] = 5
+    assert planned_sections({**options, "latent_dim": 5})["model"] == planned["model"]

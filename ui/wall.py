@@ -82,17 +82,38 @@ def cards(runs: list[Run], owners: bool) -> tuple[list[Card], list[str]]:
             per_epoch=len(rows) >= 2,
             nelbo=nelbo if isinstance(nelbo, (int, float)) else None, curve=_curve(run, rows),
             picture=_picture(run), color=colors[run.id],
-            differs=differs.get(run.id, "") if run.raw_config else run.description,  # queued: what it will train
+            # a queued run is set apart by the options it was queued with; one without them says what it trains
+            differs=differs.get(run.id, run.description),
         ))  # fmt: skip
     return found, usual
 
 
 def _differs(key: tuple, runs: list[Run]) -> tuple[list[str], dict[str, str]]:
-    """What most runs on the wall share, and what sets each run apart from them, in plain words."""
-    configured = [r for r in runs if r.raw_config]  # a queued run has no config.json yet
-    if len(configured) < 2:
+    """What most runs on the wall share, and what sets each run apart from them, in plain words; a queued run,
+    which has no config.json yet, by the config its options will make (`_planned`)."""
+    configured = [r for r in runs if r.raw_config]
+    planned = {r.id: _planned(r, configured[0].raw_config) for r in runs if not r.raw_config and configured}
+    configs = {**{r.id: r.raw_config for r in configured}, **{i: c for i, c in planned.items() if c is not None}}
+    if len(configs) < 2:
         return [], {}
-    return _differs_cached(key, tuple(r.id for r in configured), [r.raw_config for r in configured])
+    return _differs_cached(key, tuple(configs), list(configs.values()))
+
+
+def _planned(run: Run, base: dict) -> dict | None:
+    """The config a queued run will write, as far as its queued options say: those over `base` (a configured run
+    of the wall) for the fields that come from the data. None where the options are missing or do not resolve."""
+    from cvae.errors import CVAEError
+    from cvae.jobs import launch_options
+    from cvae.training import planned_sections
+
+    options = launch_options(run.dir)
+    if not options:
+        return None
+    try:
+        sections = planned_sections(options)
+    except (CVAEError, TypeError, ValueError):
+        return None
+    return {k: {**(base.get(k) or {}), **v} for k, v in sections.items()}
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
