@@ -50,6 +50,7 @@ on the lecturer's run, no classmate's run unless pinned (student_train_pinned.pn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -58,7 +59,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT = 1280, 720
@@ -187,6 +190,25 @@ def serve(runs: Path, *args: str) -> tuple[subprocess.Popen, str]:
     return server, url
 
 
+@contextlib.contextmanager
+def browsing(runs: Path, chromium: str) -> Iterator[tuple[Any, str]]:
+    """The app served on `runs` and a headless Chromium page at 1280x720: (page, the app's address); the
+    browser and the server are stopped on the way out."""
+    server, url = serve(runs)
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            try:
+                yield browser.new_page(viewport={"width": WIDTH, "height": HEIGHT}), url
+            finally:
+                browser.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+
+
 def cluster(runs: Path, out: Path, chromium: str) -> int:
     """The Train page of a run training on a Slurm node and of one pending behind it."""
     os.environ["CVAE_BACKEND"] = "slurm"
@@ -202,26 +224,18 @@ def cluster(runs: Path, out: Path, chromium: str) -> int:
     os.environ["CVAE_SLURM_CPUS"] = "1"
     second = jobs.start(runs, {**QUICK_DEMO, "epochs": 5}, run_id="waiting-for-a-node")
     write_meta(second.path, name="waiting for a node", note="")
-    server, url = serve(runs)
     try:
-        wait(lambda: len(first.read_metrics()) >= 2, 600, "two epochs on the cluster")
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+        with browsing(runs, chromium) as (page, url):
+            wait(lambda: len(first.read_metrics()) >= 2, 600, "two epochs on the cluster")
             page.goto(f"{url}/?run={first.id}")
             page.get_by_text("test −ELBO").first.wait_for(timeout=60_000)
             shot(page, out, "train_cluster_running", settle_ms=4000)
             page.goto(f"{url}/?run={second.id}")
             page.get_by_text("Queued on the cluster").wait_for(timeout=60_000)
             shot(page, out, "train_cluster_pending", settle_ms=2000)
-            browser.close()
     finally:
         for run in (first, second):
             jobs.stop(run)
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(20)
     return 0
 
 
@@ -262,22 +276,12 @@ def wall(runs: Path, out: Path, chromium: str, threads: int) -> int:
     *done, training, waiting = started
     wait(lambda: len(training.read_metrics()) >= 1, 3600, "the class's runs")
     expect(all(r.read_status().get("state") == "finished" for r in done), "every run but the last two finished")
-    server, url = serve(runs)
-    try:
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-            page.goto(f"{url}/wall")
-            page.locator(".wall .card").first.wait_for(timeout=60_000)
-            expect(waiting.read_status().get("state") != "finished", "the last run still waits")
-            shot(page, out, "wall", settle_ms=4000)
-            report(page)
-            browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(20)
+    with browsing(runs, chromium) as (page, url):
+        page.goto(f"{url}/wall")
+        page.locator(".wall .card").first.wait_for(timeout=60_000)
+        expect(waiting.read_status().get("state") != "finished", "the last run still waits")
+        shot(page, out, "wall", settle_ms=4000)
+        report(page)
     return 0
 
 
@@ -294,36 +298,26 @@ def drawn(runs: Path, out: Path, chromium: str, threads: int) -> int:
         if not (runs / run_id / "config.json").is_file():
             jobs.start(runs, {**options, "threads": threads}, run_id=run_id)
     wait(lambda: all(RunDir(runs / r).read_status().get("state") == "finished" for r in wanted), 3600, "the runs")
-    server, url = serve(runs)
-    try:
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-            page.goto(f"{url}/draw?run=demo-z2")
-            canvas = page.locator("canvas.ink")
-            canvas.wait_for(timeout=60_000)
-            draw_strokes(page, canvas, SEVEN)
-            page.get_by_text("The red ring").wait_for(timeout=60_000)
-            shot(page, out, "draw", settle_ms=2500)
-            page.goto(f"{url}/complete?run=complete-q1")
-            canvas = page.locator("canvas.ink")
-            canvas.wait_for(timeout=60_000)
-            baseline = page.locator('[data-testid="stImage"] img').first
-            baseline.wait_for(timeout=60_000)
-            shot(page, out, "complete", settle_ms=2500)  # as it opens: test digit #1's given quadrant
-            changed = "s => document.querySelector('[data-testid=\"stImage\"] img').src !== s"
-            for act in (lambda: page.get_by_role("button", name="Clear").click(),
-                        lambda: draw_strokes(page, canvas, ZERO_BOTTOM_LEFT)):  # fmt: skip
-                before = baseline.get_attribute("src")
-                act()
-                page.wait_for_function(changed, arg=before, timeout=60_000)  # the baseline of the new drawing
-            shot(page, out, "complete_draw", settle_ms=2500)
-            browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(20)
+    with browsing(runs, chromium) as (page, url):
+        page.goto(f"{url}/draw?run=demo-z2")
+        canvas = page.locator("canvas.ink")
+        canvas.wait_for(timeout=60_000)
+        draw_strokes(page, canvas, SEVEN)
+        page.get_by_text("The red ring").wait_for(timeout=60_000)
+        shot(page, out, "draw", settle_ms=2500)
+        page.goto(f"{url}/complete?run=complete-q1")
+        canvas = page.locator("canvas.ink")
+        canvas.wait_for(timeout=60_000)
+        baseline = page.locator('[data-testid="stImage"] img').first
+        baseline.wait_for(timeout=60_000)
+        shot(page, out, "complete", settle_ms=2500)  # as it opens: test digit #1's given quadrant
+        changed = "s => document.querySelector('[data-testid=\"stImage\"] img').src !== s"
+        for act in (lambda: page.get_by_role("button", name="Clear").click(),
+                    lambda: draw_strokes(page, canvas, ZERO_BOTTOM_LEFT)):  # fmt: skip
+            before = baseline.get_attribute("src")
+            act()
+            page.wait_for_function(changed, arg=before, timeout=60_000)  # the baseline of the new drawing
+        shot(page, out, "complete_draw", settle_ms=2500)
     return 0
 
 
