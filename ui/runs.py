@@ -117,6 +117,12 @@ class Run:
         return f"{device} ({name})" if device and name else device
 
     @property
+    def planned_sections(self) -> dict | None:
+        """The data, model and train sections of the config a queued run will write, from the options it was
+        queued with (cvae.training.planned_sections); None where there are none or they do not resolve."""
+        return _planned_sections(str(self.dir.path), stamp(self.dir.path / LAUNCH_FILE))
+
+    @property
     def class_names(self) -> list[str]:
         info = (self.raw_config or {}).get("dataset_info") or {}
         return [str(c) for c in info.get("class_names", [])]
@@ -174,6 +180,21 @@ def _planned(folder: str, version: tuple[int, int]) -> str:
         return ""
     what = {"none": " · VAE (no label)", "quadrants": " · completes digits"}.get(str(o["condition"]), "")
     return f"{o['dataset']} · {o['decoder_type']} · {o['arch']} · z={o['latent_dim']}{what} · {o['epochs']} epoch{'' if o['epochs'] == 1 else 's'}"
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _planned_sections(folder: str, version: tuple[int, int]) -> dict | None:
+    """Run.planned_sections, read once per launch file: the wall asks for it on every refresh."""
+    from cvae.jobs import launch_options
+    from cvae.training import planned_sections
+
+    options = launch_options(RunDir(Path(folder)))
+    if not options:
+        return None
+    try:
+        return planned_sections(options)
+    except (CVAEError, TypeError, ValueError):
+        return None
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

@@ -102,16 +102,8 @@ def _differs(key: tuple, runs: list[Run]) -> tuple[list[str], dict[str, str]]:
 def _planned(run: Run, base: dict) -> dict | None:
     """The config a queued run will write, as far as its queued options say: those over `base` (a configured run
     of the wall) for the fields that come from the data. None where the options are missing or do not resolve."""
-    from cvae.errors import CVAEError
-    from cvae.jobs import launch_options
-    from cvae.training import planned_sections
-
-    options = launch_options(run.dir)
-    if not options:
-        return None
-    try:
-        sections = planned_sections(options)
-    except (CVAEError, TypeError, ValueError):
+    sections = run.planned_sections
+    if sections is None:
         return None
     return {k: {**(base.get(k) or {}), **v} for k, v in sections.items()}
 
