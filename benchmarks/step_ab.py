@@ -10,9 +10,8 @@ A checkout whose loop keeps bf16 matrix weights during the step (`cvae.runtime.h
 Either step API works (`model.objective`, or `model.elbo_terms` before the one model family).
 
 Each round also gives the timed steps' median forward pass, backward pass and optimiser step (wall time
-around each, no profiler): torch.profiler's own overhead inflates some operators several times over (the
-encoder linear layer's weight gradient, 1.8 ms a step timed around the call, shows as 4-5 ms in its table),
-so `--profile` says which operators run and these say where the step's time goes.
+around each, no profiler): torch.profiler's own overhead falls unevenly and inflates some operators several
+times over (docs/benchmark.md), so `--profile` says which operators run and these say where the time goes.
 """
 
 from __future__ import annotations
