@@ -29,6 +29,18 @@ LAYERS = [  # name, ours, torch's, in channels, out channels, input height and w
 ]
 
 
+def step(layer: nn.Module, x: torch.Tensor, ours: bool, transposed: bool) -> None:
+    """One forward and backward pass of `layer`; `ours`: with the matrix-product weight gradient, also where
+    cvae.conv leaves the layer to torch."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if ours:
+            y = _Convolution.apply(x, layer.weight, layer.bias, transposed, layer.stride, layer.padding)
+        else:
+            y = layer(x)
+    y.backward(torch.ones_like(y))
+    layer.weight.grad = layer.bias.grad = x.grad = None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default [0]")
@@ -45,24 +57,15 @@ def main() -> None:
         x = torch.randn(BATCH, c_in, *hw).bfloat16().to(memory_format=torch.channels_last)
         x.requires_grad_(c_in != 1)  # as in the model: the image itself needs no gradient
 
-        def step(layer: nn.Module) -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                if layer is layers[0]:  # the matrix-product weight gradient, also where cvae.conv leaves it out
-                    y = _Convolution.apply(x, layer.weight, layer.bias, ours_cls is ConvTranspose2d, layer.stride,
-                                           layer.padding)  # fmt: skip
-                else:
-                    y = layer(x)
-            y.backward(torch.ones_like(y))
-            layer.weight.grad = layer.bias.grad = x.grad = None
-
+        transposed = ours_cls is ConvTranspose2d
         times: dict[int, list[float]] = {0: [], 1: []}
         for i in (0, 1, 0, 1):
-            step(layers[i])
+            step(layers[i], x, i == 0, transposed)
         for r in range(args.rounds):
-            for i in ((0, 1) if r % 2 else (1, 0)):
+            for i in (0, 1) if r % 2 else (1, 0):
                 t0 = time.perf_counter()
                 for _ in range(5):
-                    step(layers[i])
+                    step(layers[i], x, i == 0, transposed)
                 times[i].append((time.perf_counter() - t0) / 5 * 1000)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             used = _applies(layers[0], x)

@@ -94,7 +94,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = torch's default [0]")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
-                   help="first profile each checkout's step and print its ROWS costliest operators [0: none]")
+                   help="first profile each checkout's step and print its ROWS costliest operators [0: none]")  # fmt: skip
     args = p.parse_args()
     if args.profile:
         for checkout in (args.old, args.new):
@@ -104,7 +104,7 @@ def main() -> int:
         (old, old_ms), (new, new_ms) = images_per_s(args.old, args.threads), images_per_s(args.new, args.threads)
         ratios.append(new / old)
         print(f"round {r + 1}: old {old:.0f}, new {new:.0f} images/s, new / old {new / old:.3f}; "
-              f"forward / backward / optimiser ms a step: old {_ms(old_ms)}, new {_ms(new_ms)}", flush=True)
+              f"forward / backward / optimiser ms a step: old {_ms(old_ms)}, new {_ms(new_ms)}", flush=True)  # fmt: skip
     print(f"median new / old: {statistics.median(ratios):.3f}")
     return 0
 
