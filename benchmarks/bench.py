@@ -38,6 +38,10 @@ memory they hold; and torch.compile (mode="reduce-overhead") on the same step,
 to compare with the plain graph. `--only` picks parts: baseline, eager, graph,
 demo, queue, compile.
 
+`--busy N` measures everything after the ceiling beside N other programs that each keep a core busy
+(a Python loop that never waits, as another user's job on a shared server would): how the reference's loop
+and ours hold up when the machine is not theirs alone. The ceiling is measured before they start.
+
 Peak resident memory (ru_maxrss) is reported for each process; our loop's
 includes the whole of MNIST. Timings on a shared machine are noisy: compare the
 ratios measured in one run, not absolute numbers across runs.
@@ -46,6 +50,7 @@ ratios measured in one run, not absolute numbers across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -54,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -617,16 +623,37 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """`count` other programs, each keeping a core busy, for as long as the block runs."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int, busy: int = 0) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine_info(), "settings": {
         "dataset": "MNIST", "likelihood": "bernoulli", "binarize": "static", "latent_dim": LATENT,
         "batch_size": BATCH, "learning_rate": LEARNING_RATE, "seed": SEED, "arch": "conv (the reference's)",
-        "batches_timed": batches, "warmup_batches": warmup, "rounds": rounds,
+        "batches_timed": batches, "warmup_batches": warmup, "rounds": rounds, "busy_programs": busy,
     }}  # fmt: skip
     report["parameters"] = reference_parameters()
     if "ceiling" in parts:
         _log("ceiling: matmul GFLOP/s and the memory's GB/s ...")
         report["ceiling"] = spawn({"kind": "ceiling", "elements": report["parameters"]})
+    if busy:
+        _log(f"the rest beside {busy} program(s) keeping a core busy each ...")
+    with busy_cores(busy):
+        _measure(report, parts, batches=batches, warmup=warmup, rounds=rounds)
+    return report
+
+
+def _measure(report: dict[str, Any], parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> None:
+    """Every part after the ceiling, into `report`."""
     if "speed" in parts or "epoch" in parts:
         report["flops_per_image"] = flops_per_image()
     if "speed" in parts:
@@ -684,7 +711,6 @@ def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int) -> 
         for z in (2, 10):
             _log(f"demo: quick-demo preset, z={z} ...")
             report["demo"][f"z{z}"] = spawn({"kind": "demo", "latent_dim": z})
-    return report
 
 
 def bench_cuda(parts: tuple[str, ...]) -> dict[str, Any]:
@@ -813,6 +839,9 @@ def format_table(report: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     m = report["machine"]
     rows.append(("machine", f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}"))
+    if report.get("settings", {}).get("busy_programs"):
+        rows.append(("beside (after the ceiling)", f"{report['settings']['busy_programs']} other program(s) "
+                     "keeping a core busy each"))  # fmt: skip
     if "ceiling" in report:
         c = report["ceiling"]
         rows.append(("matmul ceiling fp32 / bf16", f"{c['fp32_gflops']:.0f} / {c['bf16_gflops']:.0f} GFLOP/s"))
@@ -880,6 +909,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first [5]")
     p.add_argument("--rounds", type=int, default=3, help="baseline/ours alternations [3]")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the full report here")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="measure all but the ceiling beside N programs that each keep a core busy [0]")  # fmt: skip
     p.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -904,10 +935,12 @@ def cli(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}", file=sys.stderr)
         return 2
-    if min(args.batches, args.rounds) < 1 or args.warmup < 1:
-        print("error: --batches and --rounds must be positive, --warmup at least 1", file=sys.stderr)
+    if min(args.batches, args.rounds) < 1 or args.warmup < 1 or not 0 <= args.busy <= 64:
+        print(
+            "error: --batches and --rounds must be positive, --warmup at least 1, --busy from 0 to 64", file=sys.stderr
+        )
         return 2
-    report = bench(parts, batches=args.batches, warmup=args.warmup, rounds=args.rounds)
+    report = bench(parts, batches=args.batches, warmup=args.warmup, rounds=args.rounds, busy=args.busy)
     return _publish(report, format_table, args, argv)
 
 

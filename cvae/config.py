@@ -426,7 +426,8 @@ class TrainConfig:
                                   "(0 = pictures at epoch ends only)", low=0, high=86_400,
                                   label="Live pictures every N seconds", resume="override")  # fmt: skip
     threads: int = option(0, "CPU threads (0 = the available cores, shared with the runs training beside it in "
-                          "the same runs folder)", low=0, high=1024,
+                          "the same runs folder, and half of them while another program keeps the cores busy "
+                          "and steps measure faster so)", low=0, high=1024,
                           label="CPU threads (0 = all)", resume="override")  # fmt: skip
     lr_schedule: LRSchedule = option("plateau", "plateau: cut by 10 when the training loss stalls (the "
                                      "reference); cosine: a linear warm-up, then down to 0 at the last epoch; "

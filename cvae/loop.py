@@ -18,6 +18,7 @@ import math
 import os
 import queue
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -39,7 +40,7 @@ from cvae.estimators import evaluate_elbo, refined_nelbo
 from cvae.model import CVAE, Objective, count_parameters, term_names
 from cvae.progress import Callback
 from cvae.ranks import ONE, Ranks
-from cvae.runs import RunDir, active_runs, available_cores, process_identity
+from cvae.runs import RunDir, active_runs, available_cores, others_cpu_seconds, process_identity
 from cvae.runtime import (
     HalfWeights,
     autocast,
@@ -369,26 +370,111 @@ class EpochWriter:
 
 
 SHARE_EVERY_S = 5.0  # how often a trainer with threads 0 looks at how many runs share its cores
+TRIAL_STEPS = 6  # steps compared at the other thread count in a trial (after one that is not)
+FIRST_TRIAL_S = 1.0  # the first trial after this much training at a new share (its first steps are slower)
+TRIAL_EVERY_S = (5.0, 60.0)  # the wait between trials: the first, doubled after each that lost, up to the last
+TRIAL_MARGIN = 0.9  # the other count is kept when its steps take at most this share of the held count's
+SLOWED = 1.5  # steps this many times slower than at the last verdict: another trial at once
+QUIET_CORES = 0.25  # other programs used less than this many of the run's cores since the last look: no trial
 
 
 class CoreShare:
     """Threads 0 (auto): the cores shared out among the runs training in this run's runs folder, looked at anew
     every SHARE_EVERY_S, so a class's runs use one core each while they overlap and a run alone gets them all.
-    More threads than cores' share would make each run's threads wait for one another's time slices."""
+    More threads than cores' share would make each run's threads wait for one another's time slices.
 
-    def __init__(self, run: RunDir, threads: int) -> None:
-        self.run, self.auto, self.current, self.next_at = run, threads == 0, 0, 0.0
+    Within its share, a run keeps the thread count whose steps it measures to be faster. A program outside the
+    runs folder that keeps a core busy (another user's job on a shared server, a test suite) takes time slices
+    from one of the run's OpenMP threads, and the others spin at the end of every operator until it comes back:
+    on two cores, steps several times slower than on the one free core. So now and then, and at once when the
+    steps slow down, a trial times a few steps at half the threads (or, after such a trial won, back at the
+    share), and the faster count stays; a trial that loses waits twice as long before the next one. Where
+    nothing else has used the run's cores since the last look (/proc/stat), no trial is needed: the run keeps
+    its share, or goes back to it.
+    `clock` and `others` are for tests."""
+
+    def __init__(self, run: RunDir, threads: int, clock: Callable[[], float] = time.monotonic,
+                 others: Callable[[], float | None] = others_cpu_seconds) -> None:  # fmt: skip
+        self.run, self.auto, self.clock, self.others = run, threads == 0, clock, others
+        self.looked: tuple[float, float | None] = (0.0, None)  # the clock and others' CPU seconds at the last look
+        self.share = self.current = 0  # the cores' share of this run; the threads it uses now
+        self.next_at = 0.0  # when the share is looked at next
+        self.last: float | None = None  # the clock at the previous step's end
+        self.held: list[float] = []  # the latest step times at `current`, outside trials
+        self.trial: list[float] | None = None  # step times at `current` while a trial runs
+        self.before = 0  # the count a trial would go back to
+        self.wait_s = TRIAL_EVERY_S[0]
+        self.trial_at = math.inf
+        self.settled: float | None = None  # the median step time at the last verdict
 
     def __call__(self) -> None:
-        now = time.time()
-        if not self.auto or now < self.next_at:
+        """After each step: the share looked at when due, the step timed, a trial begun or judged."""
+        if not self.auto:
             return
-        self.next_at = now + SHARE_EVERY_S
-        others = active_runs(self.run.path.parent, besides=self.run, states=("starting", "running"))
-        want = max(1, available_cores() // (1 + others))
-        if want != self.current:
-            torch.set_num_threads(want)
-            self.current = want
+        now = self.clock()
+        step_s, self.last = (None if self.last is None else now - self.last), now
+        if now >= self.next_at:
+            self.next_at = now + SHARE_EVERY_S
+            others = active_runs(self.run.path.parent, besides=self.run, states=("starting", "running"))
+            share = max(1, available_cores() // (1 + others))
+            if share != self.share:  # runs came or went: start over at the new share
+                self.share, self.trial, self.settled, self.wait_s = share, None, None, TRIAL_EVERY_S[0]
+                self._use(share, now)
+                self.trial_at, self.looked = now + FIRST_TRIAL_S, (now, self.others())
+                return
+        if step_s is None:
+            return
+        if self.trial is not None:
+            self.trial.append(step_s)
+            if len(self.trial) > TRIAL_STEPS or sum(self.trial) > (TRIAL_STEPS + 1) * statistics.median(self.held):
+                self._judge(now)
+            return
+        self.held = [*self.held[1 - TRIAL_STEPS :], step_s]
+        if self.share < 2 or len(self.held) < TRIAL_STEPS:
+            return
+        typical = statistics.median(self.held)
+        if now < self.trial_at and (self.settled is None or typical <= SLOWED * self.settled):
+            return
+        quiet = self._quiet(now)
+        if quiet and self.current == self.share:  # nothing else wants these cores: no thread waits for one
+            self.settled, self.held, self.trial_at = typical, [], now + self.wait_s
+        elif quiet:  # whatever kept a core busy is gone: back to the share
+            print(f"CPU threads: {self.share} again (nothing else busy on these cores)", flush=True)
+            self.settled, self.wait_s = None, TRIAL_EVERY_S[0]
+            self._use(self.share, now)
+        else:
+            self.before, self.trial = self.current, []
+            self._use(max(1, self.share // 2) if self.current == self.share else self.share, now, trial=True)
+
+    def _judge(self, now: float) -> None:
+        """The trial's steps against the held count's: the faster count stays. Its first step, which may pay for
+        starting threads, is not compared; a trial that took longer than the held count would have for all its
+        steps ends there, lost (beside a busy core, a step on two threads can take many times as long)."""
+        held, timed = statistics.median(self.held), self.trial[1:]
+        tried = statistics.median(timed) if len(timed) == TRIAL_STEPS else math.inf
+        self.trial = None
+        if tried <= TRIAL_MARGIN * held:
+            print(f"CPU threads: {self.current} from now on ({1e3 * tried:.0f} ms a step against {1e3 * held:.0f} ms "
+                  f"on {self.before})", flush=True)  # fmt: skip
+            self.settled, self.wait_s, self.held, self.trial_at = tried, TRIAL_EVERY_S[0], [], now + TRIAL_EVERY_S[0]
+        else:
+            self.settled, self.wait_s = held, min(2 * self.wait_s, TRIAL_EVERY_S[1])
+            self._use(self.before, now)
+
+    def _quiet(self, now: float) -> bool:
+        """Whether other programs used less than QUIET_CORES of the run's cores since the last look."""
+        (then, before), others = self.looked, self.others()
+        self.looked = (now, others)
+        if others is None or before is None or now <= then:
+            return False
+        return (others - before) / (now - then) < QUIET_CORES
+
+    def _use(self, threads: int, now: float, trial: bool = False) -> None:
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        self.current = threads
+        if not trial:  # the step after a change, which may pay for starting threads, is not timed
+            self.held, self.trial_at, self.last = [], now + self.wait_s, None
 
 
 class LivePreview:

@@ -177,6 +177,22 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def others_cpu_seconds() -> float | None:
+    """CPU seconds the cores this process may use have spent since boot on anything else (time a virtual
+    machine's host took from them included), or None where there is no /proc/stat (macOS)."""
+    try:
+        cores = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+        busy = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *ticks = line.split()
+                if name in cores:  # user, nice, system, (idle, iowait,) irq, softirq, steal
+                    busy += sum(int(ticks[i]) for i in (0, 1, 2, 5, 6, 7))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return busy / os.sysconf("SC_CLK_TCK") - time.process_time()
+
+
 def process_identity(pid: int) -> str | None:
     """'<boot id>:<start time>' of a live process, so a reused pid is not mistaken for it."""
     try:

@@ -132,6 +132,73 @@ def test_queue_flags_and_the_cores_shared_among_the_runs_training_together(tmp_p
         torch.set_num_threads(before)
 
 
+def test_a_run_keeps_the_thread_count_whose_steps_it_measures_faster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """Steps timed on a clock of the test's, with the other programs' CPU time on the run's cores a count of the
+    test's: with nothing else running the run stays on both cores and tries nothing; once a program keeps a core
+    busy and two threads' steps take several times as long, it moves to one thread within a few steps, tries
+    both again ever less often, and goes back to both when the core is free again. Where another program uses
+    the cores but two threads stay the faster, trials on one come now and then and lose."""
+    from cvae import loop
+
+    monkeypatch.setattr(loop, "available_cores", lambda: 2)
+    now, others, load = [0.0], [0.0], [0.0]  # the clock; others' CPU seconds; the cores they keep busy
+    step_s = {2: 0.030, 1: 0.055}  # nothing else running: two threads' steps are the faster
+    share = loop.CoreShare(RunDir(tmp_path / "r"), threads=0, clock=lambda: now[0], others=lambda: others[0])
+    before = torch.get_num_threads()
+
+    def train(seconds: float) -> list[int]:
+        """Steps for `seconds` of the test's clock; the thread count each ran on."""
+        ran, end = [], now[0] + seconds
+        while now[0] < end:
+            share()  # the loop calls it after each step
+            ran.append(torch.get_num_threads())
+            now[0] += step_s[ran[-1]]
+            others[0] += step_s[ran[-1]] * load[0]
+        return ran
+
+    try:
+        assert set(train(120.0)) == {2}  # alone: no trial
+        load[0] = 0.5  # something else on the cores, but two threads stay the faster
+        shared = train(120.0)
+        assert shared[-1] == 2 and 0 < shared.count(1) < 0.02 * len(shared)  # trials on one thread, which lose
+        load[0] = 1.0
+        step_s.update({2: 1.0, 1: 0.055})  # a core kept busy: two threads wait for the one without a time slice
+        busy = train(180.0)
+        assert busy.index(1) < 10  # the slowed steps call a trial at once, which moves to one thread
+        assert "CPU threads: 1 from now on (55 ms a step against " in capsys.readouterr().out
+        settled = busy[busy.index(1) :]
+        assert settled[-1] == 1 and settled.count(2) < 0.01 * len(settled)  # trials on two, cut short, ever rarer
+        load[0] = 0.0
+        step_s.update({2: 0.030, 1: 0.055})  # the core free again
+        again = train(120.0)
+        assert again[-1] == 2 and again.index(2) < 61 / 0.055  # back on two by the next look, at most 60 s on
+        assert "CPU threads: 2 " in capsys.readouterr().out  # by a trial, or by a look that found the cores free
+        fixed = loop.CoreShare(RunDir(tmp_path / "r"), threads=1, clock=lambda: now[0], others=lambda: others[0])
+        load[0] = 1.0
+        for _ in range(1000):
+            fixed()
+            now[0] += 0.2
+            others[0] += 0.2
+        assert torch.get_num_threads() == 2  # a run given its threads is left alone
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_cpu_time_of_other_programs_on_the_runs_cores_is_measured(capsys: pytest.CaptureFixture) -> None:
+    """What tells a run that its cores are not its own: /proc/stat's busy time less this process's own, which
+    grows by about a core's time while the bench's busy program runs (`--busy`)."""
+    from benchmarks.bench import busy_cores, cli
+    from cvae.runs import others_cpu_seconds
+
+    first = others_cpu_seconds()
+    with busy_cores(1):
+        time.sleep(1.5)
+    assert first is not None and others_cpu_seconds() - first > 0.4  # its 1.5 s of a core, less a busy machine's share
+    assert cli(["--busy", "-1"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CVAE_MAX_RUNS", "1")
     monkeypatch.delenv("CVAE_TRAIN_NICE", raising=False)
