@@ -38,9 +38,11 @@ memory they hold; and torch.compile (mode="reduce-overhead") on the same step,
 to compare with the plain graph. `--only` picks parts: baseline, eager, graph,
 demo, queue, compile.
 
-`--busy N` measures everything after the ceiling beside N other programs that each keep a core busy
-(a Python loop that never waits, as another user's job on a shared server would): how the reference's loop
-and ours hold up when the machine is not theirs alone. The ceiling is measured before they start.
+`--busy N` measures everything after the ceiling beside other programs that keep N cores busy (a Python
+loop that never waits, as another user's job on a shared server would; a fraction, as in 0.5 or 1.5, is
+one more program busy for that share of every 20 ms and asleep for the rest, as a server answering
+requests is): how the reference's loop and ours hold up when the machine is not theirs alone. The ceiling
+is measured before they start.
 
 Peak resident memory (ru_maxrss) is reported for each process; our loop's
 includes the whole of MNIST. Timings on a shared machine are noisy: compare the
@@ -623,10 +625,25 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+BUSY_PERIOD_S = 0.02  # a partly busy program's cycle: busy, then asleep, a few scheduler time slices in all
+PARTLY_BUSY = """import time
+while True:
+    until = time.perf_counter() + {busy}
+    while time.perf_counter() < until:
+        pass
+    time.sleep({idle})
+"""
+
+
 @contextlib.contextmanager
-def busy_cores(count: int) -> Iterator[None]:
-    """`count` other programs, each keeping a core busy, for as long as the block runs."""
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+def busy_cores(cores: float) -> Iterator[None]:
+    """Other programs keeping `cores` cores busy for as long as the block runs: one a whole core each, and
+    one more busy for the fraction's share of each BUSY_PERIOD_S."""
+    whole, part = int(cores), cores - int(cores)
+    programs = ["while True: pass"] * whole
+    if part > 1e-3:
+        programs.append(PARTLY_BUSY.format(busy=part * BUSY_PERIOD_S, idle=(1 - part) * BUSY_PERIOD_S))
+    hogs = [subprocess.Popen([sys.executable, "-c", program]) for program in programs]
     try:
         yield
     finally:
@@ -635,18 +652,18 @@ def busy_cores(count: int) -> Iterator[None]:
             hog.wait()
 
 
-def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int, busy: int = 0) -> dict[str, Any]:
+def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int, busy: float = 0) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine_info(), "settings": {
         "dataset": "MNIST", "likelihood": "bernoulli", "binarize": "static", "latent_dim": LATENT,
         "batch_size": BATCH, "learning_rate": LEARNING_RATE, "seed": SEED, "arch": "conv (the reference's)",
-        "batches_timed": batches, "warmup_batches": warmup, "rounds": rounds, "busy_programs": busy,
+        "batches_timed": batches, "warmup_batches": warmup, "rounds": rounds, "busy_cores": busy,
     }}  # fmt: skip
     report["parameters"] = reference_parameters()
     if "ceiling" in parts:
         _log("ceiling: matmul GFLOP/s and the memory's GB/s ...")
         report["ceiling"] = spawn({"kind": "ceiling", "elements": report["parameters"]})
     if busy:
-        _log(f"the rest beside {busy} program(s) keeping a core busy each ...")
+        _log(f"the rest beside other programs keeping {busy:g} core(s) busy ...")
     with busy_cores(busy):
         _measure(report, parts, batches=batches, warmup=warmup, rounds=rounds)
     return report
@@ -839,9 +856,9 @@ def format_table(report: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     m = report["machine"]
     rows.append(("machine", f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}"))
-    if report.get("settings", {}).get("busy_programs"):
-        rows.append(("beside (after the ceiling)", f"{report['settings']['busy_programs']} other program(s) "
-                     "keeping a core busy each"))  # fmt: skip
+    if report.get("settings", {}).get("busy_cores"):
+        rows.append(("beside (after the ceiling)", f"other programs keeping {report['settings']['busy_cores']:g} "
+                     "core(s) busy"))  # fmt: skip
     if "ceiling" in report:
         c = report["ceiling"]
         rows.append(("matmul ceiling fp32 / bf16", f"{c['fp32_gflops']:.0f} / {c['bf16_gflops']:.0f} GFLOP/s"))
@@ -909,8 +926,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first [5]")
     p.add_argument("--rounds", type=int, default=3, help="baseline/ours alternations [3]")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the full report here")
-    p.add_argument("--busy", type=int, default=0, metavar="N",
-                   help="measure all but the ceiling beside N programs that each keep a core busy [0]")  # fmt: skip
+    p.add_argument("--busy", type=float, default=0, metavar="N",
+                   help="measure all but the ceiling beside programs that keep N cores busy (0.5: one, half the "
+                        "time) [0]")  # fmt: skip
     p.add_argument(
         "--device",
         choices=("cpu", "cuda"),

@@ -376,6 +376,9 @@ TRIAL_EVERY_S = (5.0, 60.0)  # the wait between trials: the first, doubled after
 TRIAL_MARGIN = 0.9  # the other count is kept when its steps take at most this share of the held count's
 SLOWED = 1.5  # steps this many times slower than at the last verdict: another trial at once
 QUIET_CORES = 0.25  # other programs used less than this many of the run's cores since the last look: no trial
+LONG_STEPS_S = 1.0  # two steps that take this long in all are enough to judge by: waiting for six costs seconds
+BUSY_CORE = 0.75  # other programs used this many of the run's cores: no trial back up at the share
+TRIAL_COST = 0.05  # a lost trial waits long enough for its steps' extra time to be at most this share of the time
 
 
 class CoreShare:
@@ -388,7 +391,10 @@ class CoreShare:
     from one of the run's OpenMP threads, and the others spin at the end of every operator until it comes back:
     on two cores, steps several times slower than on the one free core. So now and then, and at once when the
     steps slow down, a trial times a few steps at half the threads (or, after such a trial won, back at the
-    share), and the faster count stays; a trial that loses waits twice as long before the next one. Where
+    share), and the faster count stays; a trial that loses waits twice as long before the next one, or longer
+    where its steps cost much more than the held count's would have (TRIAL_COST). Steps of a second or more
+    start a trial after two, not six: beside a busy core, two threads' steps can take seconds each, so a run
+    that moved down tries its share again only once the other programs use less than BUSY_CORE. Where
     nothing else has used the run's cores since the last look (/proc/stat), no trial is needed: the run keeps
     its share, or goes back to it.
     `clock` and `others` are for tests."""
@@ -430,18 +436,28 @@ class CoreShare:
                 self._judge(now)
             return
         self.held = [*self.held[1 - TRIAL_STEPS :], step_s]
-        if self.share < 2 or len(self.held) < TRIAL_STEPS:
+        if self.share < 2:
+            return
+        last = self.held[-2:]
+        if len(last) == 2 and sum(last) >= LONG_STEPS_S and (self.settled is None or min(last) > SLOWED * self.settled):
+            self.held = last  # beside a busy core a step on two threads can take seconds: two say enough
+        elif len(self.held) < TRIAL_STEPS:
             return
         typical = statistics.median(self.held)
         if now < self.trial_at and (self.settled is None or typical <= SLOWED * self.settled):
             return
-        quiet = self._quiet(now)
+        others = self._others(now)
+        quiet = others is not None and others < QUIET_CORES
         if quiet and self.current == self.share:  # nothing else wants these cores: no thread waits for one
             self.settled, self.held, self.trial_at = typical, [], now + self.wait_s
         elif quiet:  # whatever kept a core busy is gone: back to the share
             print(f"CPU threads: {self.share} again (nothing else busy on these cores)", flush=True)
             self.settled, self.wait_s = None, TRIAL_EVERY_S[0]
             self._use(self.share, now)
+        elif self.current < self.share and others is not None and others >= BUSY_CORE:
+            # a core's worth of other work is still there: the share's threads would wait for its time slices
+            # again, and a step of theirs can cost seconds, so no trial until it lessens
+            self.settled, self.held, self.trial_at = typical, [], now + self.wait_s
         else:
             self.before, self.trial = self.current, []
             self._use(max(1, self.share // 2) if self.current == self.share else self.share, now, trial=True)
@@ -452,22 +468,23 @@ class CoreShare:
         steps ends there, lost (beside a busy core, a step on two threads can take many times as long)."""
         held, timed = statistics.median(self.held), self.trial[1:]
         tried = statistics.median(timed) if len(timed) == TRIAL_STEPS else math.inf
-        self.trial = None
+        lost_s, self.trial = sum(self.trial) - len(self.trial) * held, None
         if tried <= TRIAL_MARGIN * held:
             print(f"CPU threads: {self.current} from now on ({1e3 * tried:.0f} ms a step against {1e3 * held:.0f} ms "
                   f"on {self.before})", flush=True)  # fmt: skip
             self.settled, self.wait_s, self.held, self.trial_at = tried, TRIAL_EVERY_S[0], [], now + TRIAL_EVERY_S[0]
         else:
-            self.settled, self.wait_s = held, min(2 * self.wait_s, TRIAL_EVERY_S[1])
+            # the wait doubles, and grows with what the trial cost: one step of seconds on two threads
+            self.settled, self.wait_s = held, min(max(2 * self.wait_s, lost_s / TRIAL_COST), TRIAL_EVERY_S[1])
             self._use(self.before, now)
 
-    def _quiet(self, now: float) -> bool:
-        """Whether other programs used less than QUIET_CORES of the run's cores since the last look."""
+    def _others(self, now: float) -> float | None:
+        """How many of the run's cores other programs used since the last look; None where it cannot be known."""
         (then, before), others = self.looked, self.others()
         self.looked = (now, others)
         if others is None or before is None or now <= then:
-            return False
-        return (others - before) / (now - then) < QUIET_CORES
+            return None
+        return (others - before) / (now - then)
 
     def _use(self, threads: int, now: float, trial: bool = False) -> None:
         if threads != torch.get_num_threads():
