@@ -377,7 +377,7 @@ TRIAL_MARGIN = 0.9  # the other count is kept when its steps take at most this s
 SLOWED = 1.5  # steps this many times slower than at the last verdict: another trial at once
 QUIET_CORES = 0.25  # other programs used less than this many of the run's cores since the last look: no trial
 LONG_STEPS_S = 1.0  # two steps that take this long in all are enough to judge by: waiting for six costs seconds
-BUSY_CORE = 0.75  # other programs used this many of the run's cores: no trial back up at the share
+BUSY_CORE = 0.75  # other programs leave the share this much of a core short: no trial back up at the share
 TRIAL_COST = 0.05  # a lost trial waits long enough for its steps' extra time to be at most this share of the time
 
 
@@ -394,9 +394,9 @@ class CoreShare:
     share), and the faster count stays; a trial that loses waits twice as long before the next one, or longer
     where its steps cost much more than the held count's would have (TRIAL_COST). Steps of a second or more
     start a trial after two, not six: beside a busy core, two threads' steps can take seconds each, so a run
-    that moved down tries its share again only once the other programs use less than BUSY_CORE. Where
-    nothing else has used the run's cores since the last look (/proc/stat), no trial is needed: the run keeps
-    its share, or goes back to it.
+    that moved down tries its share again only once the other programs (this folder's other runs among them)
+    leave it more than its share less BUSY_CORE of free cores. Where nothing else has used the run's cores
+    since the last look (/proc/stat), no trial is needed: the run keeps its share, or goes back to it.
     `clock` and `others` are for tests."""
 
     def __init__(self, run: RunDir, threads: int, clock: Callable[[], float] = time.monotonic,
@@ -448,15 +448,16 @@ class CoreShare:
             return
         others = self._others(now)
         quiet = others is not None and others < QUIET_CORES
+        # the other work (this folder's other runs included) leaves the share a core short: its threads would
+        # wait for time slices again, and a step of theirs can cost seconds, so no trial back up until it lessens
+        crowded = others is not None and others >= available_cores() - self.share + BUSY_CORE
         if quiet and self.current == self.share:  # nothing else wants these cores: no thread waits for one
             self.settled, self.held, self.trial_at = typical, [], now + self.wait_s
         elif quiet:  # whatever kept a core busy is gone: back to the share
             print(f"CPU threads: {self.share} again (nothing else busy on these cores)", flush=True)
             self.settled, self.wait_s = None, TRIAL_EVERY_S[0]
             self._use(self.share, now)
-        elif self.current < self.share and others is not None and others >= BUSY_CORE:
-            # a core's worth of other work is still there: the share's threads would wait for its time slices
-            # again, and a step of theirs can cost seconds, so no trial until it lessens
+        elif self.current < self.share and crowded:
             self.settled, self.held, self.trial_at = typical, [], now + self.wait_s
         else:
             self.before, self.trial = self.current, []

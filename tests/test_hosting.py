@@ -199,6 +199,39 @@ def test_a_run_keeps_the_thread_count_whose_steps_it_measures_faster(tmp_path: P
         torch.set_num_threads(before)
 
 
+def test_a_run_beside_its_folders_other_runs_tries_its_share_again_once_outside_work_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """On 16 cores with one other run of its folder (8 cores each), that run's work on the cores is not a
+    reason to stay below the share: a run that moved to 4 threads beside an outside program tries 8 again once
+    that program stops, though the other run still keeps 8 cores busy."""
+    from cvae import loop
+
+    monkeypatch.setattr(loop, "available_cores", lambda: 16)
+    monkeypatch.setattr(loop, "active_runs", lambda *args, **kwargs: 1)
+    now, others, load = [0.0], [0.0], [9.0]  # the other run's 8 cores and an outside program's one
+    step_s = {8: 1.0, 4: 0.055}
+    share = loop.CoreShare(RunDir(tmp_path / "r"), threads=0, clock=lambda: now[0], others=lambda: others[0])
+    before = torch.get_num_threads()
+
+    def train(seconds: float) -> list[int]:
+        ran, end = [], now[0] + seconds
+        while now[0] < end:
+            share()
+            ran.append(torch.get_num_threads())
+            now[0] += step_s[ran[-1]]
+            others[0] += step_s[ran[-1]] * load[0]
+        return ran
+
+    try:
+        assert train(60.0)[-1] == 4
+        assert "CPU threads: 4 from now on (55 ms a step against 1000 ms on 8)" in capsys.readouterr().out
+        load[0], step_s[8] = 8.0, 0.030  # the outside program stopped; the other run goes on
+        assert train(30.0)[-1] == 8
+        assert "CPU threads: 8 from now on (30 ms a step against 55 ms on 4)" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_cpu_time_of_other_programs_on_the_runs_cores_is_measured(capsys: pytest.CaptureFixture) -> None:
     """What tells a run that its cores are not its own: /proc/stat's busy time less this process's own, which
     grows by about a core's time while the bench's busy program runs (`--busy`), and by part of one beside a
