@@ -252,6 +252,19 @@ def test_the_cpu_time_of_other_programs_on_the_runs_cores_is_measured(capsys: py
     assert capsys.readouterr().err.count("\n") == 3
 
 
+def test_the_queue_beside_busy_programs_command_reports_a_finished_run(capsys: pytest.CaptureFixture) -> None:
+    """`python -m benchmarks.queue_busy`, which docs/hosting.md's figures beside busy programs come from: a
+    one-epoch quick demo through the run queue finishes and its epoch is reported; bad flags get one line."""
+    from benchmarks import queue_busy
+
+    assert queue_busy.main(["--busy", "0", "--epochs", "1", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("beside 0 busy core(s): finished (") and "epochs: 1: " in out, out
+    for wrong in (["--busy", "-1"], ["--epochs", "0"], ["--timeout", "0"]):
+        assert queue_busy.main(wrong) == 2
+    assert capsys.readouterr().err.count("\n") == 3
+
+
 def test_a_queued_run_shows_its_position_and_can_be_cancelled(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CVAE_MAX_RUNS", "1")
     monkeypatch.delenv("CVAE_TRAIN_NICE", raising=False)
