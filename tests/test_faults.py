@@ -94,8 +94,31 @@ def test_kill_9_twenty_times_then_resume(tmp_path: Path, condition: str, total: 
         best = done
         assert run.read_status()["state"] in ("interrupted", "unknown")  # never "running" once dead
     assert best > 0, f"no epoch finished in {total} tries"
+    # A kill between an epoch's checkpoint and its metrics line leaves the checkpoint one epoch ahead of
+    # the metrics; the resume writes that line back from the checkpoint, then trains one epoch more.
+    saved = load_checkpoint(run.path)["epoch"]
     proc = subprocess.run([sys.executable, "-m", "cvae.train", "-rp", str(run.path), "-e", "1", "-q", "--device", "cpu"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert check_consistent(run) == best + 1
+    assert check_consistent(run) == saved + 1
+    assert run.read_status()["state"] == "finished"
+
+
+def test_a_kill_between_the_checkpoint_and_its_metrics_line_is_repaired_on_resume(tmp_path: Path) -> None:
+    """The moment the long kill test hits only now and then, made on purpose: the checkpoint holds epoch 2,
+    metrics.jsonl ends at epoch 1. The resume writes epoch 2's line back from the checkpoint, then trains 3."""
+    run = RunDir(tmp_path / "r")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([sys.executable, "-m", "cvae.train", *TINY, "-e", "2", "--run-dir", str(run.path)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    lines = run.metrics_path.read_text().splitlines()
+    assert len(lines) == 2
+    run.metrics_path.write_text(lines[0] + "\n")
+    assert load_checkpoint(run.path)["epoch"] == 2
+    again = subprocess.run([sys.executable, "-m", "cvae.train", "-rp", str(run.path), "-e", "1", "-q", "--device", "cpu"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert check_consistent(run) == 3
+    assert run.metrics_path.read_text().splitlines()[1] == lines[1]
     assert run.read_status()["state"] == "finished"
