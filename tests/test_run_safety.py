@@ -33,7 +33,6 @@ from cvae.train import main
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(arch="mlp", mlp_hidden=(32,), train_subset=128, test_subset=64, latent_subset=32, batch_size=64,
              latent_dim=2, threads=1, quiet=True)  # fmt: skip
-TWO_TRAINER_TRIALS = 20
 
 
 def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -108,15 +107,18 @@ def _start_pair(folder: Path, data: list[str]) -> list[subprocess.CompletedProce
         return list(pool.map(lambda _: _cli(*args, timeout=300), range(2)))
 
 
-@pytest.mark.parametrize("condition", ["label", "quadrants"])
-def test_two_trainers_on_one_folder_twenty_times(tmp_path: Path, condition: str) -> None:
+# The default suite starts each pair 6 times (label) and 5 times (quadrants); the twenty run with -m slow.
+TWO_TRAINERS = [pytest.param("label", 6, id="label-6"), pytest.param("quadrants", 5, id="quadrants-5"),
+                pytest.param("label", 20, id="label-20", marks=pytest.mark.slow)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("condition", "trials"), TWO_TRAINERS)
+def test_two_trainers_on_one_folder_twenty_times(tmp_path: Path, condition: str, trials: int) -> None:
     """Started at once on one folder: exactly one trains, the other exits 2 with one line; nothing is mixed."""
     if condition == "label":
-        data, trials = ["-d", str(_pictures(tmp_path / "pictures")), "--data-dir", str(tmp_path / "data")], \
-            TWO_TRAINER_TRIALS  # fmt: skip
-    else:  # the paper's completion model on 32 MNIST digits: the same lock and files, fewer trials
-        data, trials = ["--condition", "quadrants", "--mlp-hidden", "16", "--train-subset", "32", "--test-subset",
-                        "16"], 5  # fmt: skip
+        data = ["-d", str(_pictures(tmp_path / "pictures")), "--data-dir", str(tmp_path / "data")]
+    else:  # the paper's completion model on 32 MNIST digits: the same lock and files
+        data = ["--condition", "quadrants", "--mlp-hidden", "16", "--train-subset", "32", "--test-subset", "16"]
     refusals = set()
     for trial in range(trials):
         run = RunDir(tmp_path / f"run{trial:02d}")

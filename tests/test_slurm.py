@@ -132,6 +132,7 @@ def test_stopping_a_pending_run_takes_it_out_of_the_cluster_queue(
     assert not run.path.exists()
 
 
+@pytest.mark.slow  # a real time limit is whole minutes: this one takes one and a half
 def test_a_run_stopped_by_its_time_limit_says_so_and_resumes(on_cluster: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A two-minute limit with 30 s of warning: Slurm sends the warning up to a minute early, so the SIGTERM
     # comes 30 to 90 s in, after the first epochs (a few seconds each) and before the limit's kill.
