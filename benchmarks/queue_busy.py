@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench import busy_cores
+from benchmarks.bench import MAX_BUSY_CORES, busy_cores
 from cvae import jobs
 
 
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="the quick demo's epochs [3]")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds before a run still training is stopped [240]")
     args = p.parse_args(argv)
-    if not 0 <= args.busy <= 64 or args.epochs < 1 or not args.timeout > 0:
-        print("error: --busy from 0 to 64, --epochs at least 1, --timeout positive", file=sys.stderr)
+    if not 0 <= args.busy <= MAX_BUSY_CORES or args.epochs < 1 or not args.timeout > 0:
+        print(f"error: --busy from 0 to {MAX_BUSY_CORES}, --epochs at least 1, --timeout positive", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="cvae-queue-busy-") as tmp:
         with busy_cores(args.busy):
