@@ -100,6 +100,16 @@ def resolve_data_dir(data_dir: str) -> Path:
     return Path(os.environ.get("CVAE_DATA_DIR", PROJECT_DATA_DIR))
 
 
+def _check_mnist_dir(config: DataConfig) -> None:
+    """MNIST comes from the data folder's MNIST/raw when it holds a copy, else from the package's. A folder named
+    on purpose that does not exist is refused rather than passed over: a typo in --data-dir would otherwise
+    train on the package's MNIST without a word. (For an image folder the data folder only holds a cache and
+    is made when missing; CIFAR-10 says where it looked.)"""
+    path = resolve_data_dir(config.data_dir)
+    if config.data_dir and not path.is_dir():
+        raise DataError(f"data folder {path} not found (named by --data-dir or by the run's config)")
+
+
 def builtin_info(dataset: str) -> DatasetInfo | None:
     """The shapes of a built-in dataset without loading it (None for an image folder)."""
     name = dataset.strip().upper().replace("-", "")
@@ -121,6 +131,7 @@ def peek_info(config: DataConfig) -> DatasetInfo:
     config.validate()
     name = config.dataset.strip()
     if name.upper() == "MNIST":
+        _check_mnist_dir(config)
         return DatasetInfo("MNIST", 1, 28, 28, MNIST_CLASSES)
     if name.upper().replace("-", "") == "CIFAR10":
         return DatasetInfo("CIFAR10", 3, 32, 32, CIFAR10_CLASSES)
@@ -164,6 +175,7 @@ def load_data(config: DataConfig) -> ImageData:
     root = resolve_data_dir(config.data_dir)
     name = config.dataset.strip()
     if name.upper() == "MNIST":
+        _check_mnist_dir(config)
         data = load_mnist(root)
     elif name.upper().replace("-", "") == "CIFAR10":
         data = load_cifar10(root)

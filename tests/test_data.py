@@ -44,6 +44,10 @@ def test_mnist_comes_from_the_package_or_a_data_folders_own_copy(tmp_path: Path,
     import cvae.data
 
     assert cvae.data.mnist_dir(tmp_path) == cvae.data.PACKAGED_MNIST  # an empty data folder: the package's copy
+    typo = DataConfig(dataset="MNIST", data_dir=str(tmp_path / "dta"))  # a folder that is not there: refused
+    for read in (load_data, cvae.data.peek_info):
+        with pytest.raises(DataError, match="data folder .*dta not found"):
+            read(typo)
     own = tmp_path / "own" / "MNIST" / "raw"
     own.mkdir(parents=True)
     for path in cvae.data.PACKAGED_MNIST.glob("*.gz"):

@@ -134,6 +134,7 @@ def test_checkpoint_of_another_architecture(tmp_path: Path) -> None:
     [
         (["-d", "FashionMNIST"], "unknown dataset"),
         (["-d", "CIFAR10", "-t", "Bernoulli"], "Gaussian"),
+        (["--data-dir", "/nonexistent/data"], "data folder /nonexistent/data not found"),
         (["-e", "0"], "epochs must be an integer from 1 to 100000, got 0"),
         (["-b", "-5"], "batch_size must be an integer from 1 to 65536, got -5"),
         (["-lr", "nan"], "learning_rate must be a number above 0 and at most 1, got nan"),
