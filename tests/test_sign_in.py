@@ -46,6 +46,18 @@ def _signed_in_as(page, name: str) -> None:
     page.get_by_text(f"Signed in as {name}").wait_for(timeout=60_000)
 
 
+def _cookie(context, name: str, timeout: float = 30) -> str:
+    """The browser's cookie of that name, once the page's script has set it: the script runs after the page
+    draws, so on a busy machine "Signed in as" can show a moment before the cookie exists."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = [c["value"] for c in context.cookies() if c["name"] == name]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    pytest.fail(f"the browser never got the {name} cookie")
+
+
 def _sign_in_form(page) -> None:
     page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
 
@@ -116,7 +128,7 @@ def test_accounts_in_the_browser(tmp_path: Path, app_server, monkeypatch: pytest
             page.get_by_text("Wrong name or password").wait_for(timeout=30_000)
             _sign_in(page, "bob", passwords["bob"])
             _signed_in_as(page, "bob")
-            token = next(c["value"] for c in bob.cookies() if c["name"] == "cvae_session")
+            token = _cookie(bob, "cvae_session")
             # bob sees the lecturer's pinned run but gets no Stop; alice's run is not shared with him
             page.goto(f"{url}/?run=profs")
             _signed_in_as(page, "bob")  # a reload keeps the sign-in
