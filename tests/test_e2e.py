@@ -383,11 +383,11 @@ def test_draw_the_given_part_of_a_digit_in_a_browser(server) -> None:
         images.nth(3).wait_for(timeout=60_000)
         before = [images.nth(k).get_attribute("src") for k in range(3)]  # baseline, spread, samples
         draw_strokes(page, canvas, [[(0.05, 0.8), (0.95, 0.8)]])  # across the given bottom-left into the hidden part
+        # The three pictures reach the browser one after another on a busy machine: wait for all of them.
         page.wait_for_function(
-            "s => document.querySelectorAll('[data-testid=\"stImage\"] img')[0].src !== s", arg=before[0],
-            timeout=30_000,
+            "b => { const im = document.querySelectorAll('[data-testid=\"stImage\"] img');"
+            " return b.every((s, k) => im[k] && im[k].src !== s); }", arg=before, timeout=30_000,
         )  # fmt: skip
-        page.wait_for_timeout(500)
         after = [images.nth(k).get_attribute("src") for k in range(3)]
         assert all(a != b for a, b in zip(after, before, strict=True)), "the completions did not follow the drawing"
         ink = canvas.evaluate(
