@@ -24,6 +24,10 @@ os.environ["CVAE_FORK_SERVER"] = "0"
 # Every AppTest of the Train page would measure the form's settings in a process of its own (seconds of CPU
 # each): off, except in the tests of the estimate itself.
 os.environ["CVAE_ESTIMATE"] = "0"
+# The app's trainers run niced, then in SCHED_IDLE once their first pictures are out: on a server that keeps the
+# pages quick, but beside the other pytest worker (-n 2) a trainer a test waits for would get only the cycles
+# that worker leaves. Even priority here; the tests of the priorities themselves set or clear it.
+os.environ["CVAE_TRAIN_NICE"] = "0"
 
 
 @pytest.fixture(scope="session")
