@@ -24,10 +24,6 @@ os.environ["CVAE_FORK_SERVER"] = "0"
 # Every AppTest of the Train page would measure the form's settings in a process of its own (seconds of CPU
 # each): off, except in the tests of the estimate itself.
 os.environ["CVAE_ESTIMATE"] = "0"
-# The app's trainers run niced, then in SCHED_IDLE once their first pictures are out: on a server that keeps the
-# pages quick, but beside the other pytest worker (-n 2) a trainer a test waits for would get only the cycles
-# that worker leaves. Even priority here; the tests of the priorities themselves set or clear it.
-os.environ["CVAE_TRAIN_NICE"] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +87,16 @@ def _serve(folder: Path, args: tuple[str, ...] = (), port: int | None = None):
 def app_server():
     """A factory: `with app_server(tmp_path, args) as url:` runs the real app server for a browser test."""
     return _serve
+
+
+@pytest.fixture()
+def even_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs this test starts train at the app's own CPU priority (CVAE_TRAIN_NICE=0). The app's default
+    trainers run niced, then in SCHED_IDLE once their first pictures are out: on a server that keeps the pages
+    quick, but beside the other pytest worker (-n 2) a trainer would get only what that worker leaves, and a
+    test that waits for its epochs to end could time out. Only such tests use this: elsewhere the runs a test
+    merely keeps busy stay niced, so that they do not slow the other worker's tests."""
+    monkeypatch.setenv("CVAE_TRAIN_NICE", "0")
 
 
 @pytest.fixture()

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture()
-def server(tmp_path: Path, app_server):
-    """`streamlit run streamlit_app.py` on a free port, with its runs in tmp_path."""
+def server(tmp_path: Path, app_server, even_priority):
+    """`streamlit run streamlit_app.py` on a free port, with its runs in tmp_path; the tests wait for their
+    runs' epochs to end, so the runs train at even priority."""
     with app_server(tmp_path) as url:
         yield url, tmp_path / "runs"
 

@@ -19,7 +19,8 @@ WIDTH, HEIGHT = 1280, 720
 pytestmark = pytest.mark.e2e
 
 
-def test_the_wall_and_twins_on_a_projector(tmp_path: Path, tiny_run: Path, app_server, watch_outside) -> None:
+def test_the_wall_and_twins_on_a_projector(tmp_path: Path, tiny_run: Path, app_server, watch_outside,
+                                          even_priority) -> None:  # fmt: skip
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM}")

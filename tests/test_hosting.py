@@ -252,7 +252,8 @@ def test_the_cpu_time_of_other_programs_on_the_runs_cores_is_measured(capsys: py
     assert capsys.readouterr().err.count("\n") == 3
 
 
-def test_the_queue_beside_busy_programs_command_reports_a_finished_run(capsys: pytest.CaptureFixture) -> None:
+def test_the_queue_beside_busy_programs_command_reports_a_finished_run(capsys: pytest.CaptureFixture,
+                                                                      even_priority) -> None:  # fmt: skip
     """`python -m benchmarks.queue_busy`, which docs/hosting.md's figures beside busy programs come from: a
     one-epoch quick demo through the run queue finishes and its epoch is reported; bad flags get one line."""
     from benchmarks import queue_busy
