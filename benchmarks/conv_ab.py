@@ -1,11 +1,11 @@
-"""The reference conv model's four convolutions, ours (cvae.conv) against torch's own, in one process.
+"""The reference conv model's four convolutions, ours (cvae.layers) against torch's own, in one process.
 
     python -m benchmarks.conv_ab [--threads N] [--rounds 15]
 
 Each layer's forward and backward pass at the training step's shapes (MNIST, batch 64, bf16 autocast,
 channels_last, bf16 weights as cvae.runtime.HalfWeights gives them), timed in alternating rounds of 5 passes
 so the machine's load falls on both. Reports the median milliseconds and torch / ours (above 1: ours is
-faster), and whether cvae.conv uses the matrix product for that layer: the layers with one channel in or out
+faster), and whether cvae.layers uses the matrix product for that layer: the layers with one channel in or out
 are timed with it anyway, as the evidence for leaving them to torch.
 """
 
@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from cvae.conv import Conv2d, ConvTranspose2d, _applies, _Convolution
+from cvae.layers import Conv2d, ConvTranspose2d, _applies, _Convolution
 
 BATCH = 64
 LAYERS = [  # name, ours, torch's, in channels, out channels, input height and width
@@ -31,7 +31,7 @@ LAYERS = [  # name, ours, torch's, in channels, out channels, input height and w
 
 def step(layer: nn.Module, x: torch.Tensor, ours: bool, transposed: bool) -> None:
     """One forward and backward pass of `layer`; `ours`: with the matrix-product weight gradient, also where
-    cvae.conv leaves the layer to torch."""
+    cvae.layers leaves the layer to torch."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         if ours:
             y = _Convolution.apply(x, layer.weight, layer.bias, transposed, layer.stride, layer.padding)

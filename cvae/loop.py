@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from cvae import distributed
+from cvae import distributed, native
 from cvae.artifacts import EpochArtifacts, epoch_artifacts, save_fixed_inputs
 from cvae.checkpoints import save_checkpoint
 from cvae.config import RunConfig
@@ -208,6 +208,8 @@ def fit(
     # One process's eager CPU step under bf16 autocast keeps its matrix weights in bf16 (the same numbers,
     # fewer passes over memory); DDP's hooks and the CUDA graph hold on to the fp32 tensors.
     weights = half_weights(model, optimizer, device, amp_dtype) if graph is None and not ranks.active else None
+    if weights is not None and weights.kernel is None and native.wanted():
+        print(f"note: the optimiser runs {native.status()}", flush=True)  # a slower step: say why, once
 
     grid_x, grid_y = d.test_x[: cfg.grid_size], d.test_y[: cfg.grid_size]
     lat_x, lat_y = d.test_x[: cfg.latent_subset], d.test_y[: cfg.latent_subset]

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvae.config import ModelConfig
-from cvae.conv import Conv2d, ConvTranspose2d
 from cvae.errors import ConfigError
+from cvae.layers import Conv2d, ConvTranspose2d, Linear
 from cvae.likelihoods import DiagonalGaussian, Likelihood
 
 STD_FLOOR = 1e-6  # std = softplus(.) + floor, for every Gaussian over z (the reference's)
@@ -165,9 +165,9 @@ class ConvEncoder(nn.Module):
         layers.append(NCHWFlatten())
         features = c_in * h * w
         for width in config.enc_hidden:
-            layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.LeakyReLU(0.2)]
+            layers += [Linear(features, width), nn.BatchNorm1d(width), nn.LeakyReLU(0.2)]
             features = width
-        layers.append(nn.Linear(features, 2 * config.latent_dim))
+        layers.append(Linear(features, 2 * config.latent_dim))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -184,10 +184,10 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         features = config.latent_dim + config.label_width
         for width in config.dec_hidden:
-            layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU()]
+            layers += [Linear(features, width), nn.BatchNorm1d(width), nn.ReLU()]
             features = width
         n_start = self.start[0] * self.start[1] * self.start[2]
-        layers += [nn.Linear(features, n_start), nn.BatchNorm1d(n_start), nn.ReLU(), nn.Unflatten(1, self.start)]
+        layers += [Linear(features, n_start), nn.BatchNorm1d(n_start), nn.ReLU(), nn.Unflatten(1, self.start)]
         c_in = config.dec_start_channels
         for i, c_out in enumerate(config.dec_channels):
             layers.append(ConvTranspose2d(c_in, c_out, 4, 2, 1))
@@ -212,7 +212,7 @@ def _mlp_block(config: ModelConfig, features: int, width: int) -> list[nn.Module
     norm: list[nn.Module] = {"none": [], "batch": [nn.BatchNorm1d(width)], "layer": [nn.LayerNorm(width)]}[
         config.mlp_norm
     ]
-    return [nn.Linear(features, width), *norm, MLP_ACTIVATIONS[config.mlp_activation]()]
+    return [Linear(features, width), *norm, MLP_ACTIVATIONS[config.mlp_activation]()]
 
 
 class GaussianMLP(nn.Module):
@@ -225,7 +225,7 @@ class GaussianMLP(nn.Module):
         for width in config.mlp_hidden:
             layers += _mlp_block(config, features, width)
             features = width
-        layers.append(nn.Linear(features, 2 * config.latent_dim))
+        layers.append(Linear(features, 2 * config.latent_dim))
         self.net = nn.Sequential(*layers)
 
 
@@ -257,7 +257,7 @@ class MLPDecoder(nn.Module):
             layers += _mlp_block(config, features, width)
             features = width
         shape = (config.out_channels, config.height, config.width)
-        layers += [nn.Linear(features, shape[0] * shape[1] * shape[2]), nn.Unflatten(1, shape)]
+        layers += [Linear(features, shape[0] * shape[1] * shape[2]), nn.Unflatten(1, shape)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, zc: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cvae import native
 from cvae.errors import ConfigError
 from cvae.runs import available_cores
 
@@ -203,7 +204,8 @@ class HalfWeights:
     and the gradients arrive in bf16; `step` then updates the fp32 weights, which stay the parameters' own
     tensors between steps (checkpoints, evaluation and pictures read them), piece by piece: each piece's
     gradient is widened, Adam's fused kernel updates it, and its bf16 copy for the next step is written while
-    the piece is in cache. The arithmetic is autocast's and Adam's, value for value: the same bf16 roundings
+    the piece is in cache; where this machine builds it, `cvae.native`'s C kernel does all three in one pass
+    over the weight instead. The arithmetic is autocast's and Adam's, value for value: the same bf16 roundings
     of the same fp32 weights, the same widened gradients, the same kernel (tests/test_runtime.py compares the
     two bit for bit). The optimiser keeps every state it would keep, so checkpoints do not change.
     """
@@ -219,6 +221,7 @@ class HalfWeights:
         self.full = [p.data for p in self.params]  # the fp32 weights themselves
         self.half = [torch.empty_like(p, dtype=torch.bfloat16) for p in self.params]  # the same strides
         self._scratch = torch.empty(ADAM_CHUNK)
+        self.kernel = native.adam_bf16()  # the one-pass kernel where this machine builds it (cvae.native)
         self.refresh()
 
     def refresh(self) -> None:
@@ -267,7 +270,13 @@ class HalfWeights:
             half.copy_(full)
             return
         fp, gp, mp, vp, hp = (_flat(t) for t in (full, grad, m, v, half))
-        for s in range(0, fp.numel(), ADAM_CHUNK):
+        start = 0
+        if self.kernel is not None and native.applies(beta1, kw["weight_decay"], kw["maximize"]):
+            # One pass over all but the last len % 16 elements, which torch's kernel walks with its scalar
+            # loop: those take the pieces' path below, so every element gets torch's own rounding.
+            start = fp.numel() - fp.numel() % native.VECTOR
+            native.run(self.kernel, fp, mp, vp, gp, hp, start, float(step), kw["lr"], beta1, beta2, kw["eps"])
+        for s in range(start, fp.numel(), ADAM_CHUNK):
             e = min(fp.numel(), s + ADAM_CHUNK)
             g = self._scratch[: e - s]
             g.copy_(gp[s:e])

@@ -21,6 +21,7 @@ def test_the_wheel_holds_the_library_mnist_and_the_command(tmp_path: Path) -> No
     assert top == {"cvae", next(t for t in top if t.endswith(".dist-info"))}, top  # no app, benchmarks, tests
     assert "cvae/mnist/train-images-idx3-ubyte.gz" in names and "cvae/mnist/t10k-labels-idx1-ubyte.gz" in names
     assert "cvae/model.py" in names and not any(n.startswith("cvae/bench") for n in names)
+    assert "cvae/csrc/adam_bf16.c" in names  # the optimiser's kernel, built where the package is used (cvae.native)
     info = next(t for t in top if t.endswith(".dist-info"))
     entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
     assert "cvae = cvae.__main__:main" in entry_points

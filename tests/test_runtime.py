@@ -173,14 +173,21 @@ def _half_steps(model: CVAE, optimizer: torch.optim.Optimizer, weights: HalfWeig
     return losses
 
 
+@pytest.mark.parametrize("kernel", ["C kernel", "torch's pieces"])
 @pytest.mark.parametrize("arch", ["conv", "mlp"])
-def test_half_weights_train_bit_for_bit_as_autocast_does(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """bf16 weights during the step and Adam's update in pieces give autocast's numbers exactly: the losses,
-    every weight and every optimiser state, for the conv net (channels_last weights) and the MLP; pieces
-    smaller than a weight so that a weight spans several."""
+def test_half_weights_train_bit_for_bit_as_autocast_does(
+    arch: str, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 weights during the step and Adam's update, by the one-pass C kernel (cvae.native) or in pieces
+    of torch calls, give autocast's numbers exactly: the losses, every weight and every optimiser state, for
+    the conv net (channels_last weights) and the MLP, whose widths make weights of lengths that are not a
+    multiple of 16 (the kernel leaves their last elements to torch); pieces smaller than a weight so that a
+    weight spans several."""
     monkeypatch.setattr("cvae.runtime.ADAM_CHUNK", 5000)
+    if kernel != "C kernel":
+        monkeypatch.setattr("cvae.native.adam_bf16", lambda: None)
     config = reference_config() if arch == "conv" else ModelConfig(channels=1, height=28, width=28, num_classes=10,
-                                                                   latent_dim=3, arch="mlp", mlp_hidden=(64, 32))  # fmt: skip
+                                                                   latent_dim=3, arch="mlp", mlp_hidden=(63, 33))  # fmt: skip
     models = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -188,6 +195,8 @@ def test_half_weights_train_bit_for_bit_as_autocast_does(arch: str, monkeypatch:
     (plain, fast), (plain_opt, fast_opt) = models, [make_optimizer(m, 1e-3, CPU) for m in models]
     weights = half_weights(fast, fast_opt, CPU, torch.bfloat16)
     assert weights is not None and len(weights.params) >= 4
+    assert (weights.kernel is not None) == (kernel == "C kernel")  # this machine builds it (tests/test_native.py)
+    assert any(p.numel() % 16 for p in weights.params) == (arch == "mlp")
     assert any(p.numel() > 5000 for p in weights.params) and any(p.dim() == 4 for p in weights.params) == (
         arch == "conv"
     )

@@ -1,4 +1,5 @@
-"""The conv model's convolutions: their weight gradient as one matrix product is the convolution's gradient."""
+"""The model's layers (cvae.layers): a convolution's weight gradient as one matrix product is the convolution's
+gradient, and a linear layer's backward pass gives torch's numbers exactly."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cvae.conv import Conv2d, ConvTranspose2d, weight_grad
+from cvae.layers import Conv2d, ConvTranspose2d, Linear, weight_grad
 
 
 @pytest.mark.parametrize("transposed", [False, True])
@@ -61,3 +62,37 @@ def test_without_bf16_or_with_one_channel_it_is_torchs_own_convolution(c_in: int
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             layer(xi).float().sum().backward()
     assert torch.equal(ours.weight.grad, theirs.weight.grad) and torch.equal(xa.grad, xb.grad)
+
+
+def _linear_grads(layer: nn.Linear, x: torch.Tensor, autocast: bool) -> tuple[torch.Tensor, ...]:
+    xi = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(xi)
+    (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return y, xi.grad, layer.weight.grad, layer.bias.grad
+
+
+@pytest.mark.parametrize(("features", "width"), [(8064, 1024), (1024, 6272), (12, 64), (794, 63)])
+@pytest.mark.parametrize("weights", ["fp32 under autocast", "bf16"])
+def test_a_linear_layers_gradients_are_torchs_bit_for_bit(features: int, width: int, weights: str) -> None:
+    """The contiguous (out, batch) gradient changes the product's speed, not its numbers: the output and all three
+    gradients equal torch's own layer's, under bf16 autocast and with bf16 weights (as HalfWeights runs it)."""
+    torch.manual_seed(0)
+    ours, theirs = Linear(features, width), nn.Linear(features, width)
+    theirs.load_state_dict(ours.state_dict())
+    if weights == "bf16":
+        ours, theirs = ours.bfloat16(), theirs.bfloat16()
+    x = torch.randn(64, features)
+    mine, torchs = _linear_grads(ours, x, True), _linear_grads(theirs, x, True)
+    assert mine[0].grad_fn is not None and "_Linear" in type(mine[0].grad_fn).__name__  # our backward ran
+    assert all(torch.equal(a, b) for a, b in zip(mine, torchs, strict=True))
+
+
+def test_a_linear_layer_in_fp32_or_without_gradients_is_torchs_own() -> None:
+    torch.manual_seed(0)
+    layer = Linear(20, 30)
+    x = torch.randn(4, 20)
+    y, *grads = _linear_grads(layer, x, False)
+    assert "Addmm" in type(y.grad_fn).__name__ and all(g.dtype == torch.float32 for g in grads)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).grad_fn is None

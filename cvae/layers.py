@@ -1,6 +1,6 @@
-"""The conv model's convolutions, with their weight gradient on a CPU computed as one matrix product.
+"""The model's convolutions and linear layers: torch's modules, with a faster weight gradient on a CPU in bf16.
 
-In the reference conv model's CPU step (bf16, channels_last, batch 64) oneDNN spends most of each
+Convolutions. In the reference conv model's CPU step (bf16, channels_last, batch 64) oneDNN spends most of each
 convolution's backward pass on the weight gradient: its kernels for these small images (7x9 to 14x19
 positions) run a 4x4, stride 2 convolution's weight gradient at a fraction of the matrix units' speed. The
 same gradient is one matrix product: the output's gradient as rows (batch x positions, out channels) against
@@ -8,9 +8,16 @@ the input's 4x4 patches as rows (batch x positions, taps x in channels), gathere
 channels_last input. A transposed convolution's weight gradient is the same product with the two roles
 swapped (its input plays the output). The forward pass and the input's gradient stay oneDNN's.
 
-`Conv2d` and `ConvTranspose2d` are torch's modules with that backward where it pays: a CPU, bf16 (autocast
-or bf16 weights), a plain 2-D convolution with 16 channels or more in and out. Everywhere else, and whenever no gradient is wanted, they are
-torch's own. Parameters and checkpoints are torch's.
+Linear layers. Autograd takes a linear layer's weight gradient as grad_out.t() @ input, and oneDNN's bf16
+product runs that transposed left operand at about half the speed of a contiguous one: on the reference
+model's two large layers (8064 x 1024 and 1024 x 6272, batch 64) this was the largest part of the backward
+pass. `Linear` copies the small (batch, out) gradient to (out, batch) first; the product is the same, number
+for number (tests/test_layers.py), and so are the input's and the bias's gradients.
+
+`Conv2d`, `ConvTranspose2d` and `Linear` are torch's modules with that backward where it pays: a CPU, bf16
+(autocast or bf16 weights), and for a convolution a plain 2-D one with 16 channels or more in and out.
+Everywhere else, and whenever no gradient is wanted, they are torch's own. Parameters and checkpoints are
+torch's.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Conv2d", "ConvTranspose2d", "weight_grad"]
+__all__ = ["Conv2d", "ConvTranspose2d", "Linear", "weight_grad"]
 
 
 def weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
@@ -72,6 +79,15 @@ class _Convolution(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
+def _bf16_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Training on a CPU in bf16 (autocast, or bf16 weights): where the backward passes here pay."""
+    return (
+        x.device.type == "cpu" and torch.is_grad_enabled() and weight.requires_grad
+        and (weight.dtype == torch.bfloat16
+             or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+    )  # fmt: skip
+
+
 MIN_CHANNELS = 16  # on both sides: fewer (a grey image's 1 channel) make patches too narrow to fill the units
 
 
@@ -80,10 +96,7 @@ def _applies(module: nn.modules.conv._ConvNd, x: torch.Tensor) -> bool:
     in bf16 (autocast, or bf16 weights), with channels enough on both sides. With one channel in or out the
     product is as slow as oneDNN's kernel or slower (`python -m benchmarks.conv_ab`)."""
     return (
-        x.device.type == "cpu" and x.dim() == 4 and torch.is_grad_enabled() and module.weight.requires_grad
-        and min(module.in_channels, module.out_channels) >= MIN_CHANNELS
-        and (module.weight.dtype == torch.bfloat16
-             or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+        x.dim() == 4 and _bf16_on_cpu(x, module.weight) and min(module.in_channels, module.out_channels) >= MIN_CHANNELS
         and module.groups == 1 and module.dilation == (1, 1) and module.padding_mode == "zeros"
         and isinstance(module.padding, tuple) and not any(getattr(module, "output_padding", (0, 0)))
     )  # fmt: skip
@@ -101,3 +114,30 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         if output_size is not None or not _applies(self, x):
             return super().forward(x, output_size)
         return _Convolution.apply(x, self.weight, self.bias, True, self.stride, self.padding)
+
+
+class _Linear(torch.autograd.Function):
+    """F.linear, with its weight gradient from the output's gradient made contiguous (out, batch) first."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.bfloat16)  # what autocast does for a linear layer
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors  # (batch, in), (out, in); grad: (batch, out)
+        gx = grad @ weight if ctx.needs_input_grad[0] else None
+        gw = grad.t().contiguous() @ x if ctx.needs_input_grad[1] else None  # (out, batch) @ (batch, in)
+        gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+class Linear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or not _bf16_on_cpu(x, self.weight):
+            return super().forward(x)
+        return _Linear.apply(x, self.weight, self.bias)
