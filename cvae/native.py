@@ -185,7 +185,11 @@ def wanted() -> bool:
 def _loaded() -> tuple[Kernel | None, str]:
     if not wanted():
         return None, "switched off (CVAE_NATIVE=0)"
-    return build(cache_dir() / "kernels", os.environ.get("CC") or shutil.which("cc") or "gcc")
+    try:
+        directory = cache_dir() / "kernels"
+    except RuntimeError as e:  # no home folder to put a cache in
+        return None, f"no cache folder: {e}"
+    return build(directory, os.environ.get("CC") or shutil.which("cc") or "gcc")
 
 
 def adam_bf16() -> Kernel | None:
