@@ -79,8 +79,12 @@ def _openmp_runtimes() -> set[str]:
     return {p for p in paths if Path(p).name.startswith(names)}
 
 
-def _bind(library: ctypes.CDLL) -> Kernel:
-    fn = getattr(library, SYMBOL)
+def _open(path: str) -> Kernel | None:
+    """The kernel from the shared library at `path`, or None where that is not a loadable library with it."""
+    try:
+        fn = getattr(ctypes.CDLL(path), SYMBOL)
+    except (OSError, AttributeError):
+        return None
     fn.restype = None
     fn.argtypes = [ctypes.c_int64, *[ctypes.c_void_p] * 5, *[ctypes.c_float] * 6, ctypes.c_int]
     return fn
@@ -100,16 +104,12 @@ def build(directory: Path, compiler: str) -> tuple[Kernel | None, str]:
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), _cpu_key().encode()]))
     target = directory / f"adam_bf16-{key.hexdigest()[:20]}.so"
     before = _openmp_runtimes()
-    library = None
-    if target.is_file():
-        try:
-            library = ctypes.CDLL(str(target))
-        except OSError:
-            library = None  # a damaged file: build it again
-    if library is None:
+    kernel = _open(str(target)) if target.is_file() else None
+    if kernel is None:  # not built yet, or a damaged file: build it (again)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            # A private name, then one rename: runs that build at once never load a half-written file.
+            # A private name, loaded from there, then one rename: runs that build at once never load a
+            # half-written file, and the loader never hands back a damaged library it opened under the name.
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
             os.close(fd)
             try:
@@ -118,16 +118,17 @@ def build(directory: Path, compiler: str) -> tuple[Kernel | None, str]:
                 if out.returncode != 0:
                     last = (out.stderr.strip().splitlines() or ["?"])[-1]
                     return None, f"the build failed: {last[:200]}"
+                kernel = _open(tmp)
+                if kernel is None:
+                    return None, f"could not build or load it in {directory}: the build left no loadable library"
                 os.replace(tmp, target)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-            library = ctypes.CDLL(str(target))
         except (OSError, subprocess.SubprocessError) as e:
             return None, f"could not build or load it in {directory}: {e}"
     if len(_openmp_runtimes() | before) > 1:
         return None, "it would bring a second OpenMP runtime into this process"
-    kernel = _bind(library)
     if not reproduces_torch(kernel):
         return None, "it does not reproduce torch's fused Adam bit for bit here"
     return kernel, f"built with {version.splitlines()[0]}, in {target}"

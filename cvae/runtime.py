@@ -271,7 +271,8 @@ class HalfWeights:
             return
         fp, gp, mp, vp, hp = (_flat(t) for t in (full, grad, m, v, half))
         start = 0
-        if self.kernel is not None and native.applies(beta1, kw["weight_decay"], kw["maximize"]):
+        if (self.kernel is not None and grad.dtype == torch.bfloat16 and m.dtype == v.dtype == torch.float32
+                and native.applies(beta1, kw["weight_decay"], kw["maximize"])):  # fmt: skip
             # One pass over all but the last len % 16 elements, which torch's kernel walks with its scalar
             # loop: those take the pieces' path below, so every element gets torch's own rounding.
             start = fp.numel() - fp.numel() % native.VECTOR

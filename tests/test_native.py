@@ -68,6 +68,12 @@ def test_a_second_process_loads_the_cached_build_and_a_damaged_one_is_built_agai
     os.replace(damaged, built)  # a new file: this process keeps its mapping of the old one
     assert _build_elsewhere(tmp_path).startswith("True")
     assert built.read_bytes()[:4] == b"\x7fELF" and list(tmp_path.iterdir()) == [built]  # no temporary left
+    # A loadable library that is not the kernel (another build's leftovers under the name): built again too.
+    (tmp_path / "other.c").write_text("int not_the_kernel = 1;\n")
+    subprocess.run(["cc", "-shared", "-fPIC", str(tmp_path / "other.c"), "-o", str(damaged)], check=True)
+    os.replace(damaged, built)
+    assert _build_elsewhere(tmp_path).startswith("True")
+    assert native.SYMBOL.encode() in built.read_bytes()
 
 
 def test_without_a_compiler_or_with_a_failing_build_the_loop_keeps_torchs_path(tmp_path: Path) -> None:
