@@ -23,6 +23,7 @@ import hashlib
 import math
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,12 @@ def _openmp_runtimes() -> set[str]:
     return {p for p in paths if Path(p).name.startswith(names)}
 
 
+def _ours(path: Path) -> bool:
+    """Owned by this user and writable by no one else: a library loaded from here runs as this process."""
+    info = path.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def _open(path: str) -> Kernel | None:
     """The kernel from the shared library at `path`, or None where that is not a loadable library with it."""
     try:
@@ -103,11 +110,16 @@ def build(directory: Path, compiler: str) -> tuple[Kernel | None, str]:
         return None, f"no working C compiler ({compiler!r})"
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(), _cpu_key().encode()]))
     target = directory / f"adam_bf16-{key.hexdigest()[:20]}.so"
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not _ours(directory):
+            return None, f"{directory} is not this user's alone (others could put a library there)"
+    except OSError as e:
+        return None, f"could not build or load it in {directory}: {e}"
     before = _openmp_runtimes()
-    kernel = _open(str(target)) if target.is_file() else None
-    if kernel is None:  # not built yet, or a damaged file: build it (again)
+    kernel = _open(str(target)) if target.is_file() and _ours(target) else None
+    if kernel is None:  # not built yet, a damaged file, or one someone else could have written: build it again
         try:
-            directory.mkdir(parents=True, exist_ok=True)
             # A private name, loaded from there, then one rename: runs that build at once never load a
             # half-written file, and the loader never hands back a damaged library it opened under the name.
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
@@ -118,6 +130,7 @@ def build(directory: Path, compiler: str) -> tuple[Kernel | None, str]:
                 if out.returncode != 0:
                     last = (out.stderr.strip().splitlines() or ["?"])[-1]
                     return None, f"the build failed: {last[:200]}"
+                os.chmod(tmp, 0o700)  # the linker's mode follows the umask, which may let a group write it
                 kernel = _open(tmp)
                 if kernel is None:
                     return None, f"could not build or load it in {directory}: the build left no loadable library"

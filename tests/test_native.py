@@ -6,6 +6,7 @@ No timing is asserted here: `python -m benchmarks.step_ab` and `python -m benchm
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -85,6 +86,27 @@ def test_without_a_compiler_or_with_a_failing_build_the_loop_keeps_torchs_path(t
     # A "build" that succeeds but leaves no loadable library: one line, no traceback.
     kernel, why = native.build(tmp_path / "c", _fake_compiler(tmp_path, 'eval "last=\\${$#}"; echo junk > "$last"'))
     assert kernel is None and why.startswith("could not build or load it in")
+
+
+def test_a_library_or_folder_others_could_write_is_never_loaded(tmp_path: Path) -> None:
+    """A shared server: a kernel another user could have put in place would run in this process."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    kernel, why = native.build(shared, "cc")
+    assert kernel is None and why == f"{shared} is not this user's alone (others could put a library there)"
+    assert list(shared.iterdir()) == []
+    mine = tmp_path / "mine"
+    assert native.build(mine, "cc")[0] is not None
+    (built,) = mine.glob("*.so")
+    assert stat.S_IMODE(built.stat().st_mode) == 0o700
+    planted = tmp_path / "planted.so"
+    shutil.copyfile(built, planted)  # a working kernel, even, but writable by anyone: not trusted
+    planted.chmod(0o777)
+    os.replace(planted, built)
+    inode = built.stat().st_ino
+    assert _build_elsewhere(mine).startswith("True")
+    assert built.stat().st_ino != inode and stat.S_IMODE(built.stat().st_mode) == 0o700  # built anew, not loaded
 
 
 def test_unwritable_cache_folder_gives_a_reason_not_an_error(tmp_path: Path) -> None:
