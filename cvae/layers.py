@@ -11,8 +11,9 @@ swapped (its input plays the output). The forward pass and the input's gradient 
 Linear layers. Autograd takes a linear layer's weight gradient as grad_out.t() @ input, and oneDNN's bf16
 product runs that transposed left operand at about half the speed of a contiguous one: on the reference
 model's two large layers (8064 x 1024 and 1024 x 6272, batch 64) this was the largest part of the backward
-pass. `Linear` copies the small (batch, out) gradient to (out, batch) first; the product is the same, number
-for number (tests/test_layers.py), and so are the input's and the bias's gradients.
+pass. `Linear` copies the small (batch, out) gradient to (out, batch) first, on weights of 2 M elements or
+more (on smaller ones the copy costs more than it gains); the product is the same, number for number
+(tests/test_layers.py), and so are the input's and the bias's gradients.
 
 `Conv2d`, `ConvTranspose2d` and `Linear` are torch's modules with that backward where it pays: a CPU, bf16
 (autocast or bf16 weights), and for a convolution a plain 2-D one with 16 channels or more in and out.
@@ -136,8 +137,13 @@ class _Linear(torch.autograd.Function):
         return gx, gw, gb
 
 
+# Weights this large or larger take the contiguous gradient's product: on smaller ones (an MLP's 512 x 794 at
+# batch 128, a latent layer) the copy and the custom function cost more than the product gains.
+MIN_LINEAR_WEIGHT = 1 << 21
+
+
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or not _bf16_on_cpu(x, self.weight):
+        if x.dim() != 2 or self.weight.numel() < MIN_LINEAR_WEIGHT or not _bf16_on_cpu(x, self.weight):
             return super().forward(x)
         return _Linear.apply(x, self.weight, self.bias)

@@ -74,9 +74,12 @@ def _linear_grads(layer: nn.Linear, x: torch.Tensor, autocast: bool) -> tuple[to
 
 @pytest.mark.parametrize(("features", "width"), [(8064, 1024), (1024, 6272), (12, 64), (794, 63)])
 @pytest.mark.parametrize("weights", ["fp32 under autocast", "bf16"])
-def test_a_linear_layers_gradients_are_torchs_bit_for_bit(features: int, width: int, weights: str) -> None:
+def test_a_linear_layers_gradients_are_torchs_bit_for_bit(features: int, width: int, weights: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The contiguous (out, batch) gradient changes the product's speed, not its numbers: the output and all three
-    gradients equal torch's own layer's, under bf16 autocast and with bf16 weights (as HalfWeights runs it)."""
+    gradients equal torch's own layer's, under bf16 autocast and with bf16 weights (as HalfWeights runs it); the
+    small shapes with the size limit lowered so that they take it too."""
+    monkeypatch.setattr("cvae.layers.MIN_LINEAR_WEIGHT", 1)
     torch.manual_seed(0)
     ours, theirs = Linear(features, width), nn.Linear(features, width)
     theirs.load_state_dict(ours.state_dict())
@@ -88,10 +91,13 @@ def test_a_linear_layers_gradients_are_torchs_bit_for_bit(features: int, width: 
     assert all(torch.equal(a, b) for a, b in zip(mine, torchs, strict=True))
 
 
-def test_a_linear_layer_in_fp32_or_without_gradients_is_torchs_own() -> None:
+def test_a_linear_layer_in_fp32_without_gradients_or_small_is_torchs_own(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     layer = Linear(20, 30)
     x = torch.randn(4, 20)
+    y, *grads = _linear_grads(layer, x, True)  # 600 weights: below the size where the copy pays
+    assert "Addmm" in type(y.grad_fn).__name__
+    monkeypatch.setattr("cvae.layers.MIN_LINEAR_WEIGHT", 1)
     y, *grads = _linear_grads(layer, x, False)
     assert "Addmm" in type(y.grad_fn).__name__ and all(g.dtype == torch.float32 for g in grads)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
