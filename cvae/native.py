@@ -10,8 +10,9 @@ It is compiled with the machine's C compiler (`$CC`, else `cc`) into a per-user 
 `$XDG_CACHE_HOME/cvae`, else `~/.cache/cvae`), keyed by the source, the flags, the compiler and the CPU, so a
 home folder shared by a cluster's nodes holds one build a kind of CPU. It is used only after it reproduced
 torch's `_fused_adam_` bit for bit in the running process: a run's numbers never depend on whether it is
-used. Anywhere it is not (no compiler, a failed build, another torch whose kernel rounds otherwise, a second
-OpenMP runtime, `CVAE_NATIVE=0`), the loop keeps torch's calls; `status()` says which and why.
+used. Anywhere it is not (no compiler, a failed build, a cache folder or library that another user could
+write, another torch whose kernel rounds otherwise, a second OpenMP runtime, `CVAE_NATIVE=0`), the loop keeps
+torch's calls; `status()` says which and why.
 """
 
 from __future__ import annotations
