@@ -136,28 +136,45 @@ def reference_parameters() -> int:
 # ----------------------------------------------------------------- ceiling
 
 
-# Bytes a training step must move per parameter, at the least, for the way our loop trains on a CPU with bf16
-# (cvae.runtime.HalfWeights): Adam reads the fp32 weight, both moments and the bf16 gradient and writes the
-# weight, the moments and its bf16 copy (4 + 4 + 4 + 2 + 4 + 4 + 4 + 2 = 28), the forward and backward passes
-# read the bf16 weight twice (4) and the backward writes its gradient (2). A model of 15 M parameters moves
+# Bytes a training step must move per parameter, at the least, for the way our loop trains on a CPU, by the
+# precision its matrix products run in. bf16 (cvae.runtime.HalfWeights): Adam reads the fp32 weight, both
+# moments and the bf16 gradient and writes the weight, the moments and its bf16 copy (4 + 4 + 4 + 2 + 4 + 4 +
+# 4 + 2 = 28), the forward and backward passes read the bf16 weight twice (4) and the backward writes its
+# gradient (2). fp32: Adam reads the weight, its gradient and both moments and writes all but the gradient
+# (16 + 12), the passes read the weight twice (8) and write its gradient (4). A model of 15 M parameters moves
 # 0.5 GB a step whatever its batch: at the speed a pass over its state runs, a bound on the step as firm as
 # the matrix units' (the roofline).
-STEP_BYTES_PER_PARAMETER = 34
+STEP_BYTES_PER_PARAMETER = {"bf16": 34, "fp32": 40}
+# Where the CPU has no bf16 matrix instructions, torch multiplies bf16 matrices with a plain loop at a few
+# GFLOP/s: a 2048 x 2048 product takes seconds, and the ceiling's repeats of it most of an hour. The bf16
+# figure is then taken on a product of this size, as what such a machine offers a bf16 step, not its best.
+EMULATED_BF16_SIZE = 512
 
 
-def measure_ceiling(n: int = 2048, repeats: int = 5, elements: int | None = None) -> dict[str, float]:
+def loop_precision() -> str:
+    """The precision our loop's matrix products run in on this CPU: what `--precision auto` picks."""
+    import torch
+
+    from cvae.runtime import select_amp_dtype
+
+    return "bf16" if select_amp_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
+
+
+def measure_ceiling(n: int = 2048, repeats: int = 5, elements: int | None = None) -> dict[str, Any]:
     """Best-of-`repeats` matmul throughput, GFLOP/s, fp32 and bf16 (what the cores can do at best), and the
     memory's bandwidth, GB/s: a + b into c, fp32 arrays of `elements` (the model's parameter count, so the three
     are the size of the weights and Adam's moments: what a pass over the model's state can do at best on this
-    machine, from whichever of its caches and memory holds that much)."""
+    machine, from whichever of its caches and memory holds that much). `precision` says which of the two
+    matmul figures bounds our loop here: the one it trains in."""
     import torch
 
-    from cvae.runtime import set_threads
+    from cvae.runtime import cpu_has_fast_bf16, set_threads
 
     set_threads(0)
-    out = {}
+    out: dict[str, Any] = {"precision": loop_precision(), "bf16_native": cpu_has_fast_bf16()}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        size = n if name == "fp32" or out["bf16_native"] else min(n, EMULATED_BF16_SIZE)
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         a @ b  # warm-up: oneDNN / MKL pick their kernels
         best = float("inf")
         for _ in range(repeats):
@@ -165,7 +182,8 @@ def measure_ceiling(n: int = 2048, repeats: int = 5, elements: int | None = None
             for _ in range(3):
                 a @ b
             best = min(best, (time.perf_counter() - t) / 3)
-        out[f"{name}_gflops"] = 2 * n**3 / best / 1e9
+        out[f"{name}_gflops"] = 2 * size**3 / best / 1e9
+        out[f"{name}_size"] = size
     a, b, c = (torch.ones(elements or reference_parameters()) for _ in range(3))  # pages mapped before timing
     best = float("inf")
     for _ in range(repeats):
@@ -657,8 +675,13 @@ def bench(parts: tuple[str, ...], *, batches: int, warmup: int, rounds: int, bus
     from cvae import native
 
     # What ours runs for the optimiser's pass over the bf16-gradient weights: the workers build or load the same
-    # kernel from the same cache on this machine.
-    report: dict[str, Any] = {"machine": {**machine_info(), "optimiser": native.status()}, "settings": {
+    # kernel from the same cache on this machine. Where the loop trains in fp32 there are no such weights.
+    optimiser = (
+        native.status()
+        if loop_precision() == "bf16"
+        else "torch's fused Adam over fp32 weights (no bf16 matrix instructions here: the loop trains in fp32)"
+    )
+    report: dict[str, Any] = {"machine": {**machine_info(), "optimiser": optimiser}, "settings": {
         "dataset": "MNIST", "likelihood": "bernoulli", "binarize": "static", "latent_dim": LATENT,
         "batch_size": BATCH, "learning_rate": LEARNING_RATE, "seed": SEED, "arch": "conv (the reference's)",
         "batches_timed": batches, "warmup_batches": warmup, "rounds": rounds, "busy_cores": busy,
@@ -839,16 +862,21 @@ def format_cuda_table(report: dict[str, Any]) -> str:
 
 def _add_ceiling_fraction(report: dict[str, Any], where: dict[str, Any], key: str) -> None:
     """The share of the matmul ceiling that `where[key]` images/s reach, and of the roofline: the speed that
-    neither the bf16 matmul ceiling nor the memory's bandwidth (STEP_BYTES_PER_PARAMETER a parameter a step)
-    lets a step beat, whichever is lower."""
+    neither that ceiling nor the memory's bandwidth (STEP_BYTES_PER_PARAMETER a parameter a step) lets a step
+    beat, whichever is lower. The ceiling is the one of the precision our loop trains in on this CPU (bf16
+    where it has bf16 matrix instructions, else fp32), for the baseline too: the best this machine offers
+    the model's training, whoever's loop runs it."""
     ceiling = report.get("ceiling", {})
     flops, params = report.get("flops_per_image"), report.get("parameters")
-    if ceiling.get("bf16_gflops") and flops:
+    precision = ceiling.get("precision", "bf16")
+    gflops = ceiling.get(f"{precision}_gflops")
+    if gflops and flops:
         where["achieved_gflops"] = where[key] * flops / 1e9
-        where["fraction_of_bf16_ceiling"] = where["achieved_gflops"] / ceiling["bf16_gflops"]
-    if ceiling.get("bf16_gflops") and ceiling.get("memory_gbps") and flops and params:
-        by_compute = ceiling["bf16_gflops"] * 1e9 / flops
-        by_memory = ceiling["memory_gbps"] * 1e9 * BATCH / (params * STEP_BYTES_PER_PARAMETER)
+        where["ceiling_precision"] = precision
+        where["fraction_of_ceiling"] = where["achieved_gflops"] / gflops
+    if gflops and ceiling.get("memory_gbps") and flops and params:
+        by_compute = gflops * 1e9 / flops
+        by_memory = ceiling["memory_gbps"] * 1e9 * BATCH / (params * STEP_BYTES_PER_PARAMETER[precision])
         where["roofline_images_per_s"] = min(by_compute, by_memory)
         where["roofline_bound"] = "memory" if by_memory < by_compute else "compute"
         where["fraction_of_roofline"] = where[key] / where["roofline_images_per_s"]
@@ -860,7 +888,12 @@ def _add_ceiling_fraction(report: dict[str, Any], where: dict[str, Any], key: st
 def format_table(report: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     m = report["machine"]
-    rows.append(("machine", f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}"))
+    simd = (
+        f" ({m['vector_instructions']}{', bf16 matrix instructions' if m.get('bf16_matrix_instructions') else ''})"
+        if m.get("vector_instructions")
+        else ""
+    )
+    rows.append(("machine", f"{m['cpu']}{simd}, {m['cores']} cores, torch {m['torch']}, {m['date']}"))
     if "optimiser" in m:
         rows.append(("ours: the optimiser's pass", m["optimiser"]))
     if report.get("settings", {}).get("busy_cores"):
@@ -868,7 +901,18 @@ def format_table(report: dict[str, Any]) -> str:
                      "core(s) busy"))  # fmt: skip
     if "ceiling" in report:
         c = report["ceiling"]
-        rows.append(("matmul ceiling fp32 / bf16", f"{c['fp32_gflops']:.0f} / {c['bf16_gflops']:.0f} GFLOP/s"))
+        emulated = (
+            ""
+            if c.get("bf16_native", True)
+            else (f" (no bf16 matrix instructions: {c['bf16_size']} x {c['bf16_size']}, torch's plain loop)")
+        )
+        rows.append(
+            (
+                "matmul ceiling fp32 / bf16",
+                f"{c['fp32_gflops']:.0f} / {c['bf16_gflops']:.{0 if not emulated else 1}f} GFLOP/s{emulated}",
+            )
+        )
+        rows.append(("ours trains in", f"{c.get('precision', 'bf16')}: the shares below are of that ceiling"))
         if "memory_gbps" in c:
             rows.append(("memory bandwidth (a + b into c)", f"{c['memory_gbps']:.1f} GB/s over the model's size"))
     if "flops_per_image" in report:
@@ -880,20 +924,16 @@ def format_table(report: dict[str, Any]) -> str:
             ("ours (cvae.train.fit)", f"{s['ours_images_per_s']:.0f} images/s = {s['ours_seconds_per_epoch']:.0f} s/epoch"),
             ("speed-up, same run", f"{s['speedup']:.2f}x (rounds: {', '.join(f'{r:.2f}' for r in s['speedup_per_round'])})"),
         ]  # fmt: skip
-        if "fraction_of_bf16_ceiling" in s:
-            rows.append(
-                (
-                    "ours, share of the bf16 ceiling",
-                    f"{100 * s['fraction_of_bf16_ceiling']:.0f}% ({s['achieved_gflops']:.0f} GFLOP/s)",
-                )
-            )
+        if "fraction_of_ceiling" in s:
+            rows.append((f"ours, share of the {s['ceiling_precision']} ceiling",
+                         f"{100 * s['fraction_of_ceiling']:.0f}% ({s['achieved_gflops']:.0f} GFLOP/s)"))  # fmt: skip
         if "fraction_of_roofline" in s:
             rows.append(("ours, share of the roofline", f"{100 * s['fraction_of_roofline']:.0f}% of "
                          f"{s['roofline_images_per_s']:.0f} images/s ({s['roofline_bound']}-bound)"))  # fmt: skip
         if "fraction_of_roofline" in s.get("baseline", {}):
             b = s["baseline"]
-            rows.append(("baseline, share of the bf16 ceiling / roofline", f"{100 * b['fraction_of_bf16_ceiling']:.0f}%"
-                         f" / {100 * b['fraction_of_roofline']:.0f}%"))  # fmt: skip
+            rows.append((f"baseline, share of the {b['ceiling_precision']} ceiling / roofline",
+                         f"{100 * b['fraction_of_ceiling']:.0f}% / {100 * b['fraction_of_roofline']:.0f}%"))  # fmt: skip
         rows.append(("peak RSS baseline / ours", f"{s['baseline_peak_rss_mb']:.0f} / {s['ours_peak_rss_mb']:.0f} MB"))
     if "epoch" in report:
         e = report["epoch"]
@@ -903,8 +943,8 @@ def format_table(report: dict[str, Any]) -> str:
             ("one epoch, ours", f"{o['epoch_seconds']:.0f} s ({o['epoch_seconds_with_eval']:.0f} s with test eval), "
                                 f"test -ELBO {o['test']['nelbo']:.2f} nats"),
             ("one epoch: speed-up, -ELBO ours - fp32", f"{e['speedup']:.2f}x, {e['nelbo_difference']:+.2f} nats"),
-            *[(f"one epoch, {who}: share of the bf16 ceiling / roofline",
-               f"{100 * r['fraction_of_bf16_ceiling']:.0f}% / {100 * r['fraction_of_roofline']:.0f}%")
+            *[(f"one epoch, {who}: share of the {r['ceiling_precision']} ceiling / roofline",
+               f"{100 * r['fraction_of_ceiling']:.0f}% / {100 * r['fraction_of_roofline']:.0f}%")
               for who, r in (("ours", o), ("baseline", b)) if "fraction_of_roofline" in r],
             ("peak RSS, full-epoch run (ours)", f"{o['peak_rss_mb']:.0f} MB"),
         ]  # fmt: skip

@@ -15,8 +15,8 @@ pass. `Linear` copies the small (batch, out) gradient to (out, batch) first, on 
 more (on smaller ones the copy costs more than it gains); the product is the same, number for number
 (tests/test_layers.py), and so are the input's and the bias's gradients.
 
-`Conv2d`, `ConvTranspose2d` and `Linear` are torch's modules with that backward where it pays: a CPU, bf16
-(autocast or bf16 weights), and for a convolution a plain 2-D one with 16 channels or more in and out.
+`Conv2d`, `ConvTranspose2d` and `Linear` are torch's modules with that backward where it pays: a CPU with bf16
+matrix instructions, bf16 (autocast or bf16 weights), and for a convolution a plain 2-D one with 16 channels or more in and out.
 Everywhere else, and whenever no gradient is wanted, they are torch's own. Parameters and checkpoints are
 torch's.
 """
@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cvae.runtime import cpu_has_fast_bf16
 
 __all__ = ["Conv2d", "ConvTranspose2d", "Linear", "weight_grad"]
 
@@ -81,11 +83,15 @@ class _Convolution(torch.autograd.Function):
 
 
 def _bf16_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Training on a CPU in bf16 (autocast, or bf16 weights): where the backward passes here pay."""
+    """Training in bf16 (autocast, or bf16 weights) on a CPU with bf16 matrix instructions: where the backward
+    passes here pay. A CPU without them multiplies bf16 matrices with torch's plain loop, as slowly whichever
+    operand is transposed, and rounds a transposed product differently from a contiguous one: the linear
+    layer's gradient would no longer be torch's own, number for number."""
     return (
         x.device.type == "cpu" and torch.is_grad_enabled() and weight.requires_grad
         and (weight.dtype == torch.bfloat16
              or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+        and cpu_has_fast_bf16()
     )  # fmt: skip
 
 

@@ -44,6 +44,7 @@ from cvae.runs import RunDir, active_runs, available_cores, others_cpu_seconds, 
 from cvae.runtime import (
     HalfWeights,
     autocast,
+    cpu_has_fast_bf16,
     half_weights,
     make_optimizer,
     match_optimizer_state,
@@ -179,6 +180,9 @@ def fit(
     device = device or (distributed.rank_device(cfg.device, ranks) if ranks.active else select_device(cfg.device))
     use_device(device)
     amp_dtype = select_amp_dtype(cfg.precision, device)
+    if device.type == "cpu" and amp_dtype is not None and not cpu_has_fast_bf16() and ranks.main:
+        print("note: this CPU has no bf16 matrix instructions: bf16 runs in torch's plain loops, many times slower "
+              "than fp32 (--precision auto trains in fp32 here)", flush=True)  # fmt: skip
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         prepare_for_cpu()

@@ -7,6 +7,7 @@ both ask this module, so they pick devices and precisions the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ def use_device(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
+@functools.cache  # asked on every forward pass of the layers in cvae.layers; the CPU does not change
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX)."""
     try:
@@ -174,6 +176,7 @@ def machine_info() -> dict[str, object]:
         "cpu": cpu, "cores": available_cores(), "torch": torch.__version__, "python": platform.python_version(),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "vector_instructions": torch.backends.cpu.get_cpu_capability(), "bf16_matrix_instructions": cpu_has_fast_bf16(),
     }  # fmt: skip
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

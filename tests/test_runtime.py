@@ -407,15 +407,16 @@ def test_bench_table_shows_the_demo_with_and_without_refinement() -> None:
 def test_bench_reports_each_speed_as_a_share_of_the_ceiling_and_of_the_roofline() -> None:
     from benchmarks.bench import STEP_BYTES_PER_PARAMETER, _add_ceiling_fraction, format_table
 
-    report = {"ceiling": {"fp32_gflops": 400.0, "bf16_gflops": 2000.0, "memory_gbps": 10.0},
+    report = {"ceiling": {"fp32_gflops": 400.0, "bf16_gflops": 2000.0, "memory_gbps": 10.0, "precision": "bf16",
+                          "bf16_native": True, "bf16_size": 2048},
               "flops_per_image": 178.6e6, "parameters": 15_000_000}  # fmt: skip
-    memory_bound = 10e9 * 64 / (15_000_000 * STEP_BYTES_PER_PARAMETER)  # 1255 images/s; compute: 11198
+    memory_bound = 10e9 * 64 / (15_000_000 * STEP_BYTES_PER_PARAMETER["bf16"])  # 1255 images/s; compute: 11198
     speed = {"ours_images_per_s": 1000.0}
     _add_ceiling_fraction(report, speed, "ours_images_per_s")
     assert speed["roofline_bound"] == "memory"
     assert speed["roofline_images_per_s"] == pytest.approx(memory_bound)
     assert speed["fraction_of_roofline"] == pytest.approx(1000 / memory_bound)
-    assert speed["fraction_of_bf16_ceiling"] == pytest.approx(1000 * 178.6e6 / 2000e9)
+    assert speed["fraction_of_ceiling"] == pytest.approx(1000 * 178.6e6 / 2000e9)
     report["ceiling"]["memory_gbps"] = 1000.0  # a memory so fast that the matrix units bound the step
     _add_ceiling_fraction(report, speed, "ours_images_per_s")
     assert speed["roofline_bound"] == "compute" and speed["roofline_images_per_s"] == pytest.approx(2000e9 / 178.6e6)
@@ -428,6 +429,32 @@ def test_bench_reports_each_speed_as_a_share_of_the_ceiling_and_of_the_roofline(
     assert rows["memory bandwidth (a + b into c)"] == "1000.0 GB/s over the model's size"
     assert rows["ours, share of the roofline"] == "9% of 11198 images/s (compute-bound)"
     assert rows["baseline, share of the bf16 ceiling / roofline"] == "3% / 3%"
+
+
+def test_bench_measures_a_cpu_without_bf16_instructions_against_its_fp32_ceiling() -> None:
+    from benchmarks.bench import STEP_BYTES_PER_PARAMETER, _add_ceiling_fraction, format_table
+
+    # Such a CPU multiplies bf16 matrices with a plain loop: its bf16 figure would flatter any fp32 loop.
+    report = {"ceiling": {"fp32_gflops": 80.0, "bf16_gflops": 1.2, "memory_gbps": 40.0, "precision": "fp32",
+                          "bf16_native": False, "bf16_size": 512},
+              "flops_per_image": 178.6e6, "parameters": 15_000_000}  # fmt: skip
+    speed = {"ours_images_per_s": 300.0}
+    _add_ceiling_fraction(report, speed, "ours_images_per_s")
+    assert speed["ceiling_precision"] == "fp32"
+    assert speed["fraction_of_ceiling"] == pytest.approx(300 * 178.6e6 / 80e9)
+    by_memory = 40e9 * 64 / (15_000_000 * STEP_BYTES_PER_PARAMETER["fp32"])
+    assert STEP_BYTES_PER_PARAMETER["fp32"] > STEP_BYTES_PER_PARAMETER["bf16"]
+    assert speed["roofline_images_per_s"] == pytest.approx(min(by_memory, 80e9 / 178.6e6))
+    speed.update(baseline_images_per_s=150.0, speedup=2.0, speedup_per_round=[2.0], ours_seconds_per_epoch=200,
+                 baseline_peak_rss_mb=1, ours_peak_rss_mb=1)  # fmt: skip
+    machine = dict(cpu="AMD EPYC", cores=2, torch="2", date="d", vector_instructions="AVX2",
+                   bf16_matrix_instructions=False)  # fmt: skip
+    rows = {line.split("  ")[0]: line.split("  ")[-1].strip()
+            for line in format_table({"machine": machine, **report, "speed": speed}).splitlines()}  # fmt: skip
+    assert rows["ours, share of the fp32 ceiling"] == "67% (54 GFLOP/s)"
+    assert rows["matmul ceiling fp32 / bf16"].startswith("80 / 1.2 GFLOP/s (no bf16 matrix instructions: 512 x 512")
+    assert rows["ours trains in"].startswith("fp32")
+    assert rows["machine"].startswith("AMD EPYC (AVX2), 2 cores")
 
 
 def test_bench_gpu_table_reports_the_demo_breakdown_the_queue_and_torch_compile() -> None:
