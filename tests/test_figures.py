@@ -256,3 +256,17 @@ def test_a_click_downloads_the_slide_in_a_browser(tiny_run: Path, tmp_path: Path
     assert "--what latent --epoch 2" in " ".join(_texts(got["SVG"]))
     with Image.open(io.BytesIO(got["GIF"])) as gif:
         assert gif.n_frames == 2 and gif.size == (1280, 720)
+
+
+def test_the_plots_module_leaves_pandas_whole_before_any_figure_is_built() -> None:
+    """plotly's validators take pandas from sys.modules as it stands: a page that built a figure while another
+    thread of the server was importing pandas failed on a half-initialised module. Importing ui.plots
+    imports pandas whole first (an import waits for another thread's import of the same module)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; assert 'pandas' not in sys.modules; import ui.plots; "
+            "p = sys.modules['pandas']; assert hasattr(p, 'Series') and hasattr(p, 'Index'); print('whole')")  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "whole", proc.stderr[-1000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pandas  # noqa: F401 - see below
 import plotly.colors
 import plotly.graph_objects as go
 from _plotly_utils.utils import convert_to_base64
@@ -15,6 +16,11 @@ from cvae.bounds import Bounds, Figure
 # The latent plane and the classes' look are the library's, shared with its slide figures (cvae.figures);
 # frame_epochs, MAX_FRAMES and projection are named here for the pages that draw beside these plots.
 from cvae.figures import MAX_FRAMES, class_styles, extent, frame_epochs, plane, projection  # noqa: F401
+
+# pandas is imported above, whole, before any figure is built: plotly's validators take pandas from sys.modules
+# as it stands, and while another thread of the server was importing it (another session's page, or Streamlit
+# itself) they found a half-initialised module and the page failed with "partially initialized module 'pandas' has no
+# attribute 'Series'". An import statement waits for the other thread's import to finish; sys.modules does not.
 
 TRAIN, TEST = "#1f77b4", "#d62728"
 INK = "#1f2230"  # tick labels and titles: about 15:1 on white (Streamlit's chart theme draws a light grey)
