@@ -146,8 +146,9 @@ def reference_parameters() -> int:
 # the matrix units' (the roofline).
 STEP_BYTES_PER_PARAMETER = {"bf16": 34, "fp32": 40}
 # Where the CPU has no bf16 matrix instructions, torch multiplies bf16 matrices with a plain loop at a few
-# GFLOP/s: a 2048 x 2048 product takes seconds, and the ceiling's repeats of it most of an hour. The bf16
-# figure is then taken on a product of this size, as what such a machine offers a bf16 step, not its best.
+# GFLOP/s or less: the ceiling's 16 products of 2048 x 2048 ran for over 12 minutes on such a machine without
+# finishing. The bf16 figure is then taken on a product of this size, as what such a machine offers a bf16
+# step, not its best.
 EMULATED_BF16_SIZE = 512
 
 
