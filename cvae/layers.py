@@ -16,22 +16,23 @@ more (on smaller ones the copy costs more than it gains); the product is the sam
 (tests/test_layers.py), and so are the input's and the bias's gradients.
 
 `Conv2d`, `ConvTranspose2d` and `Linear` are torch's modules with that backward where it pays: a CPU with bf16
-matrix instructions, bf16 (autocast or bf16 weights), and for a convolution a plain 2-D one with 16 channels or more in and out.
+matrix instructions, bf16 (autocast or bf16 weights), and for a convolution a plain 2-D one with 16 channels
+or more in and out.
 Everywhere else, and whenever no gradient is wanted, they are torch's own. Parameters and checkpoints are
 torch's.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvae.runtime import cpu_has_fast_bf16
-
-__all__ = ["Conv2d", "ConvTranspose2d", "Linear", "weight_grad"]
+__all__ = ["Conv2d", "ConvTranspose2d", "Linear", "cpu_has_fast_bf16", "weight_grad"]
 
 
 def weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
@@ -80,6 +81,18 @@ class _Convolution(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum((0, 2, 3))
         return gx, gw, gb, None, None, None
+
+
+@functools.cache  # asked on every forward pass of these layers; the CPU does not change
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX). Here, beside the layers that
+    need it on every forward pass, so that this module imports nothing of the package's;
+    `cvae.runtime.select_amp_dtype` picks bf16 by it too."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _bf16_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -7,7 +7,6 @@ both ask this module, so they pick devices and precisions the same way.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from torch import nn
 
 from cvae import native
 from cvae.errors import ConfigError
+from cvae.layers import cpu_has_fast_bf16
 from cvae.runs import available_cores
 
 
@@ -45,16 +45,6 @@ def use_device(device: torch.device) -> None:
     """
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
-
-
-@functools.cache  # asked on every forward pass of the layers in cvae.layers; the CPU does not change
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def select_amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -19,8 +19,8 @@ from cvae.figures import MAX_FRAMES, class_styles, extent, frame_epochs, plane, 
 
 # pandas is imported above, whole, before any figure is built: plotly's validators take pandas from sys.modules
 # as it stands, and while another thread of the server was importing it (another session's page, or Streamlit
-# itself) they found a half-initialised module and the page failed with "partially initialized module 'pandas' has no
-# attribute 'Series'". An import statement waits for the other thread's import to finish; sys.modules does not.
+# itself) they found a half-initialised module and the page failed ("partially initialized module 'pandas' has
+# no attribute 'Series'"). An import statement waits for the other thread's import; sys.modules does not.
 
 TRAIN, TEST = "#1f77b4", "#d62728"
 INK = "#1f2230"  # tick labels and titles: about 15:1 on white (Streamlit's chart theme draws a light grey)
