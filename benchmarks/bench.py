@@ -7,7 +7,10 @@
 Parts (all at MNIST, Bernoulli decoder, static binarization, z = 2, batch 64,
 the reference's conv architecture, seed 0):
 
-- ceiling: fp32 and bf16 2048 x 2048 matmul throughput, GFLOP/s (best of a few).
+- ceiling: fp32 and bf16 2048 x 2048 matmul throughput, GFLOP/s (best of a few); the memory's bandwidth
+  over arrays the size of the model; and our step's own matrix products replayed back to back (one step of
+  ours recorded, its products timed alone): what the kernels allow on the step's thin shapes, so that a
+  speed's share of it says how much of the gap to the ceiling is the loop's.
 - speed: the baseline (the reference's own loop, as REFERENCE.md describes
   it: torchvision's MNIST dataset, per-image ToTensor and thresholding, a
   DataLoader at batch 64, fp32, Adam defaults, the reference's loss, sigmoid
@@ -192,7 +195,72 @@ def measure_ceiling(n: int = 2048, repeats: int = 5, elements: int | None = None
         torch.add(a, b, out=c)
         best = min(best, time.perf_counter() - t)
     out["memory_gbps"] = 3 * c.numel() * c.element_size() / best / 1e9
+    out.update(measure_products(repeats))
     return out
+
+
+# The operators that do a step's matrix arithmetic: the ones FlopCounterMode counts in this model.
+PRODUCT_OPS = ("mm", "addmm", "bmm", "convolution", "convolution_backward")
+
+
+def measure_products(repeats: int = 5) -> dict[str, Any]:
+    """The speed of our step's own matrix products, and nothing else: one step of the reference model, set up
+    as our loop sets it up on this CPU (its precision, layouts and bf16 weights), is recorded operator by
+    operator; its products are then replayed back to back, with the very operands the step gave them, and
+    the best of `repeats` passes is timed. The matmul ceiling is a large square product; a step's products
+    are thin (batch 64) and its convolutions small, and the kernels run those slower: this is the bound they
+    set on any loop with these kernels, measured in the same run. `products_flops` counts what was replayed
+    (it must be the model's FLOPs a step: a product missed would flatter the bound)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cvae.model import CVAE
+    from cvae.runtime import autocast, half_weights, make_optimizer, prepare_model, select_amp_dtype
+
+    wanted = {getattr(torch.ops.aten, name) for name in PRODUCT_OPS}
+    calls: list[tuple[Any, tuple, dict]] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            if func.overloadpacket in wanted:
+                calls.append((func, args, kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    device = torch.device("cpu")
+    torch.manual_seed(SEED)
+    model = prepare_model(CVAE(reference_model_config()), device)
+    optimizer = make_optimizer(model, LEARNING_RATE, device)
+    amp = select_amp_dtype("auto", device)
+    weights = half_weights(model, optimizer, device, amp)
+    x, y = (torch.rand(BATCH, 1, 28, 28) >= 0.5).float(), torch.arange(BATCH) % 10
+
+    def step(record: bool) -> None:
+        with weights.for_step() if weights else contextlib.nullcontext():
+            with Record() if record else contextlib.nullcontext():
+                with autocast(device, amp):
+                    loss = model.objective(x, y).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            (weights.step if weights else optimizer.step)()
+
+    for _ in range(2):  # the kernels chosen and the bf16 weights made, as after a loop's first steps
+        step(False)
+    step(True)
+
+    def replay() -> None:
+        with weights.for_step() if weights else contextlib.nullcontext():  # the weights' bf16 copies in place
+            for func, args, kwargs in calls:
+                func(*args, **kwargs)
+
+    with FlopCounterMode(display=False) as counter:
+        replay()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        replay()
+        best = min(best, time.perf_counter() - t)
+    return {"products_seconds": best, "products_flops": counter.get_total_flops(), "products_calls": len(calls)}
 
 
 # ---------------------------------------------------------------- baseline
@@ -722,6 +790,7 @@ def _measure(report: dict[str, Any], parts: tuple[str, ...], *, batches: int, wa
             "rounds": {"baseline": base, "ours": ours},
         }
         _add_ceiling_fraction(report, report["speed"], "ours_images_per_s")
+        _add_products_fraction(report, report["speed"], "ours_images_per_s")
         report["speed"]["baseline"] = {"images_per_s": report["speed"]["baseline_images_per_s"]}
         _add_ceiling_fraction(report, report["speed"]["baseline"], "images_per_s")
     if "epoch" in parts:
@@ -735,6 +804,7 @@ def _measure(report: dict[str, Any], parts: tuple[str, ...], *, batches: int, wa
             "nelbo_difference": ours["test"]["nelbo"] - base["test"]["nelbo"],
         }  # fmt: skip
         _add_ceiling_fraction(report, report["epoch"]["ours"], "images_per_s")
+        _add_products_fraction(report, report["epoch"]["ours"], "images_per_s")
         _add_ceiling_fraction(report, report["epoch"]["baseline"], "images_per_s")
     if "processes" in parts:
         report["processes"] = {}
@@ -883,6 +953,16 @@ def _add_ceiling_fraction(report: dict[str, Any], where: dict[str, Any], key: st
         where["fraction_of_roofline"] = where[key] / where["roofline_images_per_s"]
 
 
+def _add_products_fraction(report: dict[str, Any], where: dict[str, Any], key: str) -> None:
+    """The share of the speed our step's matrix products alone allow (`measure_products`) that `where[key]`
+    images/s reach: how much of the gap to the ceiling is the loop's, and how much the kernels'. Ours only:
+    the reference's loop runs other products (fp32, its own layouts)."""
+    seconds = report.get("ceiling", {}).get("products_seconds")
+    if seconds:
+        where["products_images_per_s"] = BATCH / seconds
+        where["fraction_of_products"] = where[key] / where["products_images_per_s"]
+
+
 # -------------------------------------------------------------------- table
 
 
@@ -916,6 +996,12 @@ def format_table(report: dict[str, Any]) -> str:
         rows.append(("ours trains in", f"{c.get('precision', 'bf16')}: the shares below are of that ceiling"))
         if "memory_gbps" in c:
             rows.append(("memory bandwidth (a + b into c)", f"{c['memory_gbps']:.1f} GB/s over the model's size"))
+        ceiling = c.get(f"{c.get('precision', 'bf16')}_gflops")
+        if c.get("products_seconds") and ceiling:
+            share = c["products_flops"] / c["products_seconds"] / 1e9 / ceiling
+            rows.append(("ours: the step's products alone", f"{1e3 * c['products_seconds']:.1f} ms a step "
+                         f"({c['products_calls']} replayed) = {BATCH / c['products_seconds']:.0f} images/s, "
+                         f"{100 * share:.0f}% of the ceiling"))  # fmt: skip
     if "flops_per_image" in report:
         rows.append(("model FLOPs per image (fwd + bwd)", f"{report['flops_per_image'] / 1e6:.1f} MFLOP"))
     if "speed" in report:
@@ -931,6 +1017,8 @@ def format_table(report: dict[str, Any]) -> str:
         if "fraction_of_roofline" in s:
             rows.append(("ours, share of the roofline", f"{100 * s['fraction_of_roofline']:.0f}% of "
                          f"{s['roofline_images_per_s']:.0f} images/s ({s['roofline_bound']}-bound)"))  # fmt: skip
+        if "fraction_of_products" in s:
+            rows.append(("ours, share of its products' speed", f"{100 * s['fraction_of_products']:.0f}%"))
         if "fraction_of_roofline" in s.get("baseline", {}):
             b = s["baseline"]
             rows.append((f"baseline, share of the {b['ceiling_precision']} ceiling / roofline",
@@ -947,8 +1035,10 @@ def format_table(report: dict[str, Any]) -> str:
             *[(f"one epoch, {who}: share of the {r['ceiling_precision']} ceiling / roofline",
                f"{100 * r['fraction_of_ceiling']:.0f}% / {100 * r['fraction_of_roofline']:.0f}%")
               for who, r in (("ours", o), ("baseline", b)) if "fraction_of_roofline" in r],
-            ("peak RSS, full-epoch run (ours)", f"{o['peak_rss_mb']:.0f} MB"),
         ]  # fmt: skip
+        if "fraction_of_products" in o:
+            rows.append(("one epoch, ours: share of its products' speed", f"{100 * o['fraction_of_products']:.0f}%"))
+        rows.append(("peak RSS, full-epoch run (ours)", f"{o['peak_rss_mb']:.0f} MB"))
     for key, d in report.get("processes", {}).items():
         rows.append((f"{key}: 2 processes (torchrun) / 1", f"{d['speedup']:.2f}x ({d['two_images_per_s']:.0f} / "
                      f"{d['one_images_per_s']:.0f} images/s; rounds {', '.join(f'{r:.2f}' for r in d['speedup_per_round'])})"))  # fmt: skip

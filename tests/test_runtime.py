@@ -519,3 +519,25 @@ def test_bench_reference_step_is_the_negative_elbo_where_no_pixel_saturates() ->
     theirs = reference_step(model, optimizer, x, y).item()
     assert theirs == pytest.approx(ours, rel=1e-5)
     assert not torch.equal(before, model.encoder.net[0].weight)
+
+
+def test_bench_replays_every_matrix_product_of_our_step() -> None:
+    from benchmarks.bench import BATCH, _add_products_fraction, flops_per_image, format_table, measure_products
+
+    # A product the recording missed (a custom backward's, say) would make the bound too fast to be one.
+    products = measure_products(repeats=1)
+    assert products["products_flops"] == pytest.approx(flops_per_image() * BATCH, rel=1e-6)
+    assert products["products_calls"] >= 12 and products["products_seconds"] > 0
+    report = {"ceiling": {"fp32_gflops": 100.0, "bf16_gflops": 400.0, "precision": "bf16", "bf16_native": True,
+                          "bf16_size": 2048, "products_seconds": 0.04, "products_calls": 22,
+                          "products_flops": 11.43e9}}  # fmt: skip
+    speed = {"ours_images_per_s": 800.0, "baseline_images_per_s": 300.0, "speedup": 2.7, "speedup_per_round": [2.7],
+             "ours_seconds_per_epoch": 75, "baseline_peak_rss_mb": 1, "ours_peak_rss_mb": 1}  # fmt: skip
+    _add_products_fraction(report, speed, "ours_images_per_s")
+    assert speed["products_images_per_s"] == pytest.approx(BATCH / 0.04)
+    assert speed["fraction_of_products"] == pytest.approx(800 / 1600)
+    rows = {line.split("  ")[0]: line.split("  ")[-1].strip()
+            for line in format_table({"machine": dict(cpu="c", cores=2, torch="2", date="d"), **report,
+                                      "speed": speed}).splitlines()}  # fmt: skip
+    assert rows["ours: the step's products alone"] == "40.0 ms a step (22 replayed) = 1600 images/s, 71% of the ceiling"
+    assert rows["ours, share of its products' speed"] == "50%"
