@@ -260,7 +260,8 @@ def measure_products(repeats: int = 5) -> dict[str, Any]:
         t = time.perf_counter()
         replay()
         best = min(best, time.perf_counter() - t)
-    return {"products_seconds": best, "products_flops": counter.get_total_flops(), "products_calls": len(calls)}
+    return {"products_seconds": best, "products_flops": counter.get_total_flops(), "products_calls": len(calls),
+            "products_precision": "bf16" if amp == torch.bfloat16 else "fp32"}  # fmt: skip
 
 
 # ---------------------------------------------------------------- baseline

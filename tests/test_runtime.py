@@ -521,13 +521,19 @@ def test_bench_reference_step_is_the_negative_elbo_where_no_pixel_saturates() ->
     assert not torch.equal(before, model.encoder.net[0].weight)
 
 
-def test_bench_replays_every_matrix_product_of_our_step() -> None:
+def test_bench_replays_every_matrix_product_of_our_step(monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks.bench import BATCH, _add_products_fraction, flops_per_image, format_table, measure_products
 
-    # A product the recording missed (a custom backward's, say) would make the bound too fast to be one.
+    # A product the recording missed (a custom backward's, say) would make the bound too fast to be one; and
+    # a CPU without bf16 instructions trains in fp32, through torch's own layers, which must be counted too.
     products = measure_products(repeats=1)
     assert products["products_flops"] == pytest.approx(flops_per_image() * BATCH, rel=1e-6)
     assert products["products_calls"] >= 12 and products["products_seconds"] > 0
+    for where in ("cvae.runtime.cpu_has_fast_bf16", "cvae.layers.cpu_has_fast_bf16"):
+        monkeypatch.setattr(where, lambda: False)
+    fp32 = measure_products(repeats=1)
+    assert fp32["products_precision"] == "fp32" and fp32["products_calls"] >= 12
+    assert fp32["products_flops"] == products["products_flops"]
     report = {"ceiling": {"fp32_gflops": 100.0, "bf16_gflops": 400.0, "precision": "bf16", "bf16_native": True,
                           "bf16_size": 2048, "products_seconds": 0.04, "products_calls": 22,
                           "products_flops": 11.43e9}}  # fmt: skip
