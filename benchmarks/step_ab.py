@@ -3,8 +3,9 @@
     python -m benchmarks.step_ab /path/to/old/checkout /path/to/new/checkout --rounds 3 [--profile 20]
 
 Each run imports `cvae` from the checkout it is given and times 100 optimisation steps of the reference's
-conv model (MNIST shapes, Bernoulli, z = 2, batch 64, the loop's own runtime settings: bf16 autocast where
-the CPU runs it natively, fused Adam, channels_last) on random binary images after 10 warm-up steps. The
+conv model (MNIST shapes, Bernoulli, z = 2, batch 64; `--model mlp`: the quick demo's MLP at its batch and
+learning rate; the loop's own runtime settings: bf16 autocast where the CPU runs it natively, fused Adam,
+channels_last) on random binary images after 10 warm-up steps. The
 checkouts alternate, so the machine's load falls on both; the report is each round and the median ratio.
 A checkout whose loop keeps bf16 matrix weights during the step (`cvae.runtime.half_weights`) steps that way.
 Either step API works (`model.objective`, or `model.elbo_terms` before the one model family).
@@ -33,15 +34,20 @@ from cvae.model import CVAE
 from cvae.runtime import autocast, flush_denormals, make_optimizer, prepare_for_cpu, prepare_model, select_amp_dtype
 flush_denormals(); torch.manual_seed(0); prepare_for_cpu()
 dev = torch.device("cpu")
-config = ModelConfig(channels=1, height=28, width=28, num_classes=10, latent_dim=2, **conv_preset(28, 28))
+if sys.argv[4] == "mlp":  # the quick demo's model, batch and learning rate
+    from cvae.config import QUICK_DEMO
+    layers, batch, lr = dict(arch="mlp", mlp_hidden=QUICK_DEMO["mlp_hidden"]), QUICK_DEMO["batch_size"], QUICK_DEMO["learning_rate"]
+else:
+    layers, batch, lr = conv_preset(28, 28), 64, 1e-4
+config = ModelConfig(channels=1, height=28, width=28, num_classes=10, latent_dim=2, **layers)
 model = prepare_model(CVAE(config), dev)
-opt, amp = make_optimizer(model, 1e-4, dev), select_amp_dtype("auto", dev)
+opt, amp = make_optimizer(model, lr, dev), select_amp_dtype("auto", dev)
 try:  # the loop's bf16 matrix weights, in a checkout that has them
     from cvae.runtime import half_weights
     weights = half_weights(model, opt, dev, amp)
 except ImportError:
     weights = None
-x, y = (torch.rand(6400, 1, 28, 28) > 0.5).float(), torch.randint(0, 10, (6400,))
+x, y = (torch.rand(100 * batch, 1, 28, 28) > 0.5).float(), torch.randint(0, 10, (100 * batch,))
 step = getattr(model, "objective", None) or model.elbo_terms
 phases = []
 def run(n, off=0):
@@ -50,7 +56,7 @@ def run(n, off=0):
         with weights.for_step() if weights else contextlib.nullcontext():
             t0 = time.perf_counter()
             with autocast(dev, amp):
-                terms = step(x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64])
+                terms = step(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
             t1 = time.perf_counter()
             opt.zero_grad(set_to_none=True); terms.loss.backward()
             t2 = time.perf_counter()
@@ -63,16 +69,18 @@ if int(sys.argv[3]):  # where the step's time goes: its operators by input shape
         run(20, 10)
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=int(sys.argv[3]),
                                                              max_name_column_width=30, max_shapes_column_width=60))
-phases.clear(); t0 = time.perf_counter(); run(100, 10); speed = 6400 / (time.perf_counter() - t0)
+phases.clear(); t0 = time.perf_counter(); run(100, 10); speed = 100 * batch / (time.perf_counter() - t0)
 import statistics
 print(speed, *(1e3 * statistics.median(p) for p in zip(*phases)))  # images/s; forward, backward, optimiser ms
 """
 
 
-def images_per_s(checkout: Path, threads: int = 0, profile_rows: int = 0) -> tuple[float, list[float]]:
+def images_per_s(
+    checkout: Path, threads: int = 0, profile_rows: int = 0, model: str = "conv"
+) -> tuple[float, list[float]]:
     """The checkout's step speed and its phases' median ms (forward, backward, optimiser); with
     `profile_rows`, its profile's top operators printed first."""
-    out = subprocess.run([sys.executable, "-c", WORKER, str(checkout), str(threads), str(profile_rows)],
+    out = subprocess.run([sys.executable, "-c", WORKER, str(checkout), str(threads), str(profile_rows), model],
                          capture_output=True, text=True, cwd=checkout)  # fmt: skip
     if out.returncode != 0:
         raise SystemExit(f"{checkout}: {out.stderr.strip()[-300:]}")
@@ -95,13 +103,18 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads per run; 0 = torch's default [0]")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="first profile each checkout's step and print its ROWS costliest operators [0: none]")  # fmt: skip
+    p.add_argument("--model", choices=("conv", "mlp"), default="conv",
+                   help="conv: the reference's model at batch 64; mlp: the quick demo's, at its batch [conv]")  # fmt: skip
     args = p.parse_args()
     if args.profile:
         for checkout in (args.old, args.new):
-            images_per_s(checkout, args.threads, args.profile)
+            images_per_s(checkout, args.threads, args.profile, args.model)
     ratios = []
     for r in range(args.rounds):
-        (old, old_ms), (new, new_ms) = images_per_s(args.old, args.threads), images_per_s(args.new, args.threads)
+        (old, old_ms), (new, new_ms) = (
+            images_per_s(args.old, args.threads, model=args.model),
+            images_per_s(args.new, args.threads, model=args.model),
+        )
         ratios.append(new / old)
         print(f"round {r + 1}: old {old:.0f}, new {new:.0f} images/s, new / old {new / old:.3f}; "
               f"forward / backward / optimiser ms a step: old {_ms(old_ms)}, new {_ms(new_ms)}", flush=True)  # fmt: skip
