@@ -8,9 +8,10 @@ Parts (all at MNIST, Bernoulli decoder, static binarization, z = 2, batch 64,
 the reference's conv architecture, seed 0):
 
 - ceiling: fp32 and bf16 2048 x 2048 matmul throughput, GFLOP/s (best of a few); the memory's bandwidth
-  over arrays the size of the model; and our step's own matrix products replayed back to back (one step of
+  over arrays the size of the model; our step's own matrix products replayed back to back (one step of
   ours recorded, its products timed alone): what the kernels allow on the step's thin shapes, so that a
-  speed's share of it says how much of the gap to the ceiling is the loop's.
+  speed's share of it says how much of the gap to the ceiling is the loop's; and the core-to-core latency
+  between the first two CPUs (`benchmarks.placement`): on one die or two, which moves the quick demo's step.
 - speed: the baseline (the reference's own loop, as REFERENCE.md describes
   it: torchvision's MNIST dataset, per-image ToTensor and thresholding, a
   DataLoader at batch 64, fp32, Adam defaults, the reference's loss, sigmoid
@@ -27,7 +28,8 @@ the reference's conv architecture, seed 0):
 - demo: the quick-demo preset (`cvae.config.QUICK_DEMO`) through `cvae.train.main`,
   at z = 2 and z = 10: the test negative ELBO and the time it took; also the
   final model's test ELBO with q refined per image (`--refine-steps`), which
-  the preset measures after its last epoch, on the same clock.
+  the preset measures after its last epoch, on the same clock; and the core-to-core latency just before
+  and just after it.
 
 With `--device cuda` (a GPU machine), one run measures instead, each in a
 fresh process: the reference-style baseline on the GPU (the same DataLoader and
@@ -67,6 +69,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from benchmarks.placement import core_to_core_ns
 
 PARTS = ("ceiling", "speed", "epoch", "demo", "processes")
 DEFAULT_PARTS = ("ceiling", "speed", "demo")
@@ -195,6 +199,7 @@ def measure_ceiling(n: int = 2048, repeats: int = 5, elements: int | None = None
         torch.add(a, b, out=c)
         best = min(best, time.perf_counter() - t)
     out["memory_gbps"] = 3 * c.numel() * c.element_size() / best / 1e9
+    out["core_to_core_ns"] = core_to_core_ns()
     out.update(measure_products(repeats))
     return out
 
@@ -615,9 +620,11 @@ def run_demo(latent_dim: int) -> dict[str, Any]:
     from cvae.train import main
 
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
+        placement = [core_to_core_ns()]
         t, started = time.perf_counter(), time.time()
         result = main(**{**QUICK_DEMO, "latent_dim": latent_dim}, run_dir=str(Path(tmp) / "run"), quiet=True)
         total = time.perf_counter() - t
+        placement.append(core_to_core_ns())
         first_pictures = RunDir(Path(tmp) / "run").read_status().get("first_pictures_at")
     metrics = result.metrics
     within = [m for m in metrics if m["time"] <= DEMO_BUDGET_S]
@@ -637,6 +644,7 @@ def run_demo(latent_dim: int) -> dict[str, Any]:
         "refined_within_budget": last["time"] <= DEMO_BUDGET_S,
         "curve": [(round(m["time"], 1), round(m["test_nelbo"], 2)) for m in metrics],
         "peak_rss_mb": peak_rss_mb(),
+        "core_to_core_ns": placement,  # before and after: its small step is slower across dies
     }
 
 
@@ -997,6 +1005,9 @@ def format_table(report: dict[str, Any]) -> str:
         rows.append(("ours trains in", f"{c.get('precision', 'bf16')}: the shares below are of that ceiling"))
         if "memory_gbps" in c:
             rows.append(("memory bandwidth (a + b into c)", f"{c['memory_gbps']:.1f} GB/s over the model's size"))
+        if c.get("core_to_core_ns"):
+            rows.append(("core-to-core latency, first two CPUs", f"{c['core_to_core_ns']:.0f} ns one way (tens on one "
+                         "die, about 100 or more across two: benchmarks.placement)"))  # fmt: skip
         ceiling = c.get(f"{c.get('precision', 'bf16')}_gflops")
         if c.get("products_seconds") and ceiling:
             share = c["products_flops"] / c["products_seconds"] / 1e9 / ceiling
@@ -1047,6 +1058,8 @@ def format_table(report: dict[str, Any]) -> str:
         refined = (f" ({d['test_nelbo_refined']:.2f} with q refined by {d['refine_steps']} steps)"
                    if d.get("test_nelbo_refined") is not None else "")  # fmt: skip
         first = f", first pictures after {d['first_pictures_s']:.1f} s" if d.get("first_pictures_s") else ""
+        if all(d.get("core_to_core_ns") or [None]):
+            first += ", core-to-core {:.0f} / {:.0f} ns before / after".format(*d["core_to_core_ns"])
         rows.append((f"quick demo {key.replace('z', 'z=')}", f"test -ELBO {d['test_nelbo']:.2f} nats{refined} after "
                      f"{d['epochs']} epochs, {d['train_seconds']:.0f} s training, {d['seconds_with_loading']:.0f} s "
                      f"in all{first}"))  # fmt: skip

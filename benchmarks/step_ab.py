@@ -23,7 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-WORKER = r"""
+# The step as the loop sets it up, and `run(n)`, which takes n steps and appends each one's phases (seconds).
+SETUP = r"""
 import contextlib, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
@@ -62,6 +63,11 @@ def run(n, off=0):
             t2 = time.perf_counter()
             (weights.step if weights else opt.step)()
             phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
+"""
+# The timed part of a round: warm-up, the optional profile, then 100 steps' speed and phases.
+WORKER = (
+    SETUP
+    + r"""
 run(10)
 if int(sys.argv[3]):  # where the step's time goes: its operators by input shape, as shares of the profiled steps
     from torch.profiler import ProfilerActivity, profile
@@ -73,6 +79,7 @@ phases.clear(); t0 = time.perf_counter(); run(100, 10); speed = 100 * batch / (t
 import statistics
 print(speed, *(1e3 * statistics.median(p) for p in zip(*phases)))  # images/s; forward, backward, optimiser ms
 """
+)
 
 
 def images_per_s(

@@ -547,3 +547,48 @@ def test_bench_replays_every_matrix_product_of_our_step(monkeypatch: pytest.Monk
                                       "speed": speed}).splitlines()}  # fmt: skip
     assert rows["ours: the step's products alone"] == "40.0 ms a step (22 replayed) = 1600 images/s, 71% of the ceiling"
     assert rows["ours, share of its products' speed"] == "50%"
+
+
+def test_placement_times_the_step_beside_the_cpus_core_to_core_latency() -> None:
+    # Two CPUs and a C compiler, as CI has: the latency must be measured, not left out, for the seconds to be
+    # grouped by placement at all.
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.placement", "--seconds", "2"], capture_output=True,
+                          text=True, cwd=root, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    seconds = [line for line in lines if " | " in line and line[0].isdigit()]
+    assert len(seconds) >= 1
+    latency, step = seconds[0].split(" | ")
+    assert float(latency) > 0 and float(step.split(":")[0]) > 0
+    assert lines[-2].startswith("near (") and f"of {len(seconds)} seconds" in lines[-2]
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.placement", "--seconds", "0"], capture_output=True,
+                         text=True, cwd=root, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--seconds" in bad.stderr
+
+
+def test_placement_groups_the_seconds_where_the_latency_jumps() -> None:
+    from benchmarks.placement import summary
+
+    near, far = (50.0, 5.0, 2.0, 2.2, 0.8), (190.0, 7.5, 2.5, 3.0, 2.0)
+    lines = [near, far, (60.0, 5.2, 2.0, 2.3, 0.9), (180.0, 7.6, 2.6, 3.0, 2.0), (55.0, 5.1, 2.0, 2.2, 0.9)]
+    first, second = summary(lines)
+    assert first == "near (50-60 ns): 3 of 5 seconds, step 5.10 ms (forward 2.00, backward 2.20, optimiser 0.90)"
+    assert second.startswith("far (180-190 ns): 2 of 5 seconds, step 7.55 ms") and "1.48x the near" in second
+    # latencies that drift without a jump are one placement
+    assert summary([near, (80.0, 5.2, 2.0, 2.3, 0.9)])[1] == "far: no second (one placement throughout)"
+    assert "not measured" in summary([(math.nan, 5.0, 2.0, 2.2, 0.8)])[0]
+
+
+def test_bench_table_says_the_cpus_core_to_core_latency() -> None:
+    from benchmarks.bench import format_table
+
+    machine = dict(cpu="c", cores=2, torch="2", date="d")
+    ceiling = {"fp32_gflops": 100.0, "bf16_gflops": 400.0, "precision": "bf16", "core_to_core_ns": 187.4}
+    demo = dict(
+        epochs=12, train_seconds=44.0, seconds_with_loading=48.0, test_nelbo=121.4, core_to_core_ns=[52.0, 190.2]
+    )
+    rows = {line.split("  ")[0]: line for line in
+            format_table({"machine": machine, "ceiling": ceiling, "demo": {"z2": demo}}).splitlines()}  # fmt: skip
+    assert "187 ns one way" in rows["core-to-core latency, first two CPUs"]
+    assert rows["quick demo z=2"].endswith("48 s in all, core-to-core 52 / 190 ns before / after")
