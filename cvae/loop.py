@@ -601,15 +601,18 @@ class Step:
             idx = order[b * d.batch : (b + 1) * d.batch]  # the global batch
             part = ranks.share(len(idx))  # this rank's images of it (all of them on one process)
             # dynamic binarization draws for the global batch: each image gets the pixels one process would draw
-            xb = torch.bernoulli(d.train_x[idx], generator=gen)[part] if self.dynamic else d.train_x[idx[part]]
-            yb = d.train_y[idx[part]]
+            # index_select: the same rows as indexing with a tensor, without its general machinery
+            xb = (torch.bernoulli(d.train_x.index_select(0, idx), generator=gen)[part] if self.dynamic
+                  else d.train_x.index_select(0, idx[part]))  # fmt: skip
+            yb = d.train_y.index_select(0, idx[part])
             with self.weights.for_step() if self.weights is not None else contextlib.nullcontext():
                 with autocast(self.device, self.amp_dtype):
                     terms = self.objective(xb, yb)
                 loss = terms.loss
                 if len(xb) * ranks.world != len(idx):  # an uneven last batch: DDP averages the ranks' means equally
                     loss = loss * (len(xb) * ranks.world / len(idx))
-                self.optimizer.zero_grad(set_to_none=True)
+                if self.weights is None:  # HalfWeights.step leaves no gradient behind
+                    self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step() if self.weights is None else self.weights.step()
             with torch.no_grad():  # running sums, outside the graph
