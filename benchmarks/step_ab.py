@@ -6,7 +6,8 @@ Each run imports `cvae` from the checkout it is given and times 100 optimisation
 conv model (MNIST shapes, Bernoulli, z = 2, batch 64; `--model mlp`: the quick demo's MLP at its batch and
 learning rate; the loop's own runtime settings: bf16 autocast where the CPU runs it natively, fused Adam,
 channels_last) on random binary images after 10 warm-up steps. The
-checkouts alternate, so the machine's load falls on both; the report is each round and the median ratio.
+checkouts alternate, so the machine's load falls on both; the report is each round and the median ratio, with
+the core-to-core latency before each run (`benchmarks.placement`: two CPUs on one die or on two).
 A checkout whose loop keeps bf16 matrix weights during the step (`cvae.runtime.half_weights`) steps that way.
 Either step API works (`model.objective`, or `model.elbo_terms` before the one model family).
 
@@ -98,6 +99,10 @@ def images_per_s(
     return speed, phases
 
 
+def _ns(latency: float | None) -> str:
+    return "?" if latency is None else f"{latency:.0f}"
+
+
 def _ms(phases: list[float]) -> str:
     return " / ".join(f"{v:.1f}" for v in phases)
 
@@ -116,15 +121,19 @@ def main() -> int:
     if args.profile:
         for checkout in (args.old, args.new):
             images_per_s(checkout, args.threads, args.profile, args.model)
+    from benchmarks.placement import core_to_core_ns  # it builds on this module's SETUP
+
     ratios = []
     for r in range(args.rounds):
-        (old, old_ms), (new, new_ms) = (
-            images_per_s(args.old, args.threads, model=args.model),
-            images_per_s(args.new, args.threads, model=args.model),
+        # the CPUs on one die or two can move the step by half (docs/benchmark.md): each run's latency before it
+        (old_ns, (old, old_ms)), (new_ns, (new, new_ms)) = (
+            (core_to_core_ns(), images_per_s(args.old, args.threads, model=args.model)),
+            (core_to_core_ns(), images_per_s(args.new, args.threads, model=args.model)),
         )
         ratios.append(new / old)
         print(f"round {r + 1}: old {old:.0f}, new {new:.0f} images/s, new / old {new / old:.3f}; "
-              f"forward / backward / optimiser ms a step: old {_ms(old_ms)}, new {_ms(new_ms)}", flush=True)  # fmt: skip
+              f"forward / backward / optimiser ms a step: old {_ms(old_ms)}, new {_ms(new_ms)}; "
+              f"core-to-core ns before: old {_ns(old_ns)}, new {_ns(new_ns)}", flush=True)  # fmt: skip
     print(f"median new / old: {statistics.median(ratios):.3f}")
     return 0
 
