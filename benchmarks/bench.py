@@ -1058,8 +1058,9 @@ def format_table(report: dict[str, Any]) -> str:
         refined = (f" ({d['test_nelbo_refined']:.2f} with q refined by {d['refine_steps']} steps)"
                    if d.get("test_nelbo_refined") is not None else "")  # fmt: skip
         first = f", first pictures after {d['first_pictures_s']:.1f} s" if d.get("first_pictures_s") else ""
-        if all(d.get("core_to_core_ns") or [None]):
-            first += ", core-to-core {:.0f} / {:.0f} ns before / after".format(*d["core_to_core_ns"])
+        before, after = d.get("core_to_core_ns") or (None, None)
+        if before and after:
+            first += f", core-to-core {before:.0f} / {after:.0f} ns before / after"
         rows.append((f"quick demo {key.replace('z', 'z=')}", f"test -ELBO {d['test_nelbo']:.2f} nats{refined} after "
                      f"{d['epochs']} epochs, {d['train_seconds']:.0f} s training, {d['seconds_with_loading']:.0f} s "
                      f"in all{first}"))  # fmt: skip
