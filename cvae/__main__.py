@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
+from typing import NoReturn
 
 COMMANDS = {
     "train": ("cvae.train", "train a CVAE into a run folder"),
@@ -65,5 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console() -> NoReturn:
+    """The `cvae` command's entry point: main, then the process's end (cvae.cli.exit_with)."""
+    from cvae.cli import exit_with
+
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -7,6 +7,7 @@ the generation command and the app alike.
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,26 @@ from cvae.runtime import autocast
 
 
 def grid_pixels(images: torch.Tensor | np.ndarray, *, nrow: int = 8, padding: int = 2) -> np.ndarray:
-    """An image grid as 8-bit RGB pixels (H', W', 3): (N, C, H, W) in [0, 1], on white."""
-    from torchvision.utils import make_grid
+    """An image grid as 8-bit RGB pixels (H', W', 3): (N, C, H, W) in [0, 1], on white.
 
-    images = torch.as_tensor(images).detach().float().clamp(0, 1).cpu()
-    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)  # (3, H', W')
+    torchvision's `make_grid` layout, pixel for pixel (tests/test_artifacts.py compares them): `nrow` images a
+    row, `padding` white pixels around each, one channel shown as grey, and a single image alone without
+    padding. Written here because importing torchvision.utils brings torch's compiler with it, a second at
+    every training process's start for one picture."""
+    x = torch.as_tensor(images).detach().float().clamp(0, 1).cpu()
+    x = x.reshape((1,) * (4 - x.dim()) + tuple(x.shape)) if x.dim() < 4 else x  # one image: (H, W) or (C, H, W)
+    if x.size(1) == 1:
+        x = x.expand(-1, 3, -1, -1)
+    n, c, h, w = x.shape
+    if n == 1:
+        grid = x[0]
+    else:
+        cols = min(nrow, n)
+        rows, step_y, step_x = math.ceil(n / cols), h + padding, w + padding
+        grid = x.new_ones(c, rows * step_y + padding, cols * step_x + padding)
+        for k in range(n):
+            top, left = k // cols * step_y + padding, k % cols * step_x + padding
+            grid[:, top : top + h, left : left + w] = x[k]
     return grid.mul(255).round().byte().permute(1, 2, 0).numpy()
 
 

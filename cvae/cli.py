@@ -10,10 +10,11 @@ print the same sentence.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from cvae.config import OPTIONS, REFERENCE, Option
 from cvae.errors import CVAEError
@@ -103,6 +104,15 @@ def run_main(entry: Callable[[], int]) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+
+
+def exit_with(code: int) -> NoReturn:
+    """End a command's process with `code`. What is still alive (torch's modules, a finished run's data) is
+    moved out of the garbage collector's sight first: the interpreter's exit would walk it all again in its
+    last collections, most of a second after a training run on 2 cores, for memory the process gives back
+    whole anyway. Only for a process that ends here: objects frozen this way are never collected."""
+    gc.freeze()
+    sys.exit(code)
 
 
 def format_argv(options: dict[str, Any]) -> list[str]:

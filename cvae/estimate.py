@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cvae.cli import OneLineParser, add_options, format_argv, given, run_main
+from cvae.cli import OneLineParser, add_options, exit_with, format_argv, given, run_main
 from cvae.progress import format_seconds
 from cvae.runs import active_runs, available_cores
 
@@ -246,4 +246,4 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_with(cli())

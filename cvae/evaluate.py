@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from cvae.bounds import BOUNDS_IMAGES, BOUNDS_K, cli_bounds
-from cvae.cli import OneLineParser, number
+from cvae.cli import OneLineParser, exit_with, number
 from cvae.config import PRECISIONS
 from cvae.data import ImageData, load_data
 from cvae.errors import CVAEError
@@ -429,4 +429,4 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_with(cli())

@@ -21,7 +21,6 @@ import contextlib
 import io
 import math
 import shlex
-import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -702,4 +701,6 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    from cvae.cli import exit_with
+
+    exit_with(cli())

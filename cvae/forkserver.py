@@ -205,7 +205,6 @@ def serve(root: Path) -> int:
 
     torch.set_num_threads(1)
     import PIL.Image  # noqa: F401 - loaded for the children: the pictures of every epoch
-    import torchvision.utils  # noqa: F401
 
     import cvae.jobs  # noqa: F401
     import cvae.train  # noqa: F401

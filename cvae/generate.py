@@ -24,7 +24,7 @@ import torch
 
 from cvae.artifacts import grid_png
 from cvae.checkpoints import checked_config, load_checkpoint, state_dict_problem
-from cvae.cli import OneLineParser
+from cvae.cli import OneLineParser, exit_with
 from cvae.config import RunConfig
 from cvae.data import DatasetInfo
 from cvae.errors import CheckpointError, CVAEError
@@ -320,4 +320,4 @@ def _completion_cli(loaded: LoadedRun, args: object) -> bytes:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_with(cli())

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cvae.classroom import User, by_lecturer, check_manage, check_may_start, locked, record_owner
-from cvae.cli import OneLineParser, add_options, format_argv, given
+from cvae.cli import OneLineParser, add_options, exit_with, format_argv, given
 from cvae.config import BY_NAME, DEFAULTS, QUICK_DEMO, DataConfig
 from cvae.errors import ConfigError
 from cvae.runs import (
@@ -911,4 +911,4 @@ def _still_running(job_id: str, run_id: str) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_with(cli())

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cvae.cli import OneLineParser, given, run_main
+from cvae.cli import OneLineParser, exit_with, given, run_main
 from cvae.errors import ConfigError
 from cvae.runs import ACTIVE_STATES, RunDir, default_runs_root, is_run_id, log_tail, run_path
 
@@ -189,4 +189,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_with(cli())

@@ -7,10 +7,12 @@ both ask this module, so they pick devices and precisions the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,7 +126,50 @@ def prepare_for_cpu() -> None:
 
 def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
     """Adam; the fused kernel on CPU and CUDA (one pass over the 15 M parameters, not a dozen)."""
+    import_dynamo_when_needed()
     return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
+@functools.cache
+def import_dynamo_when_needed() -> int:
+    """torch.optim's methods without importing torch._dynamo while nothing can be compiling; how many changed.
+
+    `Optimizer.add_param_group`, `state_dict`, `load_state_dict` and `zero_grad` are wrapped so that
+    torch.compile never traces into them, and the wrapper imports torch._dynamo at its first call to say so:
+    1 to 1.4 s on 2 cores, at every training process's start, for a compiler that a run never uses. Each
+    wrapper keeps what it would call in an attribute of the function it wraps; here that is a function that
+    calls the method plainly while torch._dynamo is not imported (then nothing is being compiled, so there is
+    nothing to keep out of a trace) and hands over to torch._dynamo.disable from the first call after it is.
+    So what runs is unchanged where anything compiles. A torch whose wrapper differs is left as it is.
+    """
+    probe = torch._disable_dynamo(lambda: None)
+    if not hasattr(probe, "__wrapped__"):
+        return 0
+    changed = 0
+    for method in vars(torch.optim.Optimizer).values():
+        fn = getattr(method, "__wrapped__", None)
+        if getattr(method, "__code__", None) is not probe.__code__ or fn is None or hasattr(fn, DYNAMO_CACHE):
+            continue
+        setattr(fn, DYNAMO_CACHE, _plain_until_dynamo(fn))
+        changed += 1
+    return changed
+
+
+DYNAMO_CACHE = "__dynamo_disable"  # where torch._compile._disable_dynamo's wrapper keeps what it calls
+
+
+def _plain_until_dynamo(fn: Callable[..., Any]) -> Callable[..., Any]:
+    disabled: list[Callable[..., Any]] = []
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not disabled:
+            if "torch._dynamo" not in sys.modules:
+                return fn(*args, **kwargs)
+            disabled.append(torch._dynamo.disable(fn, wrapping=False))
+        return disabled[0](*args, **kwargs)
+
+    return call
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from cvae.cli import EXIT_BAD_INPUT, OneLineParser, add_options, given, run_main
+from cvae.cli import EXIT_BAD_INPUT, OneLineParser, add_options, exit_with, given, run_main
 from cvae.errors import CVAEError
 from cvae.ranks import launched
 from cvae.runs import RunDir
@@ -173,4 +173,4 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_with(cli())

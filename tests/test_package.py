@@ -24,7 +24,7 @@ def test_the_wheel_holds_the_library_mnist_and_the_command(tmp_path: Path) -> No
     assert "cvae/csrc/adam_bf16.c" in names  # the optimiser's kernel, built where the package is used (cvae.native)
     info = next(t for t in top if t.endswith(".dist-info"))
     entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
-    assert "cvae = cvae.__main__:main" in entry_points
+    assert "cvae = cvae.__main__:console" in entry_points
     metadata = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     assert "Requires-Dist: torch" in metadata and "Requires-Dist: ipywidgets" in metadata
 

@@ -592,3 +592,54 @@ def test_bench_table_says_the_cpus_core_to_core_latency() -> None:
             format_table({"machine": machine, "ceiling": ceiling, "demo": {"z2": demo}}).splitlines()}  # fmt: skip
     assert "187 ns one way" in rows["core-to-core latency, first two CPUs"]
     assert rows["quick demo z=2"].endswith("48 s in all, core-to-core 52 / 190 ns before / after")
+
+
+@pytest.mark.parametrize(("shape", "nrow", "padding"), [
+    ((5, 1, 28, 28), 3, 2), ((16, 3, 32, 32), 8, 1), ((64, 1, 28, 28), 8, 0), ((3, 1, 7, 5), 8, 2),
+    ((1, 1, 28, 28), 1, 2), ((1, 3, 9, 9), 8, 2), ((28, 28), 8, 2), ((3, 9, 9), 8, 2),
+])  # fmt: skip
+def test_grid_pixels_lays_images_out_as_torchvision_does(shape: tuple[int, ...], nrow: int, padding: int) -> None:
+    from torchvision.utils import make_grid
+
+    from cvae.artifacts import grid_pixels
+
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1  # some outside [0, 1]
+    theirs = make_grid(images.clamp(0, 1), nrow=nrow, padding=padding, pad_value=1.0)
+    expected = theirs.mul(255).round().byte().permute(1, 2, 0).numpy()
+    ours = grid_pixels(images, nrow=nrow, padding=padding)
+    assert ours.shape == expected.shape and ours.dtype == expected.dtype
+    assert (ours == expected).all()
+
+
+def test_a_training_run_imports_no_compiler_and_a_compiler_still_skips_the_optimizer(tmp_path: Path) -> None:
+    """The optimizer's methods run without importing torch._dynamo (a second at each training process's start);
+    once it is imported, torch.compile treats them exactly as with torch's own wrappers: not traced."""
+    script = """
+import sys, torch
+from cvae import runtime
+if sys.argv[1] == "plain":  # torch's own wrappers, for comparison
+    runtime.import_dynamo_when_needed = lambda: 0
+from cvae.train import main
+main(dataset="MNIST", arch="mlp", mlp_hidden=(16,), latent_dim=2, epochs=2, train_subset=64, test_subset=32,
+     latent_subset=8, refine_steps=2, run_dir=sys.argv[2], quiet=True)
+print("imported" if "torch._dynamo" in sys.modules else "not imported")
+from cvae.runtime import make_optimizer
+weight = torch.nn.Parameter(torch.ones(3))
+opt = make_optimizer(torch.nn.Linear(3, 1), 1e-3, torch.device("cpu"))
+def step(x):
+    y = (x * weight).sum()
+    opt.zero_grad()
+    return y * 2
+import torch._dynamo
+explained = torch._dynamo.explain(step)(torch.ones(3))
+print(explained.graph_count, explained.graph_break_count, float(torch.compile(step, backend="eager")(torch.ones(3))))
+"""
+    outputs = {}
+    for mode in ("ours", "plain"):
+        out = subprocess.run([sys.executable, "-c", script, mode, str(tmp_path / mode)], capture_output=True, text=True,
+                             cwd=Path(__file__).parents[1])  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        outputs[mode] = out.stdout.strip().splitlines()[-2:]
+    assert outputs["ours"][0] == "not imported"
+    assert outputs["ours"][1] == outputs["plain"][1]  # the same graphs and breaks: zero_grad is not traced
+    assert outputs["ours"][1].split()[1] != "0"
