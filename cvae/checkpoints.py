@@ -39,6 +39,7 @@ from cvae.errors import CheckpointError, CVAEError
 from cvae.legacy import upgrade_checkpoint
 from cvae.model import CVAE
 from cvae.runs import MAX_NUMBER_LIST, RunDir, write_atomic
+from cvae.runtime import import_dynamo_when_needed
 
 FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 2 << 30  # refuse anything larger than 2 GiB before reading it
@@ -337,6 +338,7 @@ def check_optimizer_state(state: Any, model: nn.Module, learning_rate: float) ->
         if key not in state:
             raise _bad(f"optimizer.{key}", "is missing")
     named = list(model.named_parameters())
+    import_dynamo_when_needed()  # a fresh Adam's defaults, without importing torch's compiler for them
     fresh = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=learning_rate).param_groups[0]
     groups = state["param_groups"]
     if not isinstance(groups, (list, tuple)) or len(groups) != 1:
@@ -358,6 +360,7 @@ def check_optimizer_state(state: Any, model: nn.Module, learning_rate: float) ->
 
 
 def _fresh_scheduler_state() -> dict:
+    import_dynamo_when_needed()
     optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))])
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer).state_dict()
 
