@@ -205,6 +205,7 @@ def serve(root: Path) -> int:
 
     torch.set_num_threads(1)
     import PIL.Image  # noqa: F401 - loaded for the children: the pictures of every epoch
+    import torchvision  # noqa: F401 - CIFAR-10's reader (a second to import, torch's compiler with it)
 
     import cvae.jobs  # noqa: F401
     import cvae.train  # noqa: F401
