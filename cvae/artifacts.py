@@ -22,7 +22,7 @@ from cvae.runtime import autocast
 def grid_pixels(images: torch.Tensor | np.ndarray, *, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """An image grid as 8-bit RGB pixels (H', W', 3): (N, C, H, W) in [0, 1], on white.
 
-    torchvision's `make_grid` layout, pixel for pixel (tests/test_artifacts.py compares them): `nrow` images a
+    torchvision's `make_grid` layout, pixel for pixel (tests/test_runtime.py compares them): `nrow` images a
     row, `padding` white pixels around each, one channel shown as grey, and a single image alone without
     padding. Written here because importing torchvision.utils brings torch's compiler with it, a second at
     every training process's start for one picture."""
