@@ -94,6 +94,11 @@ PROCESS_MODELS = {
 # ----------------------------------------------------------------- helpers
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a child process that imports `cvae` (and `benchmarks`) from this checkout."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     """This process's peak resident memory, MB, or its largest finished child's with RUSAGE_CHILDREN (ru_maxrss
     is KiB on Linux, bytes on macOS)."""
@@ -621,7 +626,7 @@ def run_demo(latent_dim: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
         run = Path(tmp) / "run"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = child_env()
         cmd = [sys.executable, "-m", "cvae.train", "--quick-demo", "-z", str(latent_dim), "-q", "--run-dir", str(run)]
         placement = [core_to_core_ns()]
         t, started = time.perf_counter(), time.time()
@@ -661,7 +666,7 @@ def run_processes(model: str, processes: int) -> dict[str, Any]:
         flags = [*PROCESS_MODELS[model], "--train-subset", str(PROCESS_IMAGES), "--test-subset", "1000",
                  "--latent-subset", "500", "--refine-steps", "0", "--seed", str(SEED), "-e", "2", "-q",
                  "--run-dir", str(run)]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = child_env()
         if processes == 1:
             cmd = [sys.executable, "-m", "cvae.train", *flags]
         else:
@@ -712,7 +717,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def spawn(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one part in a fresh Python process; its last stdout line is the JSON result."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench", "--worker", json.dumps(spec)],
         capture_output=True, text=True, env=env, cwd=PROJECT_ROOT,

@@ -142,9 +142,7 @@ def import_dynamo_when_needed() -> int:
     nothing to keep out of a trace) and hands over to torch._dynamo.disable from the first call after it is.
     So what runs is unchanged where anything compiles. A torch whose wrapper differs is left as it is.
     """
-    probe = torch._disable_dynamo(lambda: None)
-    if not hasattr(probe, "__wrapped__"):
-        return 0
+    probe = torch._disable_dynamo(lambda: None)  # a wrapper of theirs: every one runs this same code
     changed = 0
     for method in vars(torch.optim.Optimizer).values():
         fn = getattr(method, "__wrapped__", None)
