@@ -543,7 +543,7 @@ DEFAULTS: dict[str, Any] = {opt.name: opt.default for opt in OPTIONS}
 # The quick demo: a small MLP that trains in about a minute on 2 CPU cores (docs/benchmark.md has what it
 # reaches). Options given with it win over the preset's, so `--quick-demo -z 10` changes the latent size only.
 QUICK_DEMO: dict[str, Any] = dict(
-    arch="mlp", latent_dim=2, mlp_hidden=(512, 512), batch_size=128, learning_rate=5e-3, lr_schedule="cosine",
+    arch="mlp", latent_dim=2, mlp_hidden=(384, 384), batch_size=128, learning_rate=5e-3, lr_schedule="cosine",
     warmup_epochs=1.0, epochs=12, refine_steps=10,
 )  # fmt: skip
 
