@@ -331,7 +331,7 @@ class PlainAdam:
         self.tensors, self.lr, self.betas, self.eps = list(tensors), lr, betas, eps
         self.exp_avgs = [torch.zeros_like(t, memory_format=torch.preserve_format) for t in self.tensors]
         self.exp_avg_sqs = [torch.zeros_like(t, memory_format=torch.preserve_format) for t in self.tensors]
-        self.steps = [torch.tensor(0.0, dtype=torch.float32) for _ in self.tensors]  # Adam's, off a GPU graph
+        self.steps = [torch.tensor(0.0, dtype=torch.float32) for _ in self.tensors]  # as Adam keeps them uncaptured
 
     @torch.no_grad()
     def step(self) -> None:
