@@ -567,6 +567,25 @@ def test_placement_times_the_step_beside_the_cpus_core_to_core_latency() -> None
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--seconds" in bad.stderr
 
 
+def test_the_fused_adam_benchmark_checks_its_numbers_before_timing_them() -> None:
+    # On a CPU with avx512_bf16 every fused form must give the loop's two passes' numbers bit for bit (its
+    # timings are evidence only if they compute the same step); elsewhere it says why not in one line.
+    from benchmarks.fused_adam import has_avx512_bf16
+    from cvae import native
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fused_adam", "--rounds", "1", "--calls", "1"],
+                          capture_output=True, text=True, cwd=root, timeout=300)  # fmt: skip
+    if has_avx512_bf16() and native.adam_bf16() is not None:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.count("bit for bit") == 10 and "DIFFERENT" not in proc.stdout, proc.stdout
+    else:
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.fused_adam", "--calls", "0"], capture_output=True,
+                         text=True, cwd=root, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --rounds and --calls must be positive"
+
+
 def test_placement_groups_the_seconds_where_the_latency_jumps() -> None:
     from benchmarks.placement import summary
 
