@@ -9,6 +9,8 @@ import contextlib
 import copy
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -662,3 +664,26 @@ print(explained.graph_count, explained.graph_break_count, float(torch.compile(st
     assert outputs["ours"][0] == "not imported"
     assert outputs["ours"][1] == outputs["plain"][1]  # the same graphs and breaks: zero_grad is not traced
     assert outputs["ours"][1].split()[1] != "0"
+
+
+def test_the_thin_products_benchmark_checks_its_numbers_before_timing_them() -> None:
+    # Its timings compare like with like only if the kernels compute the step's products: the weight's gradient
+    # bit for bit, the long products within one bf16 rounding of the exact product; elsewhere one line says why.
+    from benchmarks.fused_adam import has_avx512_bf16
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.thin_products", "--rounds", "1", "--calls", "1"],
+                          capture_output=True, text=True, cwd=root, timeout=300)  # fmt: skip
+    if has_avx512_bf16() and (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.count("ours bit for bit") == 2, proc.stdout
+        assert proc.stdout.count("ours within a bf16 rounding") == 4, proc.stdout
+        lines = proc.stdout.splitlines()
+        for state in ("warm", "cold"):
+            assert sum(line.startswith(f"    {state}: oneDNN") for line in lines) == 6, proc.stdout
+            assert any(line.startswith(f"all six, {state}: oneDNN") for line in lines), proc.stdout
+    else:
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.thin_products", "--rounds", "0"], capture_output=True,
+                         text=True, cwd=root, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --rounds and --calls must be positive"
