@@ -20,20 +20,16 @@ Adam kernel (`cvae.native.status()`); otherwise it says which is missing and exi
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import os
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from benchmarks import kernels
+from benchmarks.kernels import fail
 from benchmarks.placement import core_to_core_ns
 from cvae import native
 
@@ -49,39 +45,10 @@ class Adam(ctypes.Structure):
 
 
 def build() -> tuple[ctypes.CDLL | None, str]:
-    """The fused kernels, built with cvae.native's flags in a private temporary folder; or None and why not."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None, "no C compiler (cc or $CC)"
-    folder = tempfile.mkdtemp(prefix="cvae-fused-")
-    target = os.path.join(folder, "fused_adam.so")
-    try:
-        built = subprocess.run([compiler, *native.FLAGS, str(SOURCE), "-o", target], capture_output=True,
-                               text=True, timeout=native.BUILD_TIMEOUT_S)  # fmt: skip
-        if built.returncode != 0:
-            return None, f"{SOURCE.name} did not build: {(built.stderr.strip().splitlines() or ['?'])[-1][:200]}"
-        lib = ctypes.CDLL(target)
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"{SOURCE.name} could not be built or loaded: {e}"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # the loaded library stays mapped
-    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.cvae_pack_pairs.argtypes = [i64, i64, ptr, ptr, c_int]
-    lib.cvae_fused_adam.argtypes = [i64, i64, i64, *[ptr] * 6, Adam, c_int, c_int]
-    lib.cvae_fused_adam_pipelined.argtypes = [i64, i64, i64, *[ptr] * 6, Adam, c_int]
-    return lib, ""
-
-
-def fail(problem: str) -> int:
-    print(f"error: {problem}", file=sys.stderr)
-    return 2
-
-
-def has_avx512_bf16() -> bool:
-    try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    """The fused kernels, or None and why not."""
+    i64, ptr, c_int = kernels.I64, kernels.PTR, kernels.INT
+    return kernels.build(SOURCE, {"cvae_fused_adam": [i64, i64, i64, *[ptr] * 6, Adam, c_int, c_int],
+                                  "cvae_fused_adam_pipelined": [i64, i64, i64, *[ptr] * 6, Adam, c_int]})  # fmt: skip
 
 
 def median_ms(fn: Callable[[], None], calls: int) -> float:
@@ -114,14 +81,14 @@ def layer_forms(lib: ctypes.CDLL, kernel: native.Kernel, out: int, inp: int, sta
     def fused(ahead: int) -> Callable[[], None]:
         def call() -> None:
             gt = grad.t().contiguous()
-            lib.cvae_pack_pairs(BATCH, inp, x.data_ptr(), pairs.data_ptr(), threads)
+            lib.cvae_pack_pairs(BATCH, inp, x.data_ptr(), inp, pairs.data_ptr(), threads)
             lib.cvae_fused_adam(out, inp, BATCH, gt.data_ptr(), pairs.data_ptr(), p, m, v, h, adam, threads, ahead)
 
         return call
 
     def pipelined() -> None:
         gt = grad.t().contiguous()
-        lib.cvae_pack_pairs(BATCH, inp, x.data_ptr(), pairs.data_ptr(), threads)
+        lib.cvae_pack_pairs(BATCH, inp, x.data_ptr(), inp, pairs.data_ptr(), threads)
         lib.cvae_fused_adam_pipelined(out, inp, BATCH, gt.data_ptr(), pairs.data_ptr(), p, m, v, h, adam, threads)
 
     return {
@@ -140,14 +107,9 @@ def fresh_state(out: int, inp: int) -> list[torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fused_adam", description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=20)
-    args = parser.parse_args(argv)
-    if args.rounds < 1 or args.calls < 1:
-        return fail("--rounds and --calls must be positive")
-    if not has_avx512_bf16():
-        return fail("this CPU has no avx512_bf16, which the fused kernels are written for")
+    args = kernels.arguments("benchmarks.fused_adam", __doc__, 20, argv)
+    if isinstance(args, int):
+        return args
     kernel = native.adam_bf16()
     if kernel is None:
         return fail(f"the loop's Adam kernel is not used here: {native.status()}")

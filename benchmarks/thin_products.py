@@ -19,21 +19,17 @@ oneDNN's are. Needs a CPU with avx512_bf16 and a C compiler; otherwise it says w
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import os
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from benchmarks.fused_adam import BATCH, LAYERS, fail, has_avx512_bf16
-from cvae import native
+from benchmarks import kernels
+from benchmarks.fused_adam import BATCH, LAYERS
+from benchmarks.kernels import fail
 
 SOURCE = Path(__file__).with_name("csrc") / "thin_products.c"
 CHUNK = 1024  # the long products' inner size a pass: a 4 x 64 tile's operands then stay in L1 and L2
@@ -41,27 +37,10 @@ FLUSH_BYTES = 64 << 20  # twice the L3 these machines share: the cold calls find
 
 
 def build() -> tuple[ctypes.CDLL | None, str]:
-    """The kernels, built with cvae.native's flags in a private temporary folder; or None and why not."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None, "no C compiler (cc or $CC)"
-    folder = tempfile.mkdtemp(prefix="cvae-thin-")
-    target = os.path.join(folder, "thin_products.so")
-    try:
-        built = subprocess.run([compiler, *native.FLAGS, str(SOURCE), "-o", target], capture_output=True,
-                               text=True, timeout=native.BUILD_TIMEOUT_S)  # fmt: skip
-        if built.returncode != 0:
-            return None, f"{SOURCE.name} did not build: {(built.stderr.strip().splitlines() or ['?'])[-1][:200]}"
-        lib = ctypes.CDLL(target)
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"{SOURCE.name} could not be built or loaded: {e}"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # the loaded library stays mapped
-    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.cvae_pack_pairs.argtypes = [i64, i64, ptr, i64, ptr, c_int]
-    lib.cvae_thin_long.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, i64, c_int]
-    lib.cvae_thin_short.argtypes = [i64, i64, i64, ptr, ptr, ptr, c_int]
-    return lib, ""
+    """The kernels, or None and why not."""
+    i64, ptr, c_int = kernels.I64, kernels.PTR, kernels.INT
+    return kernels.build(SOURCE, {"cvae_thin_long": [i64, i64, i64, ptr, ptr, ptr, ptr, i64, c_int],
+                                  "cvae_thin_short": [i64, i64, i64, ptr, ptr, ptr, c_int]})  # fmt: skip
 
 
 def pairs(lib: ctypes.CDLL, b: torch.Tensor) -> torch.Tensor:
@@ -141,14 +120,9 @@ def layer_products(lib: ctypes.CDLL, out: int, inp: int) -> list[Product]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.thin_products", description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=10)
-    args = parser.parse_args(argv)
-    if args.rounds < 1 or args.calls < 1:
-        return fail("--rounds and --calls must be positive")
-    if not has_avx512_bf16():
-        return fail("this CPU has no avx512_bf16, which the kernels are written for")
+    args = kernels.arguments("benchmarks.thin_products", __doc__, 10, argv)
+    if isinstance(args, int):
+        return args
     lib, why = build()
     if lib is None:
         return fail(why)

@@ -572,7 +572,7 @@ def test_placement_times_the_step_beside_the_cpus_core_to_core_latency() -> None
 def test_the_fused_adam_benchmark_checks_its_numbers_before_timing_them() -> None:
     # On a CPU with avx512_bf16 every fused form must give the loop's two passes' numbers bit for bit (its
     # timings are evidence only if they compute the same step); elsewhere it says why not in one line.
-    from benchmarks.fused_adam import has_avx512_bf16
+    from benchmarks.kernels import has_avx512_bf16
     from cvae import native
 
     root = Path(__file__).resolve().parent.parent
@@ -669,7 +669,7 @@ print(explained.graph_count, explained.graph_break_count, float(torch.compile(st
 def test_the_thin_products_benchmark_checks_its_numbers_before_timing_them() -> None:
     # Its timings compare like with like only if the kernels compute the step's products: the weight's gradient
     # bit for bit, the long products within one bf16 rounding of the exact product; elsewhere one line says why.
-    from benchmarks.fused_adam import has_avx512_bf16
+    from benchmarks.kernels import has_avx512_bf16
 
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-m", "benchmarks.thin_products", "--rounds", "1", "--calls", "1"],

@@ -11,31 +11,13 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16_pairs.h"
+
 #define COLS 4  /* a tile is ROWS x 64 columns: COLS vectors of 16 a row */
 
 typedef struct {
   float lerp_weight, beta2, sq_weight, bias_correction2_sqrt, eps, neg_step_size;
 } Adam;
-
-void cvae_pack_pairs(int64_t batch, int64_t in, const uint16_t *x, uint16_t *xp, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t k = 0; k < batch / 2; k++) {
-    const uint16_t *a = x + 2 * k * in, *b = a + in;
-    uint16_t *o = xp + 2 * k * in;
-    for (int64_t i = 0; i < in; i++) {
-      o[2 * i] = a[i];
-      o[2 * i + 1] = b[i];
-    }
-  }
-}
-
-static inline __m256i narrow(__m512 f) { /* round to nearest even, a NaN stays a quiet NaN: adam_bf16.c's */
-  __m512i u = _mm512_castps_si512(f);
-  __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-  return _mm512_cvtepi32_epi16(r);
-}
 
 static inline __m512 widen(__m256i h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
