@@ -125,6 +125,15 @@ class DeviceData:
     batches: int  # per epoch
 
 
+def say(text: str) -> None:
+    """A note for the person at the console (what the loop chose and why); `quiet` runs pass `silent`."""
+    print(text, flush=True)
+
+
+def silent(text: str) -> None:
+    """What a run started with `quiet` does with a note: it prints nothing but errors."""
+
+
 def place_data(data: ImageData, batch_size: int, device: torch.device, world: int = 1) -> DeviceData:
     """Data lives on the device once; batches are gathered by index. `batch_size` is the global batch, which
     `world` ranks share."""
@@ -168,12 +177,14 @@ def fit(
     resume: dict | None = None,
     callbacks: Sequence[Callback] = (),
     device: torch.device | None = None,
+    quiet: bool = False,
 ) -> TrainResult:
-    """Train `config.train.epochs` epochs (after the resumed ones) into `run`.
+    """Train `config.train.epochs` epochs (after the resumed ones) into `run`; `quiet`: no notes on the console.
 
     Launched by torchrun (or srun), every rank calls it and they train the one run together; rank 0 alone writes
     `run` and calls `callbacks` (cvae.distributed)."""
     cfg = config.train
+    note = silent if quiet else say
     ranks = distributed.current()
     distributed.check_batch(cfg.batch_size, ranks)
     set_threads(cfg.threads, ranks.local_world)
@@ -181,8 +192,8 @@ def fit(
     use_device(device)
     amp_dtype = select_amp_dtype(cfg.precision, device)
     if device.type == "cpu" and amp_dtype is not None and not cpu_has_fast_bf16() and ranks.main:
-        print("note: this CPU has no bf16 matrix instructions: bf16 runs in torch's plain loops, many times slower "
-              "than fp32 (--precision auto trains in fp32 here)", flush=True)  # fmt: skip
+        note("note: this CPU has no bf16 matrix instructions: bf16 runs in torch's plain loops, many times slower "
+             "than fp32 (--precision auto trains in fp32 here)")  # fmt: skip
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         prepare_for_cpu()
@@ -213,7 +224,7 @@ def fit(
     # fewer passes over memory); DDP's hooks and the CUDA graph hold on to the fp32 tensors.
     weights = half_weights(model, optimizer, device, amp_dtype) if graph is None and not ranks.active else None
     if weights is not None and weights.kernel is None and native.wanted():
-        print(f"note: the optimiser runs {native.status()}", flush=True)  # a slower step: say why, once
+        note(f"note: the optimiser runs {native.status()}")  # a slower step: say why, once
 
     grid_x, grid_y = d.test_x[: cfg.grid_size], d.test_y[: cfg.grid_size]
     lat_x, lat_y = d.test_x[: cfg.latent_subset], d.test_y[: cfg.latent_subset]
@@ -235,7 +246,7 @@ def fit(
             batch_log = open(run.batches_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     kept = {"epoch": start_epoch}  # the last epoch whose checkpoint is on disk (the writer thread moves it)
     writer = EpochWriter()
-    share = CoreShare(run, cfg.threads) if device.type == "cpu" and not ranks.active else None
+    share = CoreShare(run, cfg.threads, say=note) if device.type == "cpu" and not ranks.active else None
     preview = None
     # A CUDA graph runs a whole epoch without coming back per batch; rank 0 alone writes the pictures.
     if cfg.preview_every > 0 and graph is None and ranks.main:
@@ -403,11 +414,11 @@ class CoreShare:
     that moved down tries its share again only once the other programs (this folder's other runs among them)
     leave it more than its share less BUSY_CORE of free cores. Where nothing else has used the run's cores
     since the last look (/proc/stat), no trial is needed: the run keeps its share, or goes back to it.
-    `clock` and `others` are for tests."""
+    A change of thread count is told through `say`. `clock` and `others` are for tests."""
 
     def __init__(self, run: RunDir, threads: int, clock: Callable[[], float] = time.monotonic,
-                 others: Callable[[], float | None] = others_cpu_seconds) -> None:  # fmt: skip
-        self.run, self.auto, self.clock, self.others = run, threads == 0, clock, others
+                 others: Callable[[], float | None] = others_cpu_seconds, say: Callable[[str], None] = say) -> None:  # fmt: skip
+        self.run, self.auto, self.clock, self.others, self.say = run, threads == 0, clock, others, say
         self.looked: tuple[float, float | None] = (0.0, None)  # the clock and others' CPU seconds at the last look
         self.share = self.current = 0  # the cores' share of this run; the threads it uses now
         self.next_at = 0.0  # when the share is looked at next
@@ -460,7 +471,7 @@ class CoreShare:
         if quiet and self.current == self.share:  # nothing else wants these cores: no thread waits for one
             self.settled, self.held, self.trial_at = typical, [], now + self.wait_s
         elif quiet:  # whatever kept a core busy is gone: back to the share
-            print(f"CPU threads: {self.share} again (nothing else busy on these cores)", flush=True)
+            self.say(f"CPU threads: {self.share} again (nothing else busy on these cores)")
             self.settled, self.wait_s = None, TRIAL_EVERY_S[0]
             self._use(self.share, now)
         elif self.current < self.share and crowded:
@@ -477,8 +488,8 @@ class CoreShare:
         tried = statistics.median(timed) if len(timed) == TRIAL_STEPS else math.inf
         lost_s, self.trial = sum(self.trial) - len(self.trial) * held, None
         if tried <= TRIAL_MARGIN * held:
-            print(f"CPU threads: {self.current} from now on ({1e3 * tried:.0f} ms a step against {1e3 * held:.0f} ms "
-                  f"on {self.before})", flush=True)  # fmt: skip
+            self.say(f"CPU threads: {self.current} from now on ({1e3 * tried:.0f} ms a step against {1e3 * held:.0f} "
+                     f"ms on {self.before})")  # fmt: skip
             self.settled, self.wait_s, self.held, self.trial_at = tried, TRIAL_EVERY_S[0], [], now + TRIAL_EVERY_S[0]
         else:
             # the wait doubles, and grows with what the trial cost: one step of seconds on two threads

@@ -77,7 +77,7 @@ def train_model(**options: Any) -> TrainResult:
         batches = max(1, math.ceil(len(data.train_x) / min(config.train.batch_size, len(data.train_x))))
         progress = ConsoleProgress(batches, quiet=opts["quiet"] or not ranks.main)
         try:
-            return fit(config, run, data=data, resume=prepared.resume, callbacks=[progress])
+            return fit(config, run, data=data, resume=prepared.resume, callbacks=[progress], quiet=opts["quiet"])
         except OSError:
             if lock is None or lock.still_here():
                 raise

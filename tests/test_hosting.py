@@ -199,6 +199,33 @@ def test_a_run_keeps_the_thread_count_whose_steps_it_measures_faster(tmp_path: P
         torch.set_num_threads(before)
 
 
+def test_a_quiet_run_prints_nothing_not_even_its_thread_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `-q` promises nothing but errors: a run that moves to one thread beside a busy core (a test suite, another
+    # user's job) must not print that into output another program reads, such as `cvae evaluate --json`'s.
+    from cvae import loop
+    from cvae.train import main
+
+    made: list[loop.CoreShare] = []
+    real = loop.CoreShare
+
+    def kept(*args: object, **kwargs: object) -> loop.CoreShare:
+        made.append(real(*args, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(loop, "CoreShare", kept)
+    tiny = dict(dataset="MNIST", arch="mlp", mlp_hidden=(16,), latent_dim=2, epochs=1, train_subset=256,
+                test_subset=64, latent_subset=16, device="cpu")  # fmt: skip
+    main(**tiny, run_dir=str(tmp_path / "quiet"), quiet=True)
+    made[-1].say("CPU threads: 1 from now on (8 ms a step against 141 ms on 2)")
+    assert capsys.readouterr().out == ""
+    main(**tiny, run_dir=str(tmp_path / "told"))
+    capsys.readouterr()
+    made[-1].say("CPU threads: 1 from now on (8 ms a step against 141 ms on 2)")
+    assert capsys.readouterr().out == "CPU threads: 1 from now on (8 ms a step against 141 ms on 2)\n"
+
+
 def test_a_run_beside_its_folders_other_runs_tries_its_share_again_once_outside_work_stops(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     """On 16 cores with one other run of its folder (8 cores each), that run's work on the cores is not a
