@@ -136,7 +136,8 @@ def measure(options: dict[str, Any], *, threads: int) -> Estimate:
     try:
         with tempfile.TemporaryDirectory(prefix="cvae-estimate-") as scratch:
             t0 = time.perf_counter()
-            result = fit(config, RunDir(Path(scratch) / "run"), data=data, callbacks=[Clock()])
+            # quiet: the scratch run's notes are the real run's to give, and --json's output is the estimate alone
+            result = fit(config, RunDir(Path(scratch) / "run"), data=data, callbacks=[Clock()], quiet=True)
             total = time.perf_counter() - t0
             final = 0.0
             if opts["refine_steps"]:
