@@ -30,17 +30,22 @@ def has_avx512_bf16() -> bool:
 I64, PTR, INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 
 
+def compiler() -> str | None:
+    """The C compiler the kernels are built with: `$CC`, else cc, else gcc; None where there is none."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
 def build(source: Path, functions: dict[str, list[Any]]) -> tuple[ctypes.CDLL | None, str]:
     """`source` (beside its headers in benchmarks/csrc) built with cvae.native's flags in a private temporary
     folder and loaded, with `functions`' argument types and bf16_pairs.h's packing declared; or None and why
     not."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    cc = compiler()
+    if cc is None:
         return None, "no C compiler (cc or $CC)"
     folder = tempfile.mkdtemp(prefix="cvae-kernels-")
     target = os.path.join(folder, source.with_suffix(".so").name)
     try:
-        built = subprocess.run([compiler, *native.FLAGS, str(source), "-o", target], capture_output=True,
+        built = subprocess.run([cc, *native.FLAGS, str(source), "-o", target], capture_output=True,
                                text=True, timeout=native.BUILD_TIMEOUT_S)  # fmt: skip
         if built.returncode != 0:
             return None, f"{source.name} did not build: {(built.stderr.strip().splitlines() or ['?'])[-1][:200]}"

@@ -9,8 +9,6 @@ import contextlib
 import copy
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -669,12 +667,12 @@ print(explained.graph_count, explained.graph_break_count, float(torch.compile(st
 def test_the_thin_products_benchmark_checks_its_numbers_before_timing_them() -> None:
     # Its timings compare like with like only if the kernels compute the step's products: the weight's gradient
     # bit for bit, the long products within one bf16 rounding of the exact product; elsewhere one line says why.
-    from benchmarks.kernels import has_avx512_bf16
+    from benchmarks.kernels import compiler, has_avx512_bf16
 
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-m", "benchmarks.thin_products", "--rounds", "1", "--calls", "1"],
                           capture_output=True, text=True, cwd=root, timeout=300)  # fmt: skip
-    if has_avx512_bf16() and (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+    if has_avx512_bf16() and compiler():
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.count("ours bit for bit") == 2, proc.stdout
         assert proc.stdout.count("ours within a bf16 rounding") == 4, proc.stdout
