@@ -29,7 +29,9 @@ the reference's conv architecture, seed 0):
   at z = 2 and z = 10: the test negative ELBO and the time it took; also the
   final model's test ELBO with q refined per image (`--refine-steps`), which
   the preset measures after its last epoch, on the same clock; and the core-to-core latency just before
-  and just after it.
+  and just after it. Then its steps' speed (the epochs' training images over their training seconds) as a
+  share of the ceiling, beside the reference's loop training the same model at the demo's batch size and
+  learning rate (`--batches` timed batches after `--warmup`).
 
 With `--device cuda` (a GPU machine), one run measures instead, each in a
 fresh process: the reference-style baseline on the GPU (the same DataLoader and
@@ -121,15 +123,24 @@ def reference_model_config(latent_dim: int = LATENT):
     )  # fmt: skip
 
 
-def flops_per_image(batch: int = BATCH) -> float:
-    """Forward + backward FLOPs of one image at the reference architecture, counted by torch."""
+def demo_config(latent_dim: int):
+    """The quick demo's run config at this latent size, resolved as `cvae train --quick-demo -z N` resolves it."""
+    from cvae.data import builtin_info
+    from cvae.training import build_config, resolve_options
+
+    return build_config(resolve_options({"quick_demo": True, "latent_dim": latent_dim}), builtin_info("MNIST"))
+
+
+def flops_per_image(batch: int = BATCH, model_config: Any = None) -> float:
+    """Forward + backward FLOPs of one image, counted by torch: the reference architecture's, or
+    `model_config`'s (an MNIST model)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from cvae.model import CVAE
 
     torch.manual_seed(SEED)
-    model = CVAE(reference_model_config())
+    model = CVAE(model_config or reference_model_config())
     x = (torch.rand(batch, 1, 28, 28) >= 0.5).float()
     y = torch.arange(batch) % 10
     with FlopCounterMode(display=False) as counter:
@@ -137,13 +148,18 @@ def flops_per_image(batch: int = BATCH) -> float:
     return counter.get_total_flops() / batch
 
 
-def reference_parameters() -> int:
+def _meta_model(model_config: Any):
+    """The model without memory: its parameters' shapes alone."""
     import torch
 
     from cvae.model import CVAE
 
     with torch.device("meta"):
-        return sum(p.numel() for p in CVAE(reference_model_config()).parameters())
+        return CVAE(model_config)
+
+
+def reference_parameters() -> int:
+    return sum(p.numel() for p in _meta_model(reference_model_config()).parameters())
 
 
 # ----------------------------------------------------------------- ceiling
@@ -308,12 +324,13 @@ def _threshold(x):
     return (x >= 0.5).float()  # the reference binarizes each image in its transform
 
 
-def baseline_loader(train: bool = True):
-    """The reference's input pipeline: a shuffled DataLoader (batch 64, no workers) over `reference_mnist`."""
+def baseline_loader(train: bool = True, batch: int = BATCH):
+    """The reference's input pipeline: a shuffled DataLoader (batch 64 unless given, no workers) over
+    `reference_mnist`."""
     import torch
 
     gen = torch.Generator().manual_seed(SEED)
-    return torch.utils.data.DataLoader(reference_mnist(train), batch_size=BATCH, shuffle=train, generator=gen)
+    return torch.utils.data.DataLoader(reference_mnist(train), batch_size=batch, shuffle=train, generator=gen)
 
 
 def reference_step(model, optimizer, x, y):
@@ -529,9 +546,10 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_baseline(batches: int, warmup: int, full_epoch: bool = False) -> dict[str, Any]:
+def run_baseline(batches: int, warmup: int, full_epoch: bool = False, demo_latent: int | None = None) -> dict[str, Any]:
     """The reference's loop: `baseline_loader`, fp32, Adam defaults, `reference_step`, the loss read every batch
-    (the reference prints it at `-p 1`)."""
+    (the reference prints it at `-p 1`). With `demo_latent`, the same loop trains the quick demo's model at that
+    latent size, at the demo's batch size and learning rate: what the demo's training costs in that loop."""
     import torch
 
     from cvae.config import DataConfig
@@ -540,10 +558,12 @@ def run_baseline(batches: int, warmup: int, full_epoch: bool = False) -> dict[st
     from cvae.model import CVAE
 
     torch.manual_seed(SEED)
-    model = CVAE(reference_model_config())
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    demo = demo_config(demo_latent) if demo_latent is not None else None
+    model = CVAE(demo.model if demo else reference_model_config())
+    optimizer = torch.optim.Adam(model.parameters(), lr=demo.train.learning_rate if demo else LEARNING_RATE)
     model.train()
-    loader = baseline_loader()
+    batch = demo.train.batch_size if demo else BATCH
+    loader = baseline_loader(batch=batch)
     times = [time.perf_counter()]
     for b, (x, y) in enumerate(loader):
         if not full_epoch and b == warmup + batches:
@@ -557,7 +577,8 @@ def run_baseline(batches: int, warmup: int, full_epoch: bool = False) -> dict[st
         test = load_data(DataConfig(dataset="MNIST", binarize="static"))  # the same test set as ours
         result["test"] = evaluate_elbo(model, test.test_x, test.test_y)  # fp32
     else:
-        result["images_per_s"] = batches * BATCH / (times[warmup + batches] - times[warmup])
+        result["images_per_s"] = batches * batch / (times[warmup + batches] - times[warmup])
+    result.update(batch_size=batch, parameters=sum(p.numel() for p in model.parameters()))
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -622,6 +643,8 @@ def run_ours(batches: int, warmup: int, full_epoch: bool = False) -> dict[str, A
 def run_demo(latent_dim: int) -> dict[str, Any]:
     """The quick-demo preset as a user runs it: `python -m cvae.train --quick-demo -z N`, its own process, timed
     from the command to its exit (Python's start, torch's import and the process's end included)."""
+    from cvae.config import RunConfig
+    from cvae.data import peek_sizes
     from cvae.runs import RunDir
 
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as tmp:
@@ -637,12 +660,22 @@ def run_demo(latent_dim: int) -> dict[str, Any]:
             raise RuntimeError(f"{' '.join(cmd[:5])} failed:\n{proc.stderr[-3000:]}")
         first_pictures = RunDir(run).read_status().get("first_pictures_at")
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        config = RunConfig.from_dict(RunDir(run).read_config())
     within = [m for m in metrics if m["time"] <= DEMO_BUDGET_S]
     last = metrics[-1]
+    training = sum(m["train_seconds"] for m in metrics)  # the epochs' training alone: no test pass, no refinement
+    images = peek_sizes(config.data)[0]  # a training epoch's
     return {
         "latent_dim": latent_dim,
         "epochs": len(metrics),
         "train_seconds": last["time"],  # fit's clock: training and per-epoch evaluation, no data loading
+        # the epochs' steps (their live pictures and first-step warm-up included), as the model's FLOPs: the
+        # demo's share of the ceiling, beside the reference's loop training the same model
+        "training_images_per_s": len(metrics) * images / training,
+        "train_images": images,
+        "flops_per_image": flops_per_image(config.train.batch_size, config.model),
+        "parameters": sum(p.numel() for p in _meta_model(config.model).parameters()),
+        "batch_size": config.train.batch_size,
         "seconds_with_loading": total,  # the command's wall time, to its exit
         # from the command (torch's import and data loading included) to the first live pictures on disk
         "first_pictures_s": first_pictures - started if isinstance(first_pictures, float) else None,
@@ -695,7 +728,7 @@ def run_processes(model: str, processes: int) -> dict[str, Any]:
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     kind = spec["kind"]
     if kind == "baseline":
-        return run_baseline(spec["batches"], spec["warmup"], spec.get("full_epoch", False))
+        return run_baseline(spec["batches"], spec["warmup"], spec.get("full_epoch", False), spec.get("demo_latent"))
     if kind == "ours":
         return run_ours(spec["batches"], spec["warmup"], spec.get("full_epoch", False))
     if kind == "demo":
@@ -845,7 +878,14 @@ def _measure(report: dict[str, Any], parts: tuple[str, ...], *, batches: int, wa
         report["demo"] = {}
         for z in (2, 10):
             _log(f"demo: quick-demo preset, z={z} ...")
-            report["demo"][f"z{z}"] = spawn({"kind": "demo", "latent_dim": z})
+            demo = report["demo"][f"z{z}"] = spawn({"kind": "demo", "latent_dim": z})
+            _log(f"demo: the reference's loop on the quick demo's model, z={z} ...")
+            base = spawn({"kind": "baseline", "batches": batches, "warmup": warmup, "demo_latent": z})
+            demo["baseline"] = {"images_per_s": base["images_per_s"]}
+            model = {k: demo[k] for k in ("flops_per_image", "parameters", "batch_size")}
+            _add_ceiling_fraction(report, demo, "training_images_per_s", **model)
+            _add_ceiling_fraction(report, demo["baseline"], "images_per_s", **model)
+            demo["speedup"] = demo["training_images_per_s"] / base["images_per_s"]
 
 
 def bench_cuda(parts: tuple[str, ...]) -> dict[str, Any]:
@@ -950,14 +990,18 @@ def format_cuda_table(report: dict[str, Any]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def _add_ceiling_fraction(report: dict[str, Any], where: dict[str, Any], key: str) -> None:
+def _add_ceiling_fraction(report: dict[str, Any], where: dict[str, Any], key: str, *,
+                          flops_per_image: float | None = None, parameters: int | None = None,
+                          batch_size: int = BATCH) -> None:  # fmt: skip
     """The share of the matmul ceiling that `where[key]` images/s reach, and of the roofline: the speed that
     neither that ceiling nor the memory's bandwidth (STEP_BYTES_PER_PARAMETER a parameter a step) lets a step
     beat, whichever is lower. The ceiling is the one of the precision our loop trains in on this CPU (bf16
     where it has bf16 matrix instructions, else fp32), for the baseline too: the best this machine offers
-    the model's training, whoever's loop runs it."""
+    the model's training, whoever's loop runs it. The model is the reference's unless another one's FLOPs,
+    parameters and batch size are given (the quick demo's)."""
     ceiling = report.get("ceiling", {})
-    flops, params = report.get("flops_per_image"), report.get("parameters")
+    flops = flops_per_image or report.get("flops_per_image")
+    params = parameters or report.get("parameters")
     precision = ceiling.get("precision", "bf16")
     gflops = ceiling.get(f"{precision}_gflops")
     if gflops and flops:
@@ -966,7 +1010,7 @@ def _add_ceiling_fraction(report: dict[str, Any], where: dict[str, Any], key: st
         where["fraction_of_ceiling"] = where["achieved_gflops"] / gflops
     if gflops and ceiling.get("memory_gbps") and flops and params:
         by_compute = gflops * 1e9 / flops
-        by_memory = ceiling["memory_gbps"] * 1e9 * BATCH / (params * STEP_BYTES_PER_PARAMETER[precision])
+        by_memory = ceiling["memory_gbps"] * 1e9 * batch_size / (params * STEP_BYTES_PER_PARAMETER[precision])
         where["roofline_images_per_s"] = min(by_compute, by_memory)
         where["roofline_bound"] = "memory" if by_memory < by_compute else "compute"
         where["fraction_of_roofline"] = where[key] / where["roofline_images_per_s"]
@@ -983,6 +1027,13 @@ def _add_products_fraction(report: dict[str, Any], where: dict[str, Any], key: s
 
 
 # -------------------------------------------------------------------- table
+
+
+def _share(speed: dict[str, Any]) -> str:
+    """' (N% of the bf16 ceiling)' where `_add_ceiling_fraction` measured it, else nothing."""
+    if "fraction_of_ceiling" not in speed:
+        return ""
+    return f" ({100 * speed['fraction_of_ceiling']:.0f}% of the {speed['ceiling_precision']} ceiling)"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -1074,6 +1125,12 @@ def format_table(report: dict[str, Any]) -> str:
         rows.append((f"quick demo {key.replace('z', 'z=')}", f"test -ELBO {d['test_nelbo']:.2f} nats{refined} after "
                      f"{d['epochs']} epochs, {d['train_seconds']:.0f} s training, {d['seconds_with_loading']:.0f} s "
                      f"in all{first}"))  # fmt: skip
+        if "speedup" in d:
+            b = d["baseline"]
+            rows.append((f"quick demo {key.replace('z', 'z=')}: its steps", f"ours {d['training_images_per_s']:.0f} "
+                         f"images/s{_share(d)}, the reference's loop on its model {b['images_per_s']:.0f}{_share(b)}: "
+                         f"{d['speedup']:.2f}x; its {d['epochs']} epochs' steps in the reference's loop: "
+                         f"{d['epochs'] * d['train_images'] / b['images_per_s']:.0f} s"))  # fmt: skip
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

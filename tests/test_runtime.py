@@ -500,6 +500,16 @@ def test_bench_baseline_reads_mnist_as_the_reference_does() -> None:
     assert len(train.dataset) == 60_000 and len(train) == 938
 
 
+def test_bench_baseline_trains_the_quick_demos_model_when_asked() -> None:
+    """The reference's loop on the quick demo's MLP, at its batch size: the baseline beside the demo's steps."""
+    from benchmarks.bench import demo_config, reference_parameters, run_baseline
+
+    config = demo_config(10)
+    demo = run_baseline(2, 1, demo_latent=10)
+    assert demo["batch_size"] == 128 and demo["images_per_s"] > 0
+    assert demo["parameters"] == sum(p.numel() for p in CVAE(config.model).parameters()) < reference_parameters()
+
+
 def test_bench_reference_step_is_the_negative_elbo_where_no_pixel_saturates() -> None:
     """The reference's loss (sigmoid, then summed BCE and KL over the batch, / batch) is our -ELBO in nats
     while the decoder's probabilities stay off 0 and 1; it then trains the model (a step changes the weights)."""
@@ -597,6 +607,36 @@ def test_placement_groups_the_seconds_where_the_latency_jumps() -> None:
     # latencies that drift without a jump are one placement
     assert summary([near, (80.0, 5.2, 2.0, 2.3, 0.9)])[1] == "far: no second (one placement throughout)"
     assert "not measured" in summary([(math.nan, 5.0, 2.0, 2.2, 0.8)])[0]
+
+
+def test_bench_reports_the_quick_demos_steps_as_a_share_of_the_ceiling_beside_the_references_loop() -> None:
+    from benchmarks.bench import _add_ceiling_fraction, demo_config, flops_per_image, format_table
+
+    config = demo_config(2)
+    assert (config.model.arch, config.model.mlp_hidden, config.train.batch_size) == ("mlp", (384, 384), 128)
+    flops = flops_per_image(config.train.batch_size, config.model)
+    # two 384-wide layers each side: that many multiply-adds forward, as many for the weights' gradients, and
+    # as many for the inputs' gradients but the encoder's first layer's (the image needs none)
+    macs = 794 * 384 + 384 * 384 + 384 * 4 + 12 * 384 + 384 * 384 + 384 * 784
+    assert flops == 2 * (3 * macs - 794 * 384)
+    report = {"machine": dict(cpu="c", cores=2, torch="2", date="d"),
+              "ceiling": {"fp32_gflops": 100.0, "bf16_gflops": 400.0, "memory_gbps": 40.0, "precision": "bf16"},
+              "flops_per_image": 178.6e6, "parameters": 15_000_000}  # fmt: skip
+    demo = dict(epochs=12, train_seconds=30.0, seconds_with_loading=32.0, test_nelbo=121.2,
+                training_images_per_s=20_000.0, train_images=60_000, flops_per_image=flops, parameters=914_000,
+                batch_size=128, baseline={"images_per_s": 5_000.0}, speedup=4.0)  # fmt: skip
+    model = {k: demo[k] for k in ("flops_per_image", "parameters", "batch_size")}
+    _add_ceiling_fraction(report, demo, "training_images_per_s", **model)
+    _add_ceiling_fraction(report, demo["baseline"], "images_per_s", **model)
+    assert demo["fraction_of_ceiling"] == pytest.approx(20_000 * flops / 400e9)  # the demo's FLOPs, not the conv's
+    assert demo["roofline_bound"] == "compute"  # 0.9 M parameters at batch 128: the memory is no bound
+    rows = {line.split("  ")[0]: line.split("  ")[-1].strip() for line in format_table({**report, "demo": {"z2": demo}}).splitlines()}  # fmt: skip
+    share = f"{100 * 20_000 * flops / 400e9:.0f}%"
+    assert rows["quick demo z=2: its steps"] == (
+        f"ours 20000 images/s ({share} of the bf16 ceiling), the reference's loop on its model 5000 "
+        f"({100 * 5_000 * flops / 400e9:.0f}% of the bf16 ceiling): 4.00x; its 12 epochs' steps in the reference's "
+        "loop: 144 s"
+    )
 
 
 def test_bench_table_says_the_cpus_core_to_core_latency() -> None:
