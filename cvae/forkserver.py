@@ -78,9 +78,11 @@ def request(root: Path, argv: list[str], log: Path, timeout: float = 5.0) -> int
 def warming(root: Path) -> bool:
     """True while a server for `root` is alive (loading, or serving): the pid it wrote once it took its lock
     is a live fork server's. (Only read, never locked here: a starting server must find its lock free.)"""
+    from cvae.runs import process_args
+
     try:
         pid = int((Path(root) / ".slots" / "fork.pid").read_text())
-        return b"cvae.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"cvae.forkserver" in (process_args(pid) or ())
     except (OSError, ValueError):
         return False
 

@@ -65,6 +65,7 @@ from cvae.runs import (
     is_run_id,
     new_run_id,
     pid_alive,
+    process_args,
     process_identity,
     process_is,
     read_json,
@@ -499,9 +500,8 @@ def explain(err: OSError) -> str:
 
 def _is_trainer(pid: int) -> bool:
     """Only ever signal a process that is really a cvae trainer or queued run (pids get reused)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    cmdline = process_args(pid)
+    if cmdline is None:
         return pid_alive(pid)  # no /proc (macOS): trust the status file
     return b"cvae.train" in cmdline or b"cvae.jobs" in cmdline or b"cvae.forkserver" in cmdline
 

@@ -203,6 +203,23 @@ def process_identity(pid: int) -> str | None:
     return f"{boot}:{start}"
 
 
+def process_args(pid: int, wait_s: float = 1.0) -> list[bytes] | None:
+    """A process's command line, split at its NULs; None where there is no /proc (macOS) or no such process.
+    A process just started shows an empty command line for a moment: exec lets its parent go on (a spawner
+    back from Popen) before the new program's arguments are in place. That moment is waited out, up to
+    `wait_s`; a zombie's is empty for good and returned at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return None
+        if raw or state == "Z" or time.monotonic() >= deadline:
+            return raw.split(b"\0")
+        time.sleep(0.005)
+
+
 def process_is(pid: Any, identity: Any) -> bool:
     """True if `pid` is alive and, where known, is the very process that wrote `identity`."""
     if not pid_alive(pid):

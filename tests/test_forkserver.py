@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cvae import forkserver, jobs
-from cvae.runs import RunDir
+from cvae.runs import RunDir, process_args
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(latent_dim=2, arch="mlp", mlp_hidden=(64,), train_subset=1024, test_subset=256, latent_subset=64,
@@ -41,7 +41,7 @@ def _wait(runs: list[RunDir], state: str = "finished", limit: float = 180.0) -> 
 
 
 def _cmdline(pid: int) -> bytes:
-    return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b" ".join(process_args(pid) or ())
 
 
 def test_a_class_of_runs_starts_from_the_fork_server_and_learns_what_a_spawned_run_does(

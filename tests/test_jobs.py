@@ -15,7 +15,7 @@ import pytest
 
 from cvae import classroom, jobs
 from cvae.errors import ConfigError
-from cvae.runs import RunDir, process_identity
+from cvae.runs import RunDir, process_args, process_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["-z", "2", "--arch", "mlp", "--train-subset", "512", "--test-subset", "128", "--latent-subset", "64",
@@ -378,3 +378,37 @@ def test_a_run_in_a_session_of_its_own_lowers_the_sessions_priority_and_no_one_e
         assert (own_before, own_after) == ("0", "12")
     else:  # no autogroups here: the thread priorities alone decide, and nothing fails
         assert own_after == own_before
+
+
+def test_a_process_just_started_is_known_by_its_command_line_once_exec_has_put_it_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Popen can return while the child's exec has not yet set its arguments: /proc shows an empty command line
+    for that moment, and a stop sent then found "no trainer". It is waited out; a zombie's empty one is not."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert process_args(child.pid)[:2] == [sys.executable.encode(), b"-c"]
+        real, reads = Path.read_bytes, []
+
+        def mid_exec(path: Path) -> bytes:  # the first two reads land in exec's window
+            reads.append(path)
+            return b"" if path.name == "cmdline" and len(reads) <= 2 else real(path)
+
+        monkeypatch.setattr(Path, "read_bytes", mid_exec)
+        assert process_args(child.pid)[:2] == [sys.executable.encode(), b"-c"] and len(reads) == 3
+        monkeypatch.undo()
+    finally:
+        child.communicate(b"")  # it exits
+    assert process_args(child.pid) is None  # reaped: no such process
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+
+    def no_waiting(seconds: float) -> None:
+        raise AssertionError("waited on a zombie's empty command line")
+
+    monkeypatch.setattr("cvae.runs.time.sleep", no_waiting)
+    assert process_args(zombie.pid, wait_s=60) == [b""]
+    monkeypatch.undo()
+    zombie.wait()
