@@ -75,16 +75,32 @@ def request(root: Path, argv: list[str], log: Path, timeout: float = 5.0) -> int
     return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
 
 
-def warming(root: Path) -> bool:
-    """True while a server for `root` is alive (loading, or serving): the pid it wrote once it took its lock
-    is a live fork server's. (Only read, never locked here: a starting server must find its lock free.)"""
+def _server_pid(root: Path) -> int | None:
+    """The pid a server for `root` wrote once it took its lock, if that pid is still a fork server's (a pid
+    left by a server that died may name another process by now). Only read, never locked here: a starting
+    server must find its lock free."""
     from cvae.runs import process_args
 
     try:
         pid = int((Path(root) / ".slots" / "fork.pid").read_text())
-        return b"cvae.forkserver" in (process_args(pid) or ())
     except (OSError, ValueError):
-        return False
+        return None
+    return pid if b"cvae.forkserver" in (process_args(pid) or ()) else None
+
+
+def warming(root: Path) -> bool:
+    """True while a server for `root` is alive (loading, or serving)."""
+    return _server_pid(root) is not None
+
+
+def stop(root: Path) -> None:
+    """Ask the server for `root`, if one is alive, to leave (SIGTERM); the runs it forked go on. The server
+    outlives the app on purpose (runs go on through a restart of the app): what starts one for a folder of
+    its own (a load test, the screenshots) stops it with this."""
+    pid = _server_pid(root)
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def request_warm(root: Path, argv: list[str], log: Path) -> int | None:

@@ -423,13 +423,6 @@ class LightPage:
             await self.ws.close()
 
 
-def stop_fork_server(runs: Path) -> None:
-    """The trainers' fork server outlives the app on purpose (runs go on through a restart of the app): a load
-    test stops the one of its own runs folder."""
-    with contextlib.suppress(OSError, ValueError):
-        os.kill(int((runs / ".slots" / "fork.pid").read_text()), signal.SIGTERM)
-
-
 def _fetch(url: str) -> None:
     with urllib.request.urlopen(url, timeout=300) as response:
         response.read()
@@ -558,7 +551,7 @@ def class_main(args: argparse.Namespace) -> int:
         client_cpu = sum(cpu1[:4]) - sum(cpu0[:4])  # this script and the browsers it waited for
     finally:
         done.set()
-        from cvae import jobs
+        from cvae import forkserver, jobs
         from cvae.runs import RunDir, is_run_id
 
         started, server_side, epochs = {}, [], []
@@ -571,7 +564,7 @@ def class_main(args: argparse.Namespace) -> int:
                     server_side.append(status["first_pictures_at"] - status["queued_at"])
                 jobs.stop(RunDir(folder))
         os.killpg(server.pid, signal.SIGTERM)
-        stop_fork_server(runs)
+        forkserver.stop(runs)
         server.wait(20)
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
                 .stdout.splitlines() if line.startswith("Model name")), platform.processor())  # fmt: skip
@@ -693,12 +686,12 @@ def main() -> int:
         still = [RunDir(r.path).read_status().get("state") for r in started]
     finally:
         done.set()
-        from cvae import jobs
+        from cvae import forkserver, jobs
 
         for run in started:
             jobs.stop(run)
         os.killpg(server.pid, signal.SIGTERM)
-        stop_fork_server(runs)
+        forkserver.stop(runs)
         server.wait(20)
     all_times = [t for ts in times.values() for t in ts]
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)

@@ -347,7 +347,7 @@ LOOK = """() => { const small = {}; let cut = 0;
 def roles(runs: Path, out: Path, chromium: str) -> int:
     """Every page as a lecturer and as a student, the queue with positions and the Complete preset training, in a
     fresh runs folder with per-student accounts (the module's docstring says what happens in which order)."""
-    from cvae import jobs
+    from cvae import forkserver, jobs
     from cvae.classroom import User
     from cvae.names import write_meta
     from cvae.runs import RunDir, is_run_id
@@ -412,7 +412,7 @@ def roles(runs: Path, out: Path, chromium: str) -> int:
         finally:
             for run in [RunDir(f) for f in runs.iterdir() if f.is_dir() and is_run_id(f.name)]:
                 jobs.stop(run)
-            stop_fork_server(runs)
+            forkserver.stop(runs)
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(20)
     return 0
@@ -529,16 +529,6 @@ def fork_twin(page, url: str, run, runs: Path):
     page.get_by_role("button", name="Start the twin").click()
     wait(lambda: twins.twins_of(runs, run.id), 60, f"a twin of {run.id}")
     return twins.twins_of(runs, run.id)[-1]
-
-
-def stop_fork_server(runs: Path) -> None:
-    """The runs folder's fork server, started by the Train page, leaves only after half an hour idle: stop it."""
-    try:
-        pid = int((runs / ".slots" / "fork.pid").read_text())
-        if b"cvae.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError):
-        pass
 
 
 def _healthy(url: str) -> bool:

@@ -92,6 +92,25 @@ def test_the_server_refuses_what_is_not_a_request_and_older_code(tmp_path: Path,
     assert forkserver.request(tmp_path, [], tmp_path / "x.log") is None  # no server: the caller spawns
 
 
+def test_stop_sends_the_server_away_and_never_signals_a_pid_that_is_not_one(
+    tmp_path: Path, server: subprocess.Popen
+) -> None:  # fmt: skip
+    assert forkserver.warming(tmp_path)
+    forkserver.stop(tmp_path)
+    assert server.wait(timeout=30) == 0 and not forkserver.warming(tmp_path)
+    # A fork.pid left by a server that died, naming another process by now: that process is left alone.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (tmp_path / ".slots").mkdir(exist_ok=True)
+        (tmp_path / ".slots" / "fork.pid").write_text(str(other.pid))
+        forkserver.stop(tmp_path)
+        with pytest.raises(subprocess.TimeoutExpired):
+            other.wait(timeout=2)
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_second_server_for_the_same_runs_folder_leaves_at_once(tmp_path: Path, server: subprocess.Popen) -> None:
     second = subprocess.run([sys.executable, "-m", "cvae.forkserver", str(tmp_path)], cwd=ROOT, timeout=120,
                             capture_output=True, text=True)  # fmt: skip
