@@ -725,3 +725,25 @@ def test_the_thin_products_benchmark_checks_its_numbers_before_timing_them() -> 
     bad = subprocess.run([sys.executable, "-m", "benchmarks.thin_products", "--rounds", "0"], capture_output=True,
                          text=True, cwd=root, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --rounds and --calls must be positive"
+
+
+def test_epoch_steps_reads_each_epochs_step_time_from_a_real_run(tiny_run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from benchmarks.epoch_steps import epoch_steps, main
+    from cvae.runs import RunDir
+
+    run = RunDir(tiny_run)
+    batches = run.read_batches()
+    steps = epoch_steps(batches)
+    assert sorted(steps) == [1, 2]  # 512 images at batch 64: 8 logged batches, 7 gaps, an epoch
+    assert all(len(v) == 7 and min(v) > 0 for v in steps.values())
+    first = [b for b in batches if b["epoch"] == 1]
+    assert sum(steps[1]) == pytest.approx(first[-1]["time"] - first[0]["time"])  # the gaps add up to the epoch
+    assert main([str(tiny_run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["epoch", "median", "step"] and [line.split()[0] for line in lines[1:]] == ["1", "2"]
+    assert main([str(tmp_path)]) == 2 and "no batches.jsonl" in capsys.readouterr().err  # not a run: one line
+    (tmp_path / "batches.jsonl").write_text(
+        '{"epoch": 1, "step": 1, "time": "x"}\n{"epoch": 1, "step": 2, "time": 1}\n'
+    )
+    assert main([str(tmp_path)]) == 2 and capsys.readouterr().err.startswith("error:")  # a crafted file: one line
