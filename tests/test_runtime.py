@@ -431,6 +431,39 @@ def test_bench_reports_each_speed_as_a_share_of_the_ceiling_and_of_the_roofline(
     assert rows["baseline, share of the bf16 ceiling / roofline"] == "3% / 3%"
 
 
+def test_bench_takes_each_share_of_the_better_of_its_two_ceilings() -> None:
+    from benchmarks.bench import _add_fractions, best_ceiling, format_table
+
+    # A ceiling caught in a slow minute at the start (343 against 410 GFLOP/s at the end) must not flatter the
+    # shares: each figure is the better of the two measurements, the products' replay the shorter.
+    start = {"fp32_gflops": 129.0, "bf16_gflops": 343.0, "memory_gbps": 43.5, "precision": "bf16",
+             "bf16_native": True, "bf16_size": 2048, "core_to_core_ns": 183.0,
+             "products_seconds": 0.0453, "products_flops": 11.43e9, "products_calls": 22}  # fmt: skip
+    end = {**start, "fp32_gflops": 150.0, "bf16_gflops": 410.0, "memory_gbps": 40.0, "core_to_core_ns": 45.0,
+           "products_seconds": 0.0380}  # fmt: skip
+    ceiling = best_ceiling(start, end)
+    assert (ceiling["fp32_gflops"], ceiling["bf16_gflops"], ceiling["memory_gbps"]) == (150.0, 410.0, 43.5)
+    assert ceiling["products_seconds"] == 0.0380 and ceiling["core_to_core_ns"] == 183.0
+    assert ceiling["core_to_core_ns_end"] == 45.0 and ceiling["measured"] == {"start": start, "end": end}
+    assert start["bf16_gflops"] == 343.0  # the measurements themselves are kept as they were
+    speed = {"ours_images_per_s": 1000.0, "baseline_images_per_s": 348.0, "speedup": 2.87,
+             "speedup_per_round": [2.87], "ours_seconds_per_epoch": 60, "baseline_peak_rss_mb": 1,
+             "ours_peak_rss_mb": 1, "baseline": {"images_per_s": 348.0}}  # fmt: skip
+    report = {"machine": dict(cpu="c", cores=2, torch="2", date="d"), "ceiling": ceiling,
+              "flops_per_image": 178.6e6, "parameters": 15_000_000, "speed": speed}  # fmt: skip
+    _add_fractions(report)
+    assert speed["fraction_of_ceiling"] == pytest.approx(1000 * 178.6e6 / 410e9)  # 44 %, not the 52 % of 343
+    assert speed["fraction_of_products"] == pytest.approx(1000 * 0.0380 / 64)
+    assert speed["baseline"]["fraction_of_ceiling"] == pytest.approx(348 * 178.6e6 / 410e9)
+    rows = {line.split("  ")[0]: line.split("  ")[-1].strip() for line in format_table(report).splitlines()}
+    assert rows["matmul ceiling fp32 / bf16"] == ("150 / 410 GFLOP/s, the better of the start's 129 / 343 and "
+                                                  "the end's 150 / 410")  # fmt: skip
+    assert rows["memory bandwidth (a + b into c)"] == "43.5 GB/s over the model's size (start 43.5, end 40.0)"
+    assert rows["core-to-core latency, first two CPUs"].startswith("183 ns one way; 45 ns at the end")
+    assert rows["ours: the step's products alone"].endswith("(the shorter of the start's 45.3 and the end's 38.0 ms)")
+    assert rows["ours, share of the bf16 ceiling"] == "44% (179 GFLOP/s)"
+
+
 def test_bench_measures_a_cpu_without_bf16_instructions_against_its_fp32_ceiling() -> None:
     from benchmarks.bench import STEP_BYTES_PER_PARAMETER, _add_ceiling_fraction, format_table
 
