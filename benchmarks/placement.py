@@ -37,7 +37,9 @@ GAP = 1.8  # seconds apart in latency by this factor or more, with none between 
 @functools.cache
 def _probe() -> ctypes.CDLL | None:
     """The round-trip probe, built once a process in a private temporary folder; None without a compiler."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    from benchmarks.kernels import compiler as find_compiler
+
+    compiler = find_compiler()
     if compiler is None or not sys.platform.startswith("linux"):
         return None
     folder = tempfile.mkdtemp(prefix="cvae-c2c-")
