@@ -78,7 +78,7 @@ SERIES = (
 import statistics
 from benchmarks.placement import WINDOW_S, core_to_core_ns
 run(10)
-end, i = time.perf_counter() + float(sys.argv[5]), 0
+end, i = time.perf_counter() + float(sys.argv[6]), 0
 while time.perf_counter() < end:
     ns = core_to_core_ns()
     phases.clear(); t = time.perf_counter()
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --seconds must be positive and --threads at least 0", file=sys.stderr)
         return 2
     root = Path(__file__).resolve().parent.parent
-    command = [sys.executable, "-c", SERIES, str(root), str(args.threads), "0", args.model, str(args.seconds)]
+    command = [sys.executable, "-c", SERIES, str(root), str(args.threads), "0", args.model, "0", str(args.seconds)]
     print("latency ns | step ms: forward, backward, optimiser")
     lines = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=root) as worker:

@@ -14,6 +14,10 @@ Either step API works (`model.objective`, or `model.elbo_terms` before the one m
 Each round also gives the timed steps' median forward pass, backward pass and optimiser step (wall time
 around each, no profiler): torch.profiler's own overhead falls unevenly and inflates some operators several
 times over (docs/benchmark.md), so `--profile` says which operators run and these say where the time goes.
+
+`--compile old|new|both` runs that side's forward pass through `torch.compile` (inductor: the elementwise work
+fused into a few C++ kernels, and the backward pass compiled with it); the round's line gives each side's 10
+warm-up steps, which hold the compilation (a few seconds with inductor's cache warm, most of a minute cold).
 """
 
 from __future__ import annotations
@@ -51,18 +55,24 @@ except ImportError:
     weights = None
 x, y = (torch.rand(100 * batch, 1, 28, 28) > 0.5).float(), torch.randint(0, 10, (100 * batch,))
 step = getattr(model, "objective", None) or model.elbo_terms
+def loss_of(xb, yb):
+    with autocast(dev, amp):
+        return step(xb, yb).loss
+if int(sys.argv[5]):  # torch.compile's: the forward pass and, through AOTAutograd, the backward as fused kernels
+    import torch._inductor.config
+    torch._inductor.config.fallback_random = True  # z's noise from eager's random stream
+    loss_of = torch.compile(loss_of, dynamic=False)
 phases = []
 def run(n, off=0):
     for b in range(n):
         i = (b + off) % 100
         with weights.for_step() if weights else contextlib.nullcontext():
             t0 = time.perf_counter()
-            with autocast(dev, amp):
-                terms = step(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
+            loss = loss_of(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
             t1 = time.perf_counter()
             if not weights or any(p.grad is not None for p in model.parameters()):  # as the loop: HalfWeights.step
                 opt.zero_grad(set_to_none=True)  # takes its gradients (an older checkout's left some behind)
-            terms.loss.backward()
+            loss.backward()
             t2 = time.perf_counter()
             (weights.step if weights else opt.step)()
             phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
@@ -71,7 +81,7 @@ def run(n, off=0):
 WORKER = (
     SETUP
     + r"""
-run(10)
+t0 = time.perf_counter(); run(10); warm_up = time.perf_counter() - t0  # a compiled step's compilation included
 if int(sys.argv[3]):  # where the step's time goes: its operators by input shape, as shares of the profiled steps
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -80,25 +90,26 @@ if int(sys.argv[3]):  # where the step's time goes: its operators by input shape
                                                              max_name_column_width=30, max_shapes_column_width=60))
 phases.clear(); t0 = time.perf_counter(); run(100, 10); speed = 100 * batch / (time.perf_counter() - t0)
 import statistics
-print(speed, *(1e3 * statistics.median(p) for p in zip(*phases)))  # images/s; forward, backward, optimiser ms
+print(speed, warm_up, *(1e3 * statistics.median(p) for p in zip(*phases)))  # images/s; s; forward, backward, optimiser ms
 """
 )
 
 
 def images_per_s(
-    checkout: Path, threads: int = 0, profile_rows: int = 0, model: str = "conv"
-) -> tuple[float, list[float]]:
-    """The checkout's step speed and its phases' median ms (forward, backward, optimiser); with
-    `profile_rows`, its profile's top operators printed first."""
-    out = subprocess.run([sys.executable, "-c", WORKER, str(checkout), str(threads), str(profile_rows), model],
-                         capture_output=True, text=True, cwd=checkout)  # fmt: skip
+    checkout: Path, threads: int = 0, profile_rows: int = 0, model: str = "conv", compiled: bool = False
+) -> tuple[float, float, list[float]]:
+    """The checkout's step speed, its 10 warm-up steps' seconds (`compiled`: torch.compile's compilation is in
+    them) and its phases' median ms (forward, backward, optimiser); with `profile_rows`, its profile's top
+    operators printed first."""
+    out = subprocess.run([sys.executable, "-c", WORKER, str(checkout), str(threads), str(profile_rows), model,
+                          str(int(compiled))], capture_output=True, text=True, cwd=checkout)  # fmt: skip
     if out.returncode != 0:
         raise SystemExit(f"{checkout}: {out.stderr.strip()[-300:]}")
     *table, last = out.stdout.strip().splitlines()
     if profile_rows:
         print(f"{checkout}: 20 steps profiled (torch.profiler, self CPU time)", *table, sep="\n")
-    speed, *phases = (float(v) for v in last.split())
-    return speed, phases
+    speed, warm_up, *phases = (float(v) for v in last.split())
+    return speed, warm_up, phases
 
 
 def _ns(latency: float | None) -> str:
@@ -119,23 +130,27 @@ def main() -> int:
                    help="first profile each checkout's step and print its ROWS costliest operators [0: none]")  # fmt: skip
     p.add_argument("--model", choices=("conv", "mlp"), default="conv",
                    help="conv: the reference's model at batch 64; mlp: the quick demo's, at its batch [conv]")  # fmt: skip
+    p.add_argument("--compile", choices=("old", "new", "both"),
+                   help="that side's step compiled by torch.compile (its inductor cache as it is) [neither]")  # fmt: skip
     args = p.parse_args()
+    compiled = {"old": args.compile in ("old", "both"), "new": args.compile in ("new", "both")}
     if args.profile:
-        for checkout in (args.old, args.new):
-            images_per_s(checkout, args.threads, args.profile, args.model)
+        for side, checkout in (("old", args.old), ("new", args.new)):
+            images_per_s(checkout, args.threads, args.profile, args.model, compiled[side])
     from benchmarks.placement import core_to_core_ns  # it builds on this module's SETUP
 
     ratios = []
     for r in range(args.rounds):
         # the CPUs on one die or two can move the step by half (docs/benchmark.md): each run's latency before it
-        (old_ns, (old, old_ms)), (new_ns, (new, new_ms)) = (
-            (core_to_core_ns(), images_per_s(args.old, args.threads, model=args.model)),
-            (core_to_core_ns(), images_per_s(args.new, args.threads, model=args.model)),
+        (old_ns, (old, old_warm, old_ms)), (new_ns, (new, new_warm, new_ms)) = (
+            (core_to_core_ns(), images_per_s(args.old, args.threads, model=args.model, compiled=compiled["old"])),
+            (core_to_core_ns(), images_per_s(args.new, args.threads, model=args.model, compiled=compiled["new"])),
         )
         ratios.append(new / old)
         print(f"round {r + 1}: old {old:.0f}, new {new:.0f} images/s, new / old {new / old:.3f}; "
               f"forward / backward / optimiser ms a step: old {_ms(old_ms)}, new {_ms(new_ms)}; "
-              f"core-to-core ns before: old {_ns(old_ns)}, new {_ns(new_ns)}", flush=True)  # fmt: skip
+              f"core-to-core ns before: old {_ns(old_ns)}, new {_ns(new_ns)}; "
+              f"10 warm-up steps: old {old_warm:.1f} s, new {new_warm:.1f} s", flush=True)  # fmt: skip
     print(f"median new / old: {statistics.median(ratios):.3f}")
     return 0
 
