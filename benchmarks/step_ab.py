@@ -17,7 +17,7 @@ times over (docs/benchmark.md), so `--profile` says which operators run and thes
 
 `--compile old|new|both` runs that side's forward pass through `torch.compile` (inductor: the elementwise work
 fused into a few C++ kernels, and the backward pass compiled with it); the round's line gives each side's 10
-warm-up steps, which hold the compilation (a few seconds with inductor's cache warm, most of a minute cold).
+warm-up steps, which hold the compilation (seconds with inductor's cache warm, many times that cold).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main() -> int:
     p.add_argument("--compile", choices=("old", "new", "both"),
                    help="that side's step compiled by torch.compile (its inductor cache as it is) [neither]")  # fmt: skip
     args = p.parse_args()
-    compiled = {"old": args.compile in ("old", "both"), "new": args.compile in ("new", "both")}
+    compiled = {side: args.compile in (side, "both") for side in ("old", "new")}
     if args.profile:
         for side, checkout in (("old", args.old), ("new", args.new)):
             images_per_s(checkout, args.threads, args.profile, args.model, compiled[side])
